@@ -1,0 +1,22 @@
+"""lczscale: Local Climate Zone maps at 10 m from Earth-observation embeddings, at any scale."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:  # pragma: no cover
+    import xarray as xr
+
+
+def open_cube(
+    url: str, bbox: tuple[float, float, float, float] | None = None, **kwargs: Any
+) -> xr.Dataset:
+    """Open an LCZ cube (or a lon/lat bbox of it) as an xarray Dataset with its CRS."""
+    from lczscale.io.cube import open_cube as _open
+
+    return _open(url, bbox, **kwargs)
+
+
+__all__ = ["__version__", "open_cube"]

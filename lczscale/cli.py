@@ -1,0 +1,225 @@
+"""``lczscale`` command line: synth | train | map | eval | status | plot | demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lczscale.errors import LczscaleError
+
+
+def _bbox(text: str) -> tuple[float, float, float, float]:
+    try:
+        parts = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(
+            f"bbox must be MINLON,MINLAT,MAXLON,MAXLAT (four numbers), got {text!r}"
+        )
+    return parts  # type: ignore[return-value]
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def cmd_synth(a: argparse.Namespace) -> int:
+    from lczscale.synth import write_world
+
+    summary = write_world(a.dir, cities=a.cities, size_km=a.size_km, seed=a.seed,
+                          years=tuple(a.years))
+    _print_json(summary)
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from lczscale.config import ModelConfig, TrainConfig, load_yaml
+    from lczscale.model.train import train
+
+    cfg = load_yaml(a.config, TrainConfig) if a.config else TrainConfig()
+    updates = {k: v for k, v in {"steps": a.steps, "year": a.year, "seed": a.seed,
+                                 "batch_size": a.batch_size}.items() if v is not None}
+    cfg = cfg.model_copy(update=updates)
+    model_cfg = ModelConfig(location=not a.no_location)
+    metrics = train(a.source, a.labels, a.out, cfg, model_cfg, bbox=a.bbox, device=a.device,
+                    progress=not a.quiet)
+    _print_json({k: v for k, v in metrics.items() if k != "history"} | {"model": a.out})
+    return 0
+
+
+def map_config(a: argparse.Namespace) -> Any:
+    from lczscale.config import MapConfig, load_yaml
+
+    base: dict[str, Any] = {}
+    if a.config:
+        base = load_yaml(a.config, MapConfig).model_dump()
+    base.update({k: v for k, v in {
+        "source": a.source, "model": a.model, "out": a.out, "bbox": a.bbox,
+        "geojson": a.geojson, "year": a.year, "executor": a.executor, "workers": a.workers,
+        "device": a.device, "scheduler_address": a.scheduler,
+    }.items() if v is not None})
+    if a.tile_size is not None:
+        base["grid"] = dict(base.get("grid") or {}) | {"tile_size": a.tile_size}
+    if a.patch_size is not None:
+        base["stitch"] = dict(base.get("stitch") or {}) | {"patch_size": a.patch_size}
+    if a.sharding:
+        base["cube"] = dict(base.get("cube") or {}) | {"sharding": True}
+    missing = [k for k in ("source", "model", "out") if not base.get(k)]
+    if missing:
+        raise LczscaleError(f"map needs --{' --'.join(missing)} (or a --config that sets them)")
+    from pydantic import ValidationError
+
+    from lczscale.errors import ConfigError
+
+    try:
+        return MapConfig.model_validate(base)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid map settings: {exc}") from exc
+
+
+def cmd_map(a: argparse.Namespace) -> int:
+    from lczscale.execute.run import run_map
+
+    report = run_map(map_config(a), progress=not a.quiet)
+    summary = report.summary()
+    print(f"computed {summary['computed']} tiles, skipped {summary['skipped']} already done",
+          file=sys.stderr)
+    _print_json(summary)
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from lczscale.evaluate import evaluate
+
+    result = evaluate(a.cube, a.truth, year=a.year, baseline=a.baseline)
+    if a.json:
+        print(json.dumps(result))
+        return 0
+    print(f"mIoU {result['miou']:.3f}  OA {result['oa']:.3f}  kappa {result['kappa']:.3f}  "
+          f"({result['pixels']} px)")
+    if "baseline_miou" in result:
+        print(f"baseline (upsampled coarse labels): mIoU {result['baseline_miou']:.3f}  "
+              f"OA {result['baseline_oa']:.3f}")
+    for label, iou in result["per_class_iou"].items():
+        print(f"  LCZ {label:>2}: IoU {iou:.3f}")
+    return 0
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from lczscale.status import cube_status
+
+    status = cube_status(a.cube)
+    if a.json:
+        print(json.dumps(status))
+    else:
+        for k, v in status.items():
+            print(f"{k:>16}: {v}")
+    return 0
+
+
+def cmd_plot(a: argparse.Namespace) -> int:
+    from lczscale.plot import plot_cube
+
+    path = plot_cube(a.cube, a.out, bbox=a.bbox, zone=a.zone, year=a.year)
+    print(path)
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from lczscale.demo import run_demo
+
+    report = run_demo(Path(a.dir), workers=a.workers, quick=a.quick)
+    print(report.read_text())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lczscale", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write a synthetic world in the real on-disk formats")
+    s.add_argument("dir")
+    s.add_argument("--cities", type=int, default=2)
+    s.add_argument("--size-km", type=float, default=4.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--years", type=int, nargs="+", default=[2023, 2024])
+    s.set_defaults(func=cmd_synth)
+
+    t = sub.add_parser("train", help="train the attention U-Net on labelled embeddings")
+    t.add_argument("--source", required=True)
+    t.add_argument("--labels", required=True, help="LCZ label raster (e.g. 100 m GeoTIFF)")
+    t.add_argument("--out", required=True, help="model directory (safetensors + JSON)")
+    t.add_argument("--config", help="TrainConfig YAML")
+    t.add_argument("--steps", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--year", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--bbox", type=_bbox)
+    t.add_argument("--no-location", action="store_true", help="ablation: no lat/lon input")
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    m = sub.add_parser("map", help="map an AOI into an LCZ cube (resumes an existing cube)")
+    m.add_argument("--source")
+    m.add_argument("--model")
+    m.add_argument("--out")
+    m.add_argument("--config", help="MapConfig YAML; flags override it")
+    m.add_argument("--bbox", type=_bbox)
+    m.add_argument("--geojson", help="AOI polygon (GeoJSON file)")
+    m.add_argument("--year", type=int)
+    m.add_argument("--tile-size", type=int)
+    m.add_argument("--patch-size", type=int)
+    m.add_argument("--sharding", action="store_true")
+    m.add_argument("--executor", choices=["serial", "dask"])
+    m.add_argument("--workers", type=int)
+    m.add_argument("--scheduler", help="address of a running Dask scheduler")
+    m.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=cmd_map)
+
+    e = sub.add_parser("eval", help="score a cube against a reference cube")
+    e.add_argument("cube")
+    e.add_argument("--truth", required=True)
+    e.add_argument("--baseline", help="coarse label raster to score as the naive baseline")
+    e.add_argument("--year", type=int)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    st = sub.add_parser("status", help="done / stale / remaining tiles of a cube")
+    st.add_argument("cube")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    pl = sub.add_parser("plot", help="PNG of a cube region with the LCZ legend")
+    pl.add_argument("cube")
+    pl.add_argument("--out", required=True)
+    pl.add_argument("--bbox", type=_bbox)
+    pl.add_argument("--zone")
+    pl.add_argument("--year", type=int)
+    pl.set_defaults(func=cmd_plot)
+
+    d = sub.add_parser("demo", help="synthetic world → train → map → cube → picture + report")
+    d.add_argument("--dir", default="lczscale-demo")
+    d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--quick", action="store_true", help="smaller world and training (tests)")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except LczscaleError as exc:
+        print(f"lczscale {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""One exception tree, so callers can catch every lczscale failure with one clause.
+
+Every message says what happened (with the offending values) and how to fix it.
+"""
+
+
+class LczscaleError(Exception):
+    """Root of all lczscale errors."""
+
+
+class ConfigError(LczscaleError):
+    """A configuration value is invalid or inconsistent."""
+
+
+class SourceError(LczscaleError):
+    """An embedding or label source is not in the expected format."""
+
+
+class NoDataError(LczscaleError):
+    """The requested area or year has no input data."""
+
+
+class CheckpointError(LczscaleError):
+    """A model checkpoint is missing, unsafe, or does not fit the input."""
+
+
+class CubeError(LczscaleError):
+    """The output cube is missing, inconsistent, or would be overwritten."""

@@ -1,0 +1,328 @@
+"""The output LCZ cube: a Zarr v3 store, one group per zone, readable without lczscale.
+
+Created once from a template (metadata and coordinates only); afterwards every task writes
+exactly its own chunk(s), so no locks are needed. Each zone group carries CF georeferencing
+(``spatial_ref`` with ``crs_wkt`` and ``GeoTransform``, ``grid_mapping`` on the data variables)
+for xarray/odc-geo, GDAL's ``_CRS`` attribute for GDAL's Zarr driver, and ``x``/``y`` pixel-centre
+coordinates that both use. ``lcz`` is uint8 1–17 with fill value 0 = nodata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+from odc.geo import geom
+from pyproj import CRS
+from zarr.codecs import ZstdCodec
+
+from lczscale import classes
+from lczscale.config import CubeConfig, GridConfig
+from lczscale.errors import CubeError, NoDataError
+from lczscale.grid import Window, Zone
+from lczscale.io.stores import exists, open_store
+
+CUBE_FORMAT = "lczscale-cube"
+CUBE_FORMAT_VERSION = 1
+COORD_CHUNK = 1 << 18
+VARIABLES = ("lcz", "confidence")
+
+
+def _open_root(url: str, mode: str, storage_options: dict[str, Any] | None) -> zarr.Group:
+    store = open_store(url, read_only=(mode == "r"), storage_options=storage_options)
+    return zarr.open_group(store, mode=mode, zarr_format=3)  # type: ignore[arg-type]
+
+
+def cube_attrs(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Root attributes of an existing cube; CubeError when ``url`` is not an lczscale cube."""
+    if not exists(url, storage_options):
+        raise CubeError(f"no cube at {url}: run `lczscale map --out {url}` first")
+    try:
+        attrs = dict(_open_root(url, "r", storage_options).attrs)
+    except (FileNotFoundError, ValueError, KeyError, zarr.errors.GroupNotFoundError) as exc:
+        raise CubeError(f"{url} is not a Zarr v3 group ({exc}); is it an lczscale cube?") from exc
+    if attrs.get("lczscale:format") != CUBE_FORMAT:
+        raise CubeError(
+            f"{url} is a Zarr store but not an lczscale cube (no 'lczscale:format' attribute)"
+        )
+    return attrs
+
+
+def create_cube(
+    url: str,
+    zones: Sequence[Zone],
+    years: Sequence[int],
+    grid: GridConfig,
+    cube: CubeConfig,
+    attrs: dict[str, Any],
+    storage_options: dict[str, Any] | None = None,
+) -> None:
+    """Create the cube, or extend an existing compatible one with missing zones and years.
+
+    Only metadata and coordinates are written. An existing cube made with another grid or
+    layout is refused (its chunks would not line up), and nothing in it is changed.
+    """
+    layout = {"grid": grid.model_dump(mode="json"), "cube": cube.model_dump(mode="json")}
+    if exists(url, storage_options):
+        old = cube_attrs(url, storage_options)
+        if old.get("lczscale:layout") != layout:
+            raise CubeError(
+                f"cube {url} was created with layout {old.get('lczscale:layout')} but this run "
+                f"uses {layout}; write to a new --out or rerun with the cube's own settings"
+            )
+        root = _open_root(url, "r+", storage_options)
+    else:
+        root = _open_root(url, "w-", storage_options)
+        root.attrs.update(
+            {
+                "lczscale:format": CUBE_FORMAT,
+                "lczscale:format_version": CUBE_FORMAT_VERSION,
+                "lczscale:layout": layout,
+                "lczscale:classes": {
+                    "codes": classes.LCZ_CODES,
+                    "labels": classes.LCZ_LABELS,
+                    "names": classes.LCZ_CLASS_NAMES,
+                    "palette": classes.LCZ_PALETTE,
+                    "nodata": 0,
+                },
+                "title": "Local Climate Zones (LCZ)",
+                "Conventions": "CF-1.8",
+            }
+        )
+    root.attrs.update(attrs)
+    present = set(root.group_keys())
+    for zone in zones:
+        if zone.name not in present:
+            _create_zone(root, zone, grid, cube)
+        _ensure_years(root[zone.name], years)  # type: ignore[arg-type]
+
+
+def _create_zone(root: zarr.Group, zone: Zone, grid: GridConfig, cube: CubeConfig) -> None:
+    crs = CRS.from_user_input(zone.crs)
+    a = zone.affine
+    h, w = zone.shape
+    g = root.create_group(
+        zone.name,
+        attributes={
+            "proj:code": zone.crs,
+            "spatial:dimensions": ["y", "x"],
+            "spatial:transform": list(zone.transform),
+            "spatial:shape": [h, w],
+            "spatial:bbox": list(zone.geobox.extent.boundingbox.bbox),
+            "spatial:registration": "pixel",
+            "lczscale:zone": zone.to_dict(),
+        },
+    )
+    tile = grid.tile_size
+    if cube.sharding:
+        chunking: dict[str, Any] = {
+            "chunks": (1, cube.inner_chunk, cube.inner_chunk),
+            "shards": (1, tile, tile),
+        }
+    else:
+        chunking = {"chunks": (1, tile, tile)}
+    gdal_crs = {"wkt": crs.to_wkt()}
+    for name, long_name in (
+        ("lcz", "Local Climate Zone class (1-10 built, 11-17 = A-G land cover, 0 = nodata)"),
+        ("confidence", "blended probability of the chosen class x 255 (0 = nodata)"),
+    ):
+        arr = g.create_array(
+            name,
+            shape=(0, h, w),
+            dtype="uint8",
+            fill_value=0,
+            dimension_names=["time", "y", "x"],
+            compressors=[ZstdCodec(level=cube.compression_level)],
+            **chunking,
+        )
+        arr.attrs.update(
+            {"grid_mapping": "spatial_ref", "_CRS": gdal_crs, "long_name": long_name}
+        )
+    g["lcz"].attrs.update(
+        {
+            "flag_values": classes.LCZ_CODES,
+            "flag_meanings": " ".join(
+                n.lower().replace(",", "").replace(" ", "_") for n in classes.LCZ_CLASS_NAMES
+            ),
+            "lczscale:palette": classes.LCZ_PALETTE,
+        }
+    )
+    geographic = crs.is_geographic
+    for dim, n, start, step in (("x", w, a.c, a.a), ("y", h, a.f, a.e)):
+        coord = g.create_array(
+            dim, shape=(n,), dtype="float64", chunks=(min(n, COORD_CHUNK),),
+            dimension_names=[dim], fill_value=np.nan,
+        )
+        coord[:] = start + step * (np.arange(n, dtype=np.float64) + 0.5)
+        if geographic:
+            std = "longitude" if dim == "x" else "latitude"
+            units = "degrees_east" if dim == "x" else "degrees_north"
+        else:
+            std = f"projection_{dim}_coordinate"
+            units = "m"
+        coord.attrs.update({"standard_name": std, "units": units, "axis": dim.upper()})
+    t = g.create_array(
+        "time", shape=(0,), dtype="int32", chunks=(64,), dimension_names=["time"], fill_value=0
+    )
+    t.attrs.update({"long_name": "year of the input embeddings", "axis": "T"})
+    sr = g.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0)
+    cf = crs.to_cf()
+    cf.update(
+        {
+            "crs_wkt": crs.to_wkt(),
+            "spatial_ref": crs.to_wkt(),
+            "GeoTransform": " ".join(repr(v) for v in (a.c, a.a, a.b, a.f, a.d, a.e)),
+        }
+    )
+    sr.attrs.update(cf)
+
+
+def _ensure_years(g: zarr.Group, years: Sequence[int]) -> None:
+    time = g["time"]
+    assert isinstance(time, zarr.Array)
+    have = [int(v) for v in time[:]]  # type: ignore[union-attr]
+    new = [y for y in dict.fromkeys(years) if y not in have]
+    if not new:
+        return
+    n = len(have) + len(new)
+    for name in VARIABLES:
+        arr = g[name]
+        assert isinstance(arr, zarr.Array)
+        arr.resize((n, *arr.shape[1:]))
+    time.resize((n,))
+    time[len(have) :] = np.asarray(new, dtype=np.int32)
+
+
+def _time_index(g: zarr.Group, year: int, url: str) -> int:
+    years = [int(v) for v in g["time"][:]]  # type: ignore[union-attr, index]
+    if year not in years:
+        raise CubeError(f"cube {url} group {g.basename} has no year {year} (years: {years})")
+    return years.index(year)
+
+
+def write_tile(
+    url: str,
+    zone: Zone,
+    year: int,
+    core: Window,
+    lcz: np.ndarray,
+    confidence: np.ndarray,
+    storage_options: dict[str, Any] | None = None,
+) -> None:
+    """Write one tile's core into its own chunk(s) of ``lcz`` and ``confidence``."""
+    if lcz.shape != (core.height, core.width) or confidence.shape != lcz.shape:
+        raise CubeError(
+            f"tile {core} expects arrays of shape {(core.height, core.width)}, got "
+            f"{lcz.shape} and {confidence.shape}"
+        )
+    root = _open_root(url, "r+", storage_options)
+    g = root[zone.name]
+    assert isinstance(g, zarr.Group)
+    t = _time_index(g, year, url)
+    sel = (t, slice(core.row, core.row_stop), slice(core.col, core.col_stop))
+    g["lcz"][sel] = lcz.astype(np.uint8, copy=False)  # type: ignore[index]
+    g["confidence"][sel] = confidence.astype(np.uint8, copy=False)  # type: ignore[index]
+
+
+def read_window(
+    url: str,
+    zone: Zone,
+    year: int,
+    window: Window,
+    variable: str = "lcz",
+    storage_options: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """One variable of one year over a window (zero outside the zone)."""
+    g = _open_root(url, "r", storage_options)[zone.name]
+    assert isinstance(g, zarr.Group)
+    t = _time_index(g, year, url)
+    out = np.zeros((window.height, window.width), dtype=np.uint8)
+    inner = window.intersection(zone.full_window)
+    if inner is not None:
+        out[inner.relative_to(window)] = g[variable][  # type: ignore[index]
+            t, inner.row : inner.row_stop, inner.col : inner.col_stop
+        ]
+    return out
+
+
+def cube_zones(url: str, storage_options: dict[str, Any] | None = None) -> list[Zone]:
+    """The zones present in a cube."""
+    root = _open_root(url, "r", storage_options)
+    return [
+        Zone.from_dict(root[name].attrs["lczscale:zone"])  # type: ignore[arg-type]
+        for name in sorted(root.group_keys())
+        if "lczscale:zone" in root[name].attrs
+    ]
+
+
+def cube_grid(url: str, storage_options: dict[str, Any] | None = None) -> GridConfig:
+    return GridConfig.model_validate(cube_attrs(url, storage_options)["lczscale:layout"]["grid"])
+
+
+def open_cube(
+    url: str,
+    bbox: tuple[float, float, float, float] | None = None,
+    *,
+    zone: str | None = None,
+    year: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> xr.Dataset:
+    """The cube (or a lon/lat ``bbox`` of it) as an xarray Dataset on its zone's native grid.
+
+    ``lcz`` and ``confidence`` are lazy (dask) uint8 arrays with dims (time, y, x); the
+    ``spatial_ref`` coordinate carries the CRS, so ``ds.odc.geobox`` works.
+    """
+    attrs = cube_attrs(url, storage_options)
+    present = {z.name: z for z in cube_zones(url, storage_options)}
+    if zone is None:
+        candidates = sorted(present)
+        if bbox is not None:
+            region = geom.box(*bbox, "EPSG:4326")
+            candidates = [
+                n for n in candidates
+                if not (present[n].geobox.extent.to_crs("EPSG:4326") & region).is_empty
+                and _lon_overlap(present[n], bbox)
+            ]
+        if not candidates:
+            raise NoDataError(
+                f"cube {url} has no zone covering bbox {bbox} (zones: {sorted(present)})"
+            )
+        if len(candidates) > 1:
+            raise CubeError(
+                f"bbox {bbox} spans zones {candidates} of cube {url}, which have different "
+                "CRSs; open one at a time with zone=..."
+            )
+        zone = candidates[0]
+    if zone not in present:
+        raise CubeError(f"cube {url} has no zone {zone!r} (zones: {sorted(present)})")
+    store = open_store(url, storage_options=storage_options)
+    ds = xr.open_zarr(store, group=zone, consolidated=False, zarr_format=3)
+    ds.attrs.update({k: v for k, v in attrs.items() if k.startswith("lczscale:")})
+    if year is not None:
+        years = [int(v) for v in ds["time"].values]
+        if year not in years:
+            raise NoDataError(f"cube {url} has no year {year} (years: {years})")
+        ds = ds.sel(time=[year])
+    if bbox is not None:
+        zobj = present[zone]
+        roi = _bbox_window(zobj, geom.box(*bbox, "EPSG:4326").to_crs(zobj.crs))
+        ds = ds.isel(y=roi[0], x=roi[1])
+    return ds
+
+
+def _lon_overlap(zone: Zone, bbox: tuple[float, float, float, float]) -> bool:
+    return bbox[0] < zone.lon_band[1] and bbox[2] > zone.lon_band[0]
+
+
+def _bbox_window(zone: Zone, region: geom.Geometry) -> tuple[slice, slice]:
+    inv = ~zone.affine
+    b = region.boundingbox
+    xs, ys = zip(*(inv * (x, y) for x in (b.left, b.right) for y in (b.bottom, b.top)), strict=True)
+    r0, r1 = max(0, int(np.floor(min(ys)))), min(zone.shape[0], int(np.ceil(max(ys))))
+    c0, c1 = max(0, int(np.floor(min(xs)))), min(zone.shape[1], int(np.ceil(max(xs))))
+    if r1 <= r0 or c1 <= c0:
+        raise NoDataError(f"bbox does not overlap zone {zone.name}")
+    return slice(r0, r1), slice(c0, c1)

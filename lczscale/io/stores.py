@@ -1,0 +1,54 @@
+"""URL + storage options → a zarr store or an fsspec filesystem.
+
+Local paths and every fsspec URL (``s3://``, ``https://``, ``memory://`` …) go through the same
+two functions, so no source or writer has a special case for where its bytes live. Credentials
+are never stored here: fsspec/s3fs read them from the environment on each worker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec import AbstractFileSystem
+from zarr.abc.store import Store
+from zarr.storage import FsspecStore, LocalStore
+
+
+def is_remote(url: str) -> bool:
+    """True for URLs with a scheme other than ``file``."""
+    return "://" in url and not url.startswith("file://")
+
+
+def local_path(url: str) -> Path:
+    return Path(url.removeprefix("file://")).expanduser()
+
+
+def open_store(
+    url: str, *, read_only: bool = True, storage_options: dict[str, Any] | None = None
+) -> Store:
+    """A zarr store rooted at ``url``."""
+    if is_remote(url):
+        return FsspecStore.from_url(
+            url, storage_options=storage_options or {}, read_only=read_only
+        )
+    path = local_path(url)
+    if not read_only:
+        path.mkdir(parents=True, exist_ok=True)
+    return LocalStore(path, read_only=read_only)
+
+
+def filesystem(
+    url: str, storage_options: dict[str, Any] | None = None
+) -> tuple[AbstractFileSystem, str]:
+    """(filesystem, path inside it) for a URL or local path."""
+    if not is_remote(url):
+        return fsspec.filesystem("file"), str(local_path(url).absolute())
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs, path
+
+
+def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+    fs, path = filesystem(url, storage_options)
+    return bool(fs.exists(path))

@@ -1,0 +1,128 @@
+"""Pure planning: (grid, AOI, source availability, finished tiles) → ordered ``TileTask``s.
+
+A task is small and frozen so that it pickles to a worker in a few hundred bytes; everything a
+worker needs beyond it (the model, the source, the cube) is loaded once per worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from lczscale.config import GridConfig
+from lczscale.errors import NoDataError
+from lczscale.grid import (
+    Aoi,
+    Window,
+    Zone,
+    tile_window,
+    tiles_for_geometry,
+    zone_by_name,
+    zones_for_aoi,
+)
+from lczscale.stitch import Lattice
+
+
+@dataclass(frozen=True, order=True)
+class TileTask:
+    """One output tile: write ``core`` of ``zone`` for ``year``, reading ``read``."""
+
+    zone: str
+    year: int
+    core: Window
+    read: Window
+
+    @property
+    def key(self) -> str:
+        """Stable name of the tile, used by the ledger."""
+        return f"{self.zone}/{self.year}/{self.core.row}_{self.core.col}"
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Where a source has data in a zone: blocks of ``block`` px, origin at zone ``origin``."""
+
+    block: tuple[int, int]
+    origin: tuple[int, int]
+    blocks: frozenset[tuple[int, int]]
+
+    def windows(self) -> list[Window]:
+        """Zone windows of the blocks that hold data."""
+        bh, bw = self.block
+        return [
+            Window(self.origin[0] + r * bh, self.origin[1] + c * bw, bh, bw)
+            for r, c in sorted(self.blocks)
+        ]
+
+    def intersects(self, window: Window) -> bool:
+        bh, bw = self.block
+        r0 = (window.row - self.origin[0]) // bh
+        r1 = (window.row_stop - 1 - self.origin[0]) // bh
+        c0 = (window.col - self.origin[1]) // bw
+        c1 = (window.col_stop - 1 - self.origin[1]) // bw
+        if (r1 - r0 + 1) * (c1 - c0 + 1) <= len(self.blocks):
+            return any((r, c) in self.blocks for r in range(r0, r1 + 1) for c in range(c0, c1 + 1))
+        return any(r0 <= r <= r1 and c0 <= c <= c1 for r, c in self.blocks)
+
+
+def tiles_with_data(zone: Zone, avail: Availability, tile_size: int) -> list[Window]:
+    """Core windows of the tiles of a zone that overlap any data block (no AOI given)."""
+    found: set[tuple[int, int]] = set()
+    for block in avail.windows():
+        inner = block.intersection(zone.full_window)
+        if inner is None:
+            continue
+        for ty in range(inner.row // tile_size, (inner.row_stop - 1) // tile_size + 1):
+            for tx in range(inner.col // tile_size, (inner.col_stop - 1) // tile_size + 1):
+                found.add((ty, tx))
+    return [tile_window(zone, t, tile_size) for t in sorted(found)]
+
+
+def plan_tasks(
+    aoi: Aoi | None,
+    grid: GridConfig,
+    lattice: Lattice,
+    year: int,
+    availability: dict[str, Availability],
+    done: Iterable[str] = (),
+) -> list[TileTask]:
+    """Tasks for every tile of the AOI that has input data and is not already done.
+
+    ``availability`` maps zone names to where the source has data; zones it lacks have none.
+    Without an AOI, every tile with data in every zone of ``availability`` is planned.
+    Raises NoDataError when the AOI has no input at all, rather than producing an empty cube.
+    """
+    finished = set(done)
+    tasks: list[TileTask] = []
+    touched: list[str] = []
+    with_data = 0
+    if aoi is None:
+        parts = [(zone_by_name(name, grid), None) for name in sorted(availability)]
+    else:
+        parts = list(zones_for_aoi(aoi, grid))
+    for zone, part in parts:
+        touched.append(zone.name)
+        avail = availability.get(zone.name)
+        if avail is None:
+            continue
+        cores = (
+            tiles_with_data(zone, avail, grid.tile_size)
+            if part is None
+            else tiles_for_geometry(zone, part, grid.tile_size)
+        )
+        for core in cores:
+            if not avail.intersects(core):
+                continue
+            with_data += 1
+            task = TileTask(zone.name, year, core, lattice.read_window(core))
+            if task.key not in finished:
+                tasks.append(task)
+    if with_data == 0:
+        where = "the source" if aoi is None else f"the AOI {tuple(round(v, 4) for v in aoi.bbox)}"
+        raise NoDataError(
+            f"{where} (zones {', '.join(touched)}) has no "
+            f"embeddings for {year}; the source has data in zones "
+            f"{', '.join(sorted(z for z, a in availability.items() if a.blocks)) or 'none'}"
+            " — choose a bbox that overlaps them"
+        )
+    return tasks

@@ -1,0 +1,94 @@
+"""A PNG of a cube region with the official LCZ colours and a legend of the classes present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
+
+from lczscale import classes
+from lczscale.errors import NoDataError
+from lczscale.grid import Window
+from lczscale.io import ledger
+from lczscale.io.cube import cube_zones, open_cube
+
+MAX_SIDE = 2000
+
+
+def data_window(url: str, zone: str) -> Window:
+    """The bounding window of the tiles written in a zone (from the ledger)."""
+    cores = [e["core"] for e in ledger.read_all(url).values() if e.get("zone") == zone]
+    if not cores:
+        raise NoDataError(f"cube {url} has no finished tile in zone {zone}; pass --bbox")
+    r0 = min(c[0] for c in cores)
+    c0 = min(c[1] for c in cores)
+    r1 = max(c[0] + c[2] for c in cores)
+    c1 = max(c[1] + c[3] for c in cores)
+    return Window(r0, c0, r1 - r0, c1 - c0)
+
+
+def plot_lcz(
+    lcz: np.ndarray, out: str | Path, title: str = "", extent: tuple[float, ...] | None = None
+) -> Path:
+    """Draw a 2-D array of LCZ codes (0 = nodata, transparent) with a legend."""
+    step = max(1, int(np.ceil(max(lcz.shape) / MAX_SIDE)))
+    img = lcz[::step, ::step]
+    colours = [(1, 1, 1, 0)] + [
+        tuple(int(h[i : i + 2], 16) / 255 for i in (1, 3, 5)) + (1.0,)
+        for h in classes.LCZ_PALETTE
+    ]
+    cmap = ListedColormap(colours)
+    fig, ax = plt.subplots(figsize=(9, 7.5), dpi=110)
+    ax.imshow(img, cmap=cmap, vmin=-0.5, vmax=17.5, interpolation="nearest", extent=extent)
+    present = [int(c) for c in np.unique(img) if c > 0]
+    handles = [
+        Patch(color=colours[c][:3], label=f"{classes.LCZ_LABELS[c - 1]}  "
+              f"{classes.LCZ_CLASS_NAMES[c - 1]}")
+        for c in present
+    ]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8,
+              frameon=False, title="LCZ")
+    ax.set_title(title)
+    if extent is not None:
+        ax.set_xlabel("easting / longitude")
+        ax.set_ylabel("northing / latitude")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_cube(
+    url: str,
+    out: str | Path,
+    bbox: tuple[float, float, float, float] | None = None,
+    zone: str | None = None,
+    year: int | None = None,
+) -> Path:
+    """Plot ``lcz`` of a cube: a lon/lat bbox, or the extent of what has been written."""
+    if bbox is None and zone is None:
+        zones = [z.name for z in cube_zones(url)]
+        zone = zones[0] if len(zones) == 1 else None
+        if zone is None:
+            raise NoDataError(f"cube {url} has zones {zones}; pass --bbox or --zone")
+    ds = open_cube(url, bbox, zone=zone, year=year)
+    if bbox is None:
+        assert zone is not None
+        w = data_window(url, zone)
+        ds = ds.isel(y=slice(w.row, w.row_stop), x=slice(w.col, w.col_stop))
+    da = ds["lcz"].isel(time=-1)
+    step = max(1, int(np.ceil(max(da.shape) / MAX_SIDE)))
+    lcz = da.isel(y=slice(None, None, step), x=slice(None, None, step)).values
+    x, y = ds["x"].values, ds["y"].values
+    extent = (float(x[0]), float(x[-1]), float(y[-1]), float(y[0]))
+    name = ds.attrs.get("lczscale:zone", {}).get("name") or zone or ""
+    title = f"LCZ {name} {int(ds['time'].values[-1])}"
+    return plot_lcz(lcz, out, title=title, extent=extent)
