@@ -92,7 +92,7 @@ class Zone:
 
     def window_geobox(self, window: Window) -> GeoBox:
         """GeoBox of a window (which may extend past the zone's edge)."""
-        aff = self.affine * Affine.translation(window.col, window.row)
+        aff = self.affine @ Affine.translation(window.col, window.row)
         return GeoBox((window.height, window.width), aff, self.crs)
 
     def pixel_offset(self, transform: Affine, res_tol: float = 1e-9) -> tuple[int, int]:
@@ -114,6 +114,19 @@ class Zone:
                 f"lattice (offset {row:.4f}, {col:.4f} px); embeddings would need resampling"
             )
         return int(round(row)), int(round(col))
+
+    def bounding_window(self, geometry: geom.Geometry) -> Window | None:
+        """The zone pixels under a geometry's bounding box (None when outside the zone)."""
+        if geometry.crs != self.crs:
+            geometry = geometry.to_crs(self.crs)
+        b = geometry.boundingbox
+        inv = ~self.affine
+        cols, rows = zip(
+            *(inv @ (x, y) for x in (b.left, b.right) for y in (b.bottom, b.top)), strict=True
+        )
+        r0, c0 = math.floor(min(rows)), math.floor(min(cols))
+        box = Window(r0, c0, math.ceil(max(rows)) - r0, math.ceil(max(cols)) - c0)
+        return box.intersection(self.full_window)
 
     def lonlat(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Longitude and latitude (float64, degrees) of every pixel centre of a window."""

@@ -7,7 +7,9 @@ worker needs beyond it (the model, the source, the cube) is loaded once per work
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from lczscale.config import GridConfig
 from lczscale.errors import NoDataError
@@ -40,11 +42,19 @@ class TileTask:
 
 @dataclass(frozen=True)
 class Availability:
-    """Where a source has data in a zone: blocks of ``block`` px, origin at zone ``origin``."""
+    """Where a source has data in a zone.
+
+    ``blocks`` are the stored blocks (shards) of ``block`` px, origin at zone pixel ``origin``.
+    Where the source also says which of a block's inner chunks (``cell`` px) hold data,
+    ``cells`` maps the block to a boolean grid of them, so all-water parts of a shard are not
+    scheduled either.
+    """
 
     block: tuple[int, int]
     origin: tuple[int, int]
     blocks: frozenset[tuple[int, int]]
+    cell: tuple[int, int] | None = None
+    cells: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
 
     def windows(self) -> list[Window]:
         """Zone windows of the blocks that hold data."""
@@ -61,8 +71,24 @@ class Availability:
         c0 = (window.col - self.origin[1]) // bw
         c1 = (window.col_stop - 1 - self.origin[1]) // bw
         if (r1 - r0 + 1) * (c1 - c0 + 1) <= len(self.blocks):
-            return any((r, c) in self.blocks for r in range(r0, r1 + 1) for c in range(c0, c1 + 1))
-        return any(r0 <= r <= r1 and c0 <= c <= c1 for r, c in self.blocks)
+            hits = [(r, c) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)
+                    if (r, c) in self.blocks]
+        else:
+            hits = [(r, c) for r, c in self.blocks if r0 <= r <= r1 and c0 <= c <= c1]
+        return any(self._cells_hit(b, window) for b in hits)
+
+    def _cells_hit(self, block: tuple[int, int], window: Window) -> bool:
+        mask = self.cells.get(block)
+        if mask is None or self.cell is None:
+            return True
+        ch, cw = self.cell
+        top = self.origin[0] + block[0] * self.block[0]
+        left = self.origin[1] + block[1] * self.block[1]
+        r0 = max(0, (window.row - top) // ch)
+        r1 = (window.row_stop - 1 - top) // ch + 1
+        c0 = max(0, (window.col - left) // cw)
+        c1 = (window.col_stop - 1 - left) // cw + 1
+        return bool(mask[r0:r1, c0:c1].any())
 
 
 def tiles_with_data(zone: Zone, avail: Availability, tile_size: int) -> list[Window]:

@@ -19,7 +19,7 @@ import lczscale
 from lczscale.config import MapConfig
 from lczscale.errors import ConfigError, NoDataError
 from lczscale.execute.tile import MapContext, TileResult
-from lczscale.grid import Aoi, zone_by_name
+from lczscale.grid import Aoi, Window, zone_by_name, zones_for_aoi
 from lczscale.io import ledger
 from lczscale.io.cube import create_cube
 from lczscale.io.source import EmbeddingSource
@@ -116,11 +116,15 @@ def prepare(cfg: MapConfig) -> MapPlan:
     phash = hashlib.sha256(json.dumps(provenance, sort_keys=True).encode()).hexdigest()
     entries = ledger.read_all(cfg.out) if exists(cfg.out) else {}
     done = {k for k, e in entries.items() if e["provenance_hash"] == phash}
-    availability = {
-        name: source.availability(zone_by_name(name, cfg.grid), year)
-        for name in source.zone_names()
-    }
     aoi = _aoi(cfg)
+    within: dict[str, Window | None] = {}
+    if aoi is not None:
+        within = {z.name: z.bounding_window(part) for z, part in zones_for_aoi(aoi, cfg.grid)}
+    availability = {
+        name: source.availability(zone_by_name(name, cfg.grid), year, within.get(name))
+        for name in source.zone_names()
+        if aoi is None or within.get(name) is not None
+    }
     planned = plan_tasks(aoi, cfg.grid, lattice, year, availability)
     todo = [t for t in planned if t.key not in done]
     return MapPlan(cfg, source, year, lattice, provenance, phash, planned, todo, entries)

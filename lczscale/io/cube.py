@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import odc.geo.xr  # noqa: F401  (registers the .odc accessor on what open_cube returns)
 import xarray as xr
 import zarr
 from odc.geo import geom
@@ -93,10 +94,12 @@ def create_cube(
             }
         )
     root.attrs.update(attrs)
-    present = set(root.group_keys())
+    present = dict(root.attrs.get("lczscale:zones", {}))  # type: ignore[call-overload]
     for zone in zones:
         if zone.name not in present:
             _create_zone(root, zone, grid, cube)
+            present[zone.name] = zone.to_dict()
+            root.attrs["lczscale:zones"] = present
         _ensure_years(root[zone.name], years)  # type: ignore[arg-type]
 
 
@@ -250,12 +253,8 @@ def read_window(
 
 def cube_zones(url: str, storage_options: dict[str, Any] | None = None) -> list[Zone]:
     """The zones present in a cube."""
-    root = _open_root(url, "r", storage_options)
-    return [
-        Zone.from_dict(root[name].attrs["lczscale:zone"])  # type: ignore[arg-type]
-        for name in sorted(root.group_keys())
-        if "lczscale:zone" in root[name].attrs
-    ]
+    zones = cube_attrs(url, storage_options).get("lczscale:zones", {})
+    return [Zone.from_dict(zones[name]) for name in sorted(zones)]
 
 
 def cube_grid(url: str, storage_options: dict[str, Any] | None = None) -> GridConfig:
@@ -320,7 +319,7 @@ def _lon_overlap(zone: Zone, bbox: tuple[float, float, float, float]) -> bool:
 def _bbox_window(zone: Zone, region: geom.Geometry) -> tuple[slice, slice]:
     inv = ~zone.affine
     b = region.boundingbox
-    xs, ys = zip(*(inv * (x, y) for x in (b.left, b.right) for y in (b.bottom, b.top)), strict=True)
+    xs, ys = zip(*(inv @ (x, y) for x in (b.left, b.right) for y in (b.bottom, b.top)), strict=True)
     r0, r1 = max(0, int(np.floor(min(ys)))), min(zone.shape[0], int(np.ceil(max(ys))))
     c0, c1 = max(0, int(np.floor(min(xs)))), min(zone.shape[1], int(np.ceil(max(xs))))
     if r1 <= r0 or c1 <= c0:

@@ -59,8 +59,11 @@ class EmbeddingSource(Protocol):
 
     def zone_names(self) -> list[str]: ...
 
-    def availability(self, zone: Zone, year: int) -> Availability:
-        """Blocks of the zone holding any non-water input, by listing (no pixel reads)."""
+    def availability(
+        self, zone: Zone, year: int, within: Window | None = None
+    ) -> Availability:
+        """Blocks of the zone holding any non-water input, from listings and chunk indexes
+        (never pixel reads); ``within`` limits the finer (per-chunk) look-ups to a window."""
         ...
 
     def read(self, zone: Zone, window: Window, year: int) -> EmbeddingWindow: ...

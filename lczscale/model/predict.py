@@ -106,6 +106,13 @@ class Predictor:
             assert overlap is not None
             if core_valid[overlap[1]].any():  # a patch with no valid core pixel changes nothing
                 jobs.append((origin, overlap))
+        water = data.water[core.relative_to(read)]
+        lcz = np.zeros((core.height, core.width), dtype=np.uint8)
+        conf = np.zeros_like(lcz)
+        lcz[water] = WATER_CLASS
+        conf[water] = 255
+        if not jobs:
+            return TilePrediction(lcz, conf, 0, 0)
         acc = torch.zeros((self.meta.model.num_classes, core.height, core.width),
                           dtype=torch.float32, device=self.device)
         wsum = torch.zeros((core.height, core.width), dtype=torch.float32, device=self.device)
@@ -118,18 +125,12 @@ class Predictor:
                     w = self.window[ps]
                     acc[(slice(None), *cs)] += probs[(i, slice(None), *ps)] * w
                     wsum[cs] += w
-        lcz = np.zeros((core.height, core.width), dtype=np.uint8)
-        conf = np.zeros_like(lcz)
-        if jobs:
-            prob = acc / wsum.clamp_min(1e-12)
-            best, idx = prob.max(dim=0)
-            codes = (idx + 1).to(torch.uint8).cpu().numpy()
-            score = torch.round(best * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()
-            lcz[core_valid] = codes[core_valid]
-            conf[core_valid] = score[core_valid]
-        water = data.water[core.relative_to(read)]
-        lcz[water] = WATER_CLASS
-        conf[water] = 255
+        prob = acc / wsum.clamp_min(1e-12)
+        best, idx = prob.max(dim=0)
+        codes = (idx + 1).to(torch.uint8).cpu().numpy()
+        score = torch.round(best * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()
+        lcz[core_valid] = codes[core_valid]
+        conf[core_valid] = score[core_valid]
         return TilePrediction(lcz, conf, len(jobs), int(core_valid.sum()))
 
     def _location(self, zone: Zone, read: Window) -> torch.Tensor:

@@ -84,8 +84,8 @@ def train(
                 np.add.at(confusion, (t[keep].cpu().numpy(), pred), 1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 iou = _iou(confusion)
-                history.append({"step": step, "loss": float(loss), "miou": iou})
-                bar.update(job, description=f"loss {float(loss):.3f}  train mIoU {iou:.3f}")
+                history.append({"step": step, "loss": loss.item(), "miou": iou})
+                bar.update(job, description=f"loss {loss.item():.3f}  train mIoU {iou:.3f}")
                 confusion[:] = 0
             bar.advance(job)
     metrics = {"final_loss": history[-1]["loss"], "train_miou": history[-1]["miou"],
