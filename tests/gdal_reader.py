@@ -186,9 +186,8 @@ def _is_single(window: Windows) -> bool:
 def _window_list(window: Windows) -> list[tuple[int, ...]]:
     if window is None:
         return []
-    if _is_single(window):
-        return [tuple(int(v) for v in window)]  # type: ignore[union-attr]
-    return [tuple(int(v) for v in w) for w in window]  # type: ignore[union-attr]
+    boxes: Sequence[Any] = [window] if _is_single(window) else window
+    return [tuple(int(v) for v in box) for box in boxes]
 
 
 def read_dataset(name: str, window: Windows = None, band: int = 1) -> dict[str, Any]:

@@ -1,0 +1,121 @@
+"""End to end through the real pieces: the cube does not depend on tile size, worker count,
+executor or task order — bit for bit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lczscale
+from lczscale.cli import main
+from lczscale.config import GridConfig
+from lczscale.execute import run as run_module
+from lczscale.execute.run import run_map
+from lczscale.grid import utm_zone
+from lczscale.status import cube_status
+
+pytestmark = pytest.mark.integration
+
+
+def cube_arrays(url: str, world) -> dict[str, np.ndarray]:
+    """lcz and confidence around every city of the world (city window plus 300 px)."""
+    out = {}
+    for city in world.summary["cities"]:
+        r, c, h, w = city["window"]
+        ds = lczscale.open_cube(url, zone=city["zone"])
+        sel = {"y": slice(r - 300, r + h + 300), "x": slice(c - 300, c + w + 300)}
+        for var in ("lcz", "confidence"):
+            out[f"{city['name']}/{var}"] = ds[var].isel(**sel).values
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(world, tmp_path_factory) -> tuple[str, dict[str, np.ndarray]]:
+    out = tmp_path_factory.mktemp("ref") / "tile512.zarr"
+    report = run_map(world.map_config(out), progress=False)
+    assert report.computed >= 4, "each 6 km city must span several 512 px tiles"
+    return str(out), cube_arrays(str(out), world)
+
+
+def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert a[k].shape == b[k].shape, k
+        assert np.array_equal(a[k], b[k]), f"{k}: {int((a[k] != b[k]).sum())} pixels differ"
+
+
+def test_tile_size_does_not_change_the_cube(world, reference, tmp_path: Path) -> None:
+    report = run_map(world.map_config(tmp_path / "t1024.zarr", grid=GridConfig(tile_size=1024)),
+                     progress=False)
+    assert report.computed >= 2
+    assert_same(reference[1], cube_arrays(str(tmp_path / "t1024.zarr"), world))
+    lcz = reference[1][f"{world.summary['cities'][0]['name']}/lcz"]
+    assert len(np.unique(lcz[lcz > 0])) >= 3, "the model must predict several classes"
+
+
+def test_worker_count_and_executor_do_not_change_the_cube(world, reference, tmp_path) -> None:
+    for workers in (1, 2):
+        out = tmp_path / f"dask{workers}.zarr"
+        report = run_map(world.map_config(out, executor="dask", workers=workers), progress=False)
+        assert report.computed == run_map(world.map_config(out), progress=False).skipped
+        assert_same(reference[1], cube_arrays(str(out), world))
+
+
+def test_task_order_does_not_change_the_cube(world, reference, tmp_path, monkeypatch) -> None:
+    original = run_module.plan_tasks
+    monkeypatch.setattr(run_module, "plan_tasks", lambda *a, **k: original(*a, **k)[::-1])
+    run_map(world.map_config(tmp_path / "reversed.zarr"), progress=False)
+    assert_same(reference[1], cube_arrays(str(tmp_path / "reversed.zarr"), world))
+
+
+def test_rerun_skips_finished_tiles_and_status_counts_them(world, tmp_path, capsys) -> None:
+    cfg = world.map_config(tmp_path / "c.zarr")
+    first = run_map(cfg, progress=False)
+    second = run_map(cfg, progress=False)
+    assert second.computed == 0 and second.skipped == first.computed
+    status = cube_status(cfg.out)
+    assert status["done"] == first.computed and status["remaining"] == 0
+    assert main(["status", cfg.out, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert {"done", "stale", "failed", "remaining"} <= printed.keys()
+
+
+def test_open_cube_gives_crs_and_the_zone_grid(world, reference) -> None:
+    url, _ = reference
+    ds = lczscale.open_cube(url, zone="utm32")
+    zone = utm_zone(32)
+    assert ds.odc.geobox.crs.epsg == 32632
+    assert tuple(ds.odc.geobox.affine)[:6] == tuple(zone.affine)[:6]
+    assert ds["lcz"].dims == ("time", "y", "x") and ds["lcz"].dtype == np.uint8
+    city = world.summary["cities"][0]
+    sub = lczscale.open_cube(url, bbox=tuple(city["bbox_lonlat"]))
+    assert 0 < sub.sizes["y"] <= 700 and 0 < sub.sizes["x"] <= 700
+    assert (sub["lcz"].values > 0).mean() > 0.5
+    assert ds.attrs["lczscale:classes"]["palette"][0] == "#910613"
+
+
+def test_southern_hemisphere_city_has_negative_northings(southern_world, tmp_path) -> None:
+    nairobi = next(c for c in southern_world.summary["cities"] if c["zone"] == "utm37")
+    out = tmp_path / "nairobi.zarr"
+    report = run_map(southern_world.map_config(out, bbox=tuple(nairobi["bbox_lonlat"])),
+                     progress=False)
+    assert report.zones == ["utm37"] and report.valid_pixels > 0
+    ds = lczscale.open_cube(str(out), bbox=tuple(nairobi["bbox_lonlat"]))
+    assert ds.odc.geobox.crs.epsg == 32637
+    assert float(ds["y"].max()) < 0
+    assert (ds["lcz"].values > 0).mean() > 0.5
+
+
+def test_cli_eval_and_plot(world, reference, tmp_path, capsys) -> None:
+    url, _ = reference
+    assert main(["eval", url, "--truth", world.truth, "--baseline", world.coarse, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"miou", "oa", "per_class_iou", "baseline_miou", "kappa"} <= result.keys()
+    assert 0 < result["oa"] <= 1 and 0 < result["baseline_oa"] <= 1
+    png = tmp_path / "map.png"
+    city = world.summary["cities"][0]["bbox_lonlat"]
+    assert main(["plot", url, "--out", str(png), "--bbox", ",".join(map(str, city))]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
