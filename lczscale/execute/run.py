@@ -120,6 +120,12 @@ def prepare(cfg: MapConfig) -> MapPlan:
     within: dict[str, Window | None] = {}
     if aoi is not None:
         within = {z.name: z.bounding_window(part) for z, part in zones_for_aoi(aoi, cfg.grid)}
+    if aoi is not None and not set(within) & set(source.zone_names()):
+        raise NoDataError(
+            f"the AOI {tuple(round(v, 4) for v in aoi.bbox)} lies in zones "
+            f"{', '.join(sorted(within))} but {cfg.source} has embeddings only in zones "
+            f"{', '.join(source.zone_names())}; choose a bbox inside them"
+        )
     availability = {
         name: source.availability(zone_by_name(name, cfg.grid), year, within.get(name))
         for name in source.zone_names()

@@ -37,10 +37,25 @@ def model_input(
     std: torch.Tensor,
     method: str,
 ) -> torch.Tensor:
-    """(B, D [+ loc], H, W) float32: normalised embeddings, zero where invalid, then location."""
-    x = dequantise(codes, scales, method)
-    x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-    x = x * valid.unsqueeze(1).to(x.dtype)
+    """(B, D [+ loc], H, W) float32: normalised embeddings, zero where invalid, then location.
+
+    Written in place into one output tensor (four passes over the embeddings, no
+    concatenation): on a CPU this preparation costs a fair part of a small model's forward.
+    """
+    b, d, h, w = codes.shape
+    extra = 0 if location is None else location.shape[1]
+    x = torch.empty((b, d + extra, h, w), dtype=torch.float32, device=codes.device)
+    e = x[:, :d]
+    if method == "per_pixel_scale":
+        assert scales is not None
+        e.copy_(codes)
+        e.mul_(scales.unsqueeze(1))
+    else:
+        e.copy_(dequantise(codes, scales, method))
+    inv_std = (1.0 / std).view(1, -1, 1, 1)
+    e.mul_(inv_std)
+    # shift by -mean/std only where valid: invalid pixels stay exactly 0
+    e.addcmul_((-mean).view(1, -1, 1, 1) * inv_std, valid.unsqueeze(1).to(torch.float32))
     if location is not None:
-        x = torch.cat([x, location], dim=1)
+        x[:, d:] = location
     return x

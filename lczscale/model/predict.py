@@ -144,7 +144,10 @@ class Predictor:
         self, data: EmbeddingWindow, location: torch.Tensor | None, origins: list[tuple[int, int]]
     ) -> torch.Tensor:
         """Softmax probabilities (B, C, P, P) for a batch padded to the fixed batch size."""
-        p, n = self.lattice.patch, self.batch_size
+        p = self.lattice.patch
+        # cuDNN may choose kernels by batch size, so GPU batches are padded to a fixed size;
+        # the CPU model runs each sample alone (see LczUNet.forward), so padding is waste there.
+        n = self.batch_size if self.device.type == "cuda" else len(origins)
         d = data.codes.shape[0]
         codes = np.zeros((n, d, p, p), dtype=np.int8)
         scales = np.zeros((n, p, p), dtype=np.float32)
