@@ -20,6 +20,7 @@ import torch
 from common import emit
 from distributed import Client, LocalCluster
 
+from lczscale import classes
 from lczscale.config import GridConfig, MapConfig, ModelConfig, StitchConfig
 from lczscale.execute.run import run_map
 from lczscale.io.sources import open_source
@@ -27,7 +28,6 @@ from lczscale.model.checkpoint import CheckpointMeta, InputSpec, Normalisation, 
 from lczscale.model.predict import pinned_threads
 from lczscale.model.unet import LczUNet, location_channels
 from lczscale.synth import write_world
-from lczscale import classes
 
 
 def random_model(directory: Path, source_url: str, cfg: ModelConfig) -> None:

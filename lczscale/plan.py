@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+from odc.geo import geom
 
 from lczscale.config import GridConfig
 from lczscale.errors import NoDataError
@@ -122,6 +123,7 @@ def plan_tasks(
     tasks: list[TileTask] = []
     touched: list[str] = []
     with_data = 0
+    parts: list[tuple[Zone, geom.Geometry | None]]
     if aoi is None:
         parts = [(zone_by_name(name, grid), None) for name in sorted(availability)]
     else:

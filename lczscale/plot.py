@@ -34,21 +34,24 @@ def data_window(url: str, zone: str) -> Window:
 
 
 def plot_lcz(
-    lcz: np.ndarray, out: str | Path, title: str = "", extent: tuple[float, ...] | None = None
+    lcz: np.ndarray,
+    out: str | Path,
+    title: str = "",
+    extent: tuple[float, float, float, float] | None = None,
 ) -> Path:
     """Draw a 2-D array of LCZ codes (0 = nodata, transparent) with a legend."""
     step = max(1, int(np.ceil(max(lcz.shape) / MAX_SIDE)))
     img = lcz[::step, ::step]
-    colours = [(1, 1, 1, 0)] + [
-        tuple(int(h[i : i + 2], 16) / 255 for i in (1, 3, 5)) + (1.0,)
-        for h in classes.LCZ_PALETTE
+    rgb = [(r / 255, g / 255, b / 255) for r, g, b in classes.palette_rgb()]
+    colours: list[tuple[float, float, float, float]] = [(1.0, 1.0, 1.0, 0.0)] + [
+        (r, g, b, 1.0) for r, g, b in rgb
     ]
     cmap = ListedColormap(colours)
     fig, ax = plt.subplots(figsize=(9, 7.5), dpi=110)
     ax.imshow(img, cmap=cmap, vmin=-0.5, vmax=17.5, interpolation="nearest", extent=extent)
     present = [int(c) for c in np.unique(img) if c > 0]
     handles = [
-        Patch(color=colours[c][:3], label=f"{classes.LCZ_LABELS[c - 1]}  "
+        Patch(color=rgb[c - 1], label=f"{classes.LCZ_LABELS[c - 1]}  "
               f"{classes.LCZ_CLASS_NAMES[c - 1]}")
         for c in present
     ]

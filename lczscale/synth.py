@@ -560,7 +560,8 @@ def write_world(
     ``shard_size`` is the TESSERA shard edge S (real stores use 4096). ``scales_fill`` is the
     scales array's fill value: +inf (default, as real TESSERA stores: unwritten land is "no
     data yet"); NaN is the alternative convention. Either way all-water or never-written
-    ``embeddings`` chunks are not stored, which is what planning lists. Returns the summary also saved as ``world.json``.
+    ``embeddings`` chunks are not stored, which is what planning lists. Returns the summary
+    also saved as ``world.json``.
     """
     out = Path(out_dir)
     years = sorted(int(y) for y in years)

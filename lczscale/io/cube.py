@@ -94,7 +94,7 @@ def create_cube(
             }
         )
     root.attrs.update(attrs)
-    present = dict(root.attrs.get("lczscale:zones", {}))  # type: ignore[call-overload]
+    present: dict[str, Any] = dict(root.attrs.get("lczscale:zones") or {})  # type: ignore[arg-type]
     for zone in zones:
         if zone.name not in present:
             _create_zone(root, zone, grid, cube)
@@ -245,9 +245,11 @@ def read_window(
     out = np.zeros((window.height, window.width), dtype=np.uint8)
     inner = window.intersection(zone.full_window)
     if inner is not None:
-        out[inner.relative_to(window)] = g[variable][  # type: ignore[index]
-            t, inner.row : inner.row_stop, inner.col : inner.col_stop
-        ]
+        arr = g[variable]
+        assert isinstance(arr, zarr.Array)
+        out[inner.relative_to(window)] = np.asarray(
+            arr[t, inner.row : inner.row_stop, inner.col : inner.col_stop]
+        )
     return out
 
 

@@ -146,7 +146,8 @@ class TesseraZarrSource:
             t = g.attrs.get("spatial:transform")
             if t is None:
                 raise SourceError(f"{self.url}/{name} lacks the 'spatial:transform' attribute")
-            info[name] = (Affine(*t[:6]), {y: i for i, y in enumerate(years)}, emb, scales)  # type: ignore[index]
+            coeffs = [float(v) for v in t][:6]  # type: ignore[union-attr, arg-type]
+            info[name] = (Affine(*coeffs), {y: i for i, y in enumerate(years)}, emb, scales)
         return info
 
     @property

@@ -49,9 +49,10 @@ def model_input(
     if method == "per_pixel_scale":
         assert scales is not None
         e.copy_(codes)
-        e.mul_(scales.unsqueeze(1))
+        e.mul_((scales * valid).unsqueeze(1))  # masking the (B, H, W) scales is cheap
     else:
         e.copy_(dequantise(codes, scales, method))
+        e.mul_(valid.unsqueeze(1))
     inv_std = (1.0 / std).view(1, -1, 1, 1)
     e.mul_(inv_std)
     # shift by -mean/std only where valid: invalid pixels stay exactly 0

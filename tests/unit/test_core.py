@@ -1,0 +1,111 @@
+"""Unit checks of the pure pieces, the feature preparation and the cube/ledger writers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from odc.geo import geom
+
+from lczscale.config import CubeConfig, GridConfig, MapConfig, StitchConfig, auto_overlap
+from lczscale.errors import ConfigError, CubeError
+from lczscale.grid import Aoi, Window, utm_zone, utm_zone_number, zones_for_aoi
+from lczscale.io import ledger
+from lczscale.io.cube import create_cube, cube_zones, read_window, write_tile
+from lczscale.model.features import dequantise, model_input
+
+
+def test_utm_zone_numbers_follow_tessera() -> None:
+    assert utm_zone_number(8.54) == 32 and utm_zone_number(-180) == 1
+    assert utm_zone_number(180) == 60 and utm_zone_number(36.82) == 37
+
+
+def test_southern_points_get_negative_northings_in_the_northern_epsg() -> None:
+    zone = utm_zone(37)
+    assert zone.crs == "EPSG:32637"
+    pt = geom.point(36.82, -1.29, "EPSG:4326").to_crs(zone.crs)
+    assert pt.coords[0][1] < 0
+    row, _ = (~zone.affine) * pt.coords[0]
+    assert 0 < row < zone.shape[0]
+
+
+def test_aoi_across_a_zone_edge_is_split_without_overlap() -> None:
+    parts = zones_for_aoi(Aoi.from_bbox((5.9, 47.0, 6.1, 47.1)), GridConfig())
+    assert [z.name for z, _ in parts] == ["utm31", "utm32"]
+    areas = [p.to_crs("EPSG:4326").area for _, p in parts]
+    assert abs(sum(areas) - 0.2 * 0.1) < 1e-6
+
+
+def test_polar_aoi_is_refused_with_advice() -> None:
+    with pytest.raises(ConfigError, match="global"):
+        zones_for_aoi(Aoi.from_bbox((10, 84.5, 11, 85)), GridConfig())
+
+
+def test_config_rejects_unknown_keys_and_bad_bbox() -> None:
+    with pytest.raises(ValueError, match="extra"):
+        MapConfig.model_validate({"source": "a", "model": "b", "out": "c", "colour": 1})
+    with pytest.raises(ValueError, match="min < max"):
+        MapConfig.model_validate({"source": "a", "model": "b", "out": "c", "bbox": [9, 47, 8, 48]})
+
+
+def test_overlap_covers_the_receptive_radius() -> None:
+    assert auto_overlap(47) == 48
+    assert StitchConfig(patch_size=256).stride(47) == 208
+    assert StitchConfig(patch_size=64, overlap=40).stride(47) == 32  # capped at half a patch
+
+
+def test_window_maths() -> None:
+    a, b = Window(0, 0, 10, 10), Window(5, 8, 10, 10)
+    assert a.intersection(b) == Window(5, 8, 5, 2)
+    assert Window(0, 0, 2, 2).intersection(Window(2, 2, 1, 1)) is None
+    assert Window(5, 8, 5, 2).relative_to(b) == (slice(0, 5), slice(0, 2))
+
+
+def test_sign_square_lookup_is_exact() -> None:
+    codes = torch.tensor([-128, -127, -1, 0, 1, 127], dtype=torch.int8).view(1, 6, 1, 1)
+    got = dequantise(codes, None, "sign_square").view(-1).double()
+    want = torch.tensor([0.0, -(127 / 127.5) ** 2, -(1 / 127.5) ** 2, 0, (1 / 127.5) ** 2,
+                         (127 / 127.5) ** 2], dtype=torch.float64)
+    assert torch.allclose(got, want, atol=1e-7)
+
+
+def test_model_input_normalises_valid_pixels_and_zeroes_the_rest() -> None:
+    codes = torch.randint(-127, 128, (2, 3, 4, 4), dtype=torch.int8)
+    scales = torch.rand(2, 4, 4)
+    valid = torch.rand(2, 4, 4) > 0.3
+    mean, std = torch.tensor([0.1, -0.2, 0.3]), torch.tensor([0.5, 1.0, 2.0])
+    loc = torch.randn(2, 4, 4, 4)
+    x = model_input(codes, scales, valid, loc, mean, std, "per_pixel_scale")
+    ref = (codes.float() * scales[:, None] - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    ref = ref * valid[:, None]
+    assert torch.allclose(x[:, :3], ref, atol=1e-5) and torch.equal(x[:, 3:], loc)
+    assert (x[:, :3][~valid.unsqueeze(1).expand(-1, 3, -1, -1)] == 0).all()
+
+
+def test_cube_create_write_extend_and_refuse(tmp_path) -> None:
+    url = str(tmp_path / "c.zarr")
+    zone = utm_zone(32)
+    grid, cube = GridConfig(tile_size=256), CubeConfig()
+    create_cube(url, [zone], [2024], grid, cube, {"note": "x"})
+    core = Window(256 * 1000, 256 * 100, 256, 256)
+    lcz = np.random.default_rng(0).integers(0, 18, (256, 256), dtype=np.uint8)
+    write_tile(url, zone, 2024, core, lcz, lcz)
+    create_cube(url, [zone, utm_zone(33)], [2024, 2025], grid, cube, {})  # extend: zone + year
+    assert [z.name for z in cube_zones(url)] == ["utm32", "utm33"]
+    assert np.array_equal(read_window(url, zone, 2024, core), lcz)
+    assert not read_window(url, zone, 2025, core).any()
+    with pytest.raises(CubeError, match="layout"):
+        create_cube(url, [zone], [2024], GridConfig(tile_size=512), cube, {})
+    with pytest.raises(CubeError, match="shape"):
+        write_tile(url, zone, 2024, core, lcz[:10], lcz[:10])
+
+
+def test_ledger_round_trip_and_replace(tmp_path) -> None:
+    url = str(tmp_path / "c.zarr")
+    ledger.record(url, "utm32/2024/0_0", {"provenance_hash": "a"})
+    ledger.record(url, "utm32/2024/0_0", {"provenance_hash": "b"})
+    ledger.record(url, "utm32/2024/0_256", {"provenance_hash": "b"})
+    entries = ledger.read_all(url)
+    assert set(entries) == {"utm32/2024/0_0", "utm32/2024/0_256"}
+    assert entries["utm32/2024/0_0"]["provenance_hash"] == "b"
+    assert not list((tmp_path / "c.zarr").rglob("*.tmp"))
