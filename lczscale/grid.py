@@ -128,16 +128,30 @@ class Zone:
         box = Window(r0, c0, math.ceil(max(rows)) - r0, math.ceil(max(cols)) - c0)
         return box.intersection(self.full_window)
 
-    def lonlat(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        """Longitude and latitude (float64, degrees) of every pixel centre of a window."""
+    def lonlat(self, window: Window, step: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """Longitude and latitude (float64, degrees) of every pixel centre of a window.
+
+        Exact projection on a lattice of nodes every ``step`` zone pixels, bilinear in between:
+        over 80 m the projection is linear to ~1e-10°, it costs 1/step² of the transforms, and
+        because the nodes sit at fixed zone positions a pixel gets the same value in any window.
+        """
         a = self.affine
-        cols = a.c + a.a * (np.arange(window.col, window.col_stop, dtype=np.float64) + 0.5)
-        rows = a.f + a.e * (np.arange(window.row, window.row_stop, dtype=np.float64) + 0.5)
-        xx, yy = np.meshgrid(cols, rows)
-        if self.crs == "EPSG:4326":
-            return xx, yy
-        lon, lat = _to_lonlat(self.crs).transform(xx, yy)
-        return np.asarray(lon), np.asarray(lat)
+        rn = np.arange(window.row // step, (window.row_stop - 1) // step + 2) * step
+        cn = np.arange(window.col // step, (window.col_stop - 1) // step + 2) * step
+        xx, yy = np.meshgrid(a.c + a.a * (cn + 0.5), a.f + a.e * (rn + 0.5))
+        if self.crs != "EPSG:4326":
+            xx, yy = (np.asarray(v) for v in _to_lonlat(self.crs).transform(xx, yy))
+        rows = np.arange(window.row, window.row_stop)
+        cols = np.arange(window.col, window.col_stop)
+        i, fy = (rows - rn[0]) // step, ((rows - rn[0]) % step / step)[:, None]
+        j, fx = (cols - cn[0]) // step, ((cols - cn[0]) % step / step)[None, :]
+
+        def interp(v: np.ndarray) -> np.ndarray:
+            top = v[i][:, j] * (1 - fx) + v[i][:, j + 1] * fx
+            bottom = v[i + 1][:, j] * (1 - fx) + v[i + 1][:, j + 1] * fx
+            return top * (1 - fy) + bottom * fy
+
+        return interp(xx), interp(yy)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -109,3 +109,19 @@ def test_ledger_round_trip_and_replace(tmp_path) -> None:
     assert set(entries) == {"utm32/2024/0_0", "utm32/2024/0_256"}
     assert entries["utm32/2024/0_0"]["provenance_hash"] == "b"
     assert not list((tmp_path / "c.zarr").rglob("*.tmp"))
+
+
+def test_pixel_lonlat_is_exact_enough_and_window_independent() -> None:
+    from pyproj import Transformer
+
+    zone = utm_zone(37)
+    win = Window(1_000_123, 33_301, 70, 45)  # south of the equator
+    lon, lat = zone.lonlat(win)
+    a = zone.affine
+    xx, yy = np.meshgrid(a.c + a.a * (np.arange(win.col, win.col_stop) + 0.5),
+                         a.f + a.e * (np.arange(win.row, win.row_stop) + 0.5))
+    ref_lon, ref_lat = Transformer.from_crs(zone.crs, 4326, always_xy=True).transform(xx, yy)
+    assert np.abs(lon - ref_lon).max() < 1e-8 and np.abs(lat - ref_lat).max() < 1e-8
+    sub = Window(win.row + 13, win.col + 5, 30, 21)
+    sub_lon, sub_lat = zone.lonlat(sub)
+    assert np.array_equal(sub_lon, lon[13:43, 5:26]) and np.array_equal(sub_lat, lat[13:43, 5:26])
