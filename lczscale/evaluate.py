@@ -11,14 +11,13 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.storage import FsspecStore
 
 from lczscale import classes
 from lczscale.errors import CubeError
 from lczscale.grid import Window
-from lczscale.io.cube import _open_root, cube_attrs, cube_zones, read_window
+from lczscale.io.cube import cube_attrs, cube_zones, open_root, read_window
 from lczscale.io.labels import read_labels
-from lczscale.io.stores import filesystem
+from lczscale.io.shards import stored_chunks
 
 N = 18  # 0 = nodata + 17 classes
 
@@ -57,20 +56,10 @@ def scores(cm: np.ndarray) -> dict[str, Any]:
 
 def _stored_windows(url: str, zone_name: str, year_index: int) -> list[Window]:
     """Windows of the chunks actually written in a cube's ``lcz`` array for one year."""
-    arr = _open_root(url, "r", None)[zone_name]["lcz"]  # type: ignore[index]
+    arr = open_root(url, "r", None)[zone_name]["lcz"]  # type: ignore[index]
     assert isinstance(arr, zarr.Array)
-    block = (arr.shards or arr.chunks)[1:]
-    store = arr.store_path.store
-    if isinstance(store, FsspecStore):
-        fs, base = store.fs, store.path
-    else:
-        fs, base = filesystem(str(getattr(store, "root", url)))
-    prefix = f"{base.rstrip('/')}/{arr.path}/c/{year_index}/"
-    out = []
-    for path in fs.find(prefix):
-        r, c = (int(p) for p in path[len(prefix) :].split("/"))
-        out.append(Window(r * block[0], c * block[1], block[0], block[1]))
-    return out
+    bh, bw = (arr.shards or arr.chunks)[1:]
+    return [Window(r * bh, c * bw, bh, bw) for r, c in stored_chunks(arr, (year_index,))]
 
 
 def evaluate(
@@ -87,12 +76,12 @@ def evaluate(
     cm_base = np.zeros((N, N), dtype=np.int64)
     used_year = None
     for zone in cube_zones(truth_url):
-        g = _open_root(truth_url, "r", None)[zone.name]
+        g = open_root(truth_url, "r", None)[zone.name]
         years = [int(v) for v in g["time"][:]]  # type: ignore[index, union-attr]
         truth_year = years[-1] if year is None else year
         if truth_year not in years:
             raise CubeError(f"reference {truth_url} has no year {truth_year} (years: {years})")
-        pg = _open_root(cube_url, "r", None)[zone.name] if zone.name in pred_zones else None
+        pg = open_root(cube_url, "r", None)[zone.name] if zone.name in pred_zones else None
         pred_years = [] if pg is None else [int(v) for v in pg["time"][:]]  # type: ignore
         pred_year = year if year is not None else (max(pred_years) if pred_years else None)
         used_year = pred_year

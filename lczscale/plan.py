@@ -1,4 +1,4 @@
-"""Pure planning: (grid, AOI, source availability, finished tiles) → ordered ``TileTask``s.
+"""Pure planning: (grid, AOI, source availability) → ordered ``TileTask``s.
 
 A task is small and frozen so that it pickles to a worker in a few hundred bytes; everything a
 worker needs beyond it (the model, the source, the cube) is loaded once per worker.
@@ -6,7 +6,6 @@ worker needs beyond it (the model, the source, the cube) is loaded once per work
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,15 +110,13 @@ def plan_tasks(
     lattice: Lattice,
     year: int,
     availability: dict[str, Availability],
-    done: Iterable[str] = (),
 ) -> list[TileTask]:
-    """Tasks for every tile of the AOI that has input data and is not already done.
+    """Tasks for every tile of the AOI that has input data (the caller drops finished ones).
 
     ``availability`` maps zone names to where the source has data; zones it lacks have none.
     Without an AOI, every tile with data in every zone of ``availability`` is planned.
     Raises NoDataError when the AOI has no input at all, rather than producing an empty cube.
     """
-    finished = set(done)
     tasks: list[TileTask] = []
     touched: list[str] = []
     with_data = 0
@@ -142,9 +139,7 @@ def plan_tasks(
             if not avail.intersects(core):
                 continue
             with_data += 1
-            task = TileTask(zone.name, year, core, lattice.read_window(core))
-            if task.key not in finished:
-                tasks.append(task)
+            tasks.append(TileTask(zone.name, year, core, lattice.read_window(core)))
     if with_data == 0:
         where = "the source" if aoi is None else f"the AOI {tuple(round(v, 4) for v in aoi.bbox)}"
         raise NoDataError(

@@ -32,7 +32,7 @@ COORD_CHUNK = 1 << 18
 VARIABLES = ("lcz", "confidence")
 
 
-def _open_root(url: str, mode: str, storage_options: dict[str, Any] | None) -> zarr.Group:
+def open_root(url: str, mode: str, storage_options: dict[str, Any] | None) -> zarr.Group:
     store = open_store(url, read_only=(mode == "r"), storage_options=storage_options)
     return zarr.open_group(store, mode=mode, zarr_format=3)  # type: ignore[arg-type]
 
@@ -42,7 +42,7 @@ def cube_attrs(url: str, storage_options: dict[str, Any] | None = None) -> dict[
     if not exists(url, storage_options):
         raise CubeError(f"no cube at {url}: run `lczscale map --out {url}` first")
     try:
-        attrs = dict(_open_root(url, "r", storage_options).attrs)
+        attrs = dict(open_root(url, "r", storage_options).attrs)
     except (FileNotFoundError, ValueError, KeyError, zarr.errors.GroupNotFoundError) as exc:
         raise CubeError(f"{url} is not a Zarr v3 group ({exc}); is it an lczscale cube?") from exc
     if attrs.get("lczscale:format") != CUBE_FORMAT:
@@ -74,9 +74,9 @@ def create_cube(
                 f"cube {url} was created with layout {old.get('lczscale:layout')} but this run "
                 f"uses {layout}; write to a new --out or rerun with the cube's own settings"
             )
-        root = _open_root(url, "r+", storage_options)
+        root = open_root(url, "r+", storage_options)
     else:
-        root = _open_root(url, "w-", storage_options)
+        root = open_root(url, "w-", storage_options)
         root.attrs.update(
             {
                 "lczscale:format": CUBE_FORMAT,
@@ -221,7 +221,7 @@ def write_tile(
             f"tile {core} expects arrays of shape {(core.height, core.width)}, got "
             f"{lcz.shape} and {confidence.shape}"
         )
-    root = _open_root(url, "r+", storage_options)
+    root = open_root(url, "r+", storage_options)
     g = root[zone.name]
     assert isinstance(g, zarr.Group)
     t = _time_index(g, year, url)
@@ -239,7 +239,7 @@ def read_window(
     storage_options: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """One variable of one year over a window (zero outside the zone)."""
-    g = _open_root(url, "r", storage_options)[zone.name]
+    g = open_root(url, "r", storage_options)[zone.name]
     assert isinstance(g, zarr.Group)
     t = _time_index(g, year, url)
     out = np.zeros((window.height, window.width), dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""Which inner chunks of a Zarr v3 shard hold data, from the shard index alone.
+"""Which chunks of a Zarr v3 array are stored: by listing, and inside a shard by its index.
 
 The sharding codec stores, at the start or end of each shard object, an index of (offset,
 nbytes) uint64 pairs, one per inner chunk, with 2⁶⁴−1 marking an empty chunk (sharding spec,
@@ -15,7 +15,29 @@ import zarr
 from fsspec import AbstractFileSystem
 from zarr.codecs import Crc32cCodec, ShardingCodec
 
+from lczscale.io.stores import store_filesystem
+
 EMPTY = np.uint64(2**64 - 1)
+
+
+def stored_chunks(arr: zarr.Array, leading: tuple[int, ...]) -> dict[tuple[int, int], str]:
+    """Stored chunks (shards when sharded) whose leading grid indices equal ``leading``:
+    their (row, col) grid index on the last two axes → object path. Lists, never reads."""
+    fs, root = store_filesystem(arr.store_path.store)
+    array_dir = f"{root}/{arr.path}"
+    sep = getattr(arr.metadata.chunk_key_encoding, "separator", "/")  # type: ignore[union-attr]
+    lead = [str(i) for i in leading]
+    if sep == "/":
+        prefix = "/".join([array_dir, "c", *lead]) + "/"
+        found = {p: p[len(prefix) :].split("/") for p in fs.find(prefix)}
+    else:
+        start = ".".join(["c", *lead]) + "."
+        found = {
+            p: p.rsplit("/", 1)[-1][len(start) :].split(".")
+            for p in fs.find(array_dir)
+            if p.rsplit("/", 1)[-1].startswith(start)
+        }
+    return {(int(k[0]), int(k[1])): p for p, k in found.items() if len(k) == 2}
 
 
 def sharding_codec(arr: zarr.Array) -> ShardingCodec | None:

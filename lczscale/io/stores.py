@@ -49,6 +49,13 @@ def filesystem(
     return fs, path
 
 
+def store_filesystem(store: Store) -> tuple[AbstractFileSystem, str]:
+    """(filesystem, root path) behind an opened zarr store."""
+    if isinstance(store, FsspecStore):
+        return store.fs, store.path.rstrip("/")
+    return fsspec.filesystem("file"), str(Path(str(getattr(store, "root", "."))).absolute())
+
+
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
     fs, path = filesystem(url, storage_options)
     return bool(fs.exists(path))

@@ -19,9 +19,9 @@ from affine import Affine
 
 from lczscale.errors import NoDataError, SourceError
 from lczscale.grid import Window, Zone
-from lczscale.io.shards import inner_chunk_mask
+from lczscale.io.shards import inner_chunk_mask, stored_chunks
 from lczscale.io.source import EmbeddingWindow
-from lczscale.io.stores import filesystem, open_store
+from lczscale.io.stores import open_store, store_filesystem
 from lczscale.plan import Availability
 
 log = logging.getLogger(__name__)
@@ -173,30 +173,19 @@ class TesseraZarrSource:
         # List the stored embeddings chunks (shards): all-water or never-written areas are
         # not stored under either scales convention (NaN- or +inf-filled).
         block = emb.shards or emb.chunks
-        enc = emb.metadata.chunk_key_encoding  # type: ignore[union-attr]
-        sep = getattr(enc, "separator", "/")
-        fs, root = filesystem(self.url, self.storage_options)
-        array_dir = f"{root}/{zone.name}/embeddings"
-        if sep == "/":
-            base = f"{array_dir}/c/{t}"
-            keys = [p[len(base) + 1 :].split("/") for p in fs.find(base)]
-        else:
-            names = (p.rsplit("/", 1)[-1] for p in fs.find(array_dir))
-            keys = [n.split(".")[2:] for n in names if n.startswith(f"c.{t}.")]
-        blocks = {(int(k[1]), int(k[2])) for k in keys if len(k) == 3}
+        stored = stored_chunks(emb, (t, 0))
+        fs, _ = store_filesystem(emb.store_path.store)
         cells: dict[tuple[int, int], np.ndarray] = {}
         if emb.shards is not None:
-            for r, c in blocks:
-                if within is not None and within.intersection(Window(
-                    offset[0] + r * block[2], offset[1] + c * block[3], block[2], block[3]
-                )) is None:
+            for (r, c), path in stored.items():
+                shard = Window(offset[0] + r * block[2], offset[1] + c * block[3], *block[2:])
+                if within is not None and within.intersection(shard) is None:
                     continue
-                key = f"{base}/0/{r}/{c}" if sep == "/" else f"{array_dir}/c.{t}.0.{r}.{c}"
-                mask = inner_chunk_mask(fs, key, emb)
+                mask = inner_chunk_mask(fs, path, emb)
                 if mask is not None:
                     cells[(r, c)] = mask
         cell = (emb.chunks[2], emb.chunks[3]) if cells else None
-        return Availability((block[2], block[3]), offset, frozenset(blocks), cell, cells)
+        return Availability((block[2], block[3]), offset, frozenset(stored), cell, cells)
 
     def read(self, zone: Zone, window: Window, year: int) -> EmbeddingWindow:
         (r_off, c_off), t, emb, scales = self._locate(zone, year)

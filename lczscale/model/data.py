@@ -51,10 +51,9 @@ def load_regions(
                 for c in range(block.col, block.col_stop, REGION_SIZE):
                     windows.add(Window(r, c, min(REGION_SIZE, block.row_stop - r),
                                        min(REGION_SIZE, block.col_stop - c)))
+        area = None if aoi is None else aoi.geometry.to_crs(zone.crs)
         for window in sorted(windows):
-            if aoi is not None and (zone.window_geobox(window).extent & aoi.geometry.to_crs(
-                zone.crs
-            )).is_empty:
+            if area is not None and (zone.window_geobox(window).extent & area).is_empty:
                 continue
             labels = read_labels(labels_path, zone, window)
             if not labels.any():
