@@ -87,10 +87,15 @@ def cmd_map(a: argparse.Namespace) -> int:
 
     report = run_map(map_config(a), progress=not a.quiet)
     summary = report.summary()
-    print(f"computed {summary['computed']} tiles, skipped {summary['skipped']} already done",
-          file=sys.stderr)
+    failed = report.failed
+    print(f"computed {summary['computed']} tiles, skipped {summary['skipped']} "
+          f"already done, {len(failed)} failed", file=sys.stderr)
+    for result in failed[:20]:
+        print(f"  failed {result.key}: {result.error}", file=sys.stderr)
+    if len(failed) > 20:
+        print(f"  … and {len(failed) - 20} more: `lczscale status {report.cube}`", file=sys.stderr)
     _print_json(summary)
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_eval(a: argparse.Namespace) -> int:

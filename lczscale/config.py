@@ -16,7 +16,9 @@ from lczscale.errors import ConfigError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Inputs are left out of error messages: a URL given by mistake with a secret in it must
+    # not be echoed to logs.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class GridConfig(_Strict):
@@ -40,9 +42,25 @@ class StitchConfig(_Strict):
     batch_size: int = Field(8, ge=1, le=1024)
 
     def stride(self, receptive_field: int) -> int:
-        """Patch stride: patch size minus overlap, the overlap covering the receptive radius."""
-        overlap = self.overlap if self.overlap is not None else auto_overlap(receptive_field)
-        overlap = min(overlap, self.patch_size // 2)
+        """Patch stride: patch size minus overlap, the overlap covering the receptive radius.
+
+        Raises ConfigError when the overlap cannot give every pixel one prediction whose whole
+        receptive field lies inside the patch (overlap < 2·radius), or leaves no stride.
+        """
+        need = auto_overlap(receptive_field)
+        overlap = self.overlap if self.overlap is not None else need
+        if overlap < 2 * (receptive_field // 2):
+            raise ConfigError(
+                f"stitch.overlap {overlap} px is less than twice the model's receptive radius "
+                f"({receptive_field // 2} px): pixels near patch borders would only be "
+                f"predicted from zero padding; set overlap ≥ {need} or leave it unset"
+            )
+        if overlap > self.patch_size // 2:
+            raise ConfigError(
+                f"stitch.patch_size {self.patch_size} is too small for an overlap of {overlap} "
+                f"px (the model's receptive field is {receptive_field} px); use patch_size ≥ "
+                f"{2 * overlap}"
+            )
         return self.patch_size - overlap
 
 
@@ -63,6 +81,20 @@ class CubeConfig(_Strict):
     sharding: bool = False
     inner_chunk: int = Field(256, ge=32, le=4096, description="inner chunk when sharding is on")
     compression_level: int = Field(3, ge=1, le=22)
+
+
+class FaultConfig(_Strict):
+    """How a run meets failures: retries for transient I/O, tolerance for lost workers."""
+
+    io_attempts: int = Field(4, ge=1, le=20, description="tries of a tile's reads and writes")
+    backoff_s: float = Field(0.5, ge=0, description="first wait between tries, doubling")
+    backoff_max_s: float = Field(30.0, ge=0)
+    allowed_failures: int = Field(
+        3, ge=0, description="times a tile may be on a worker that dies before it is failed"
+    )
+    tile_memory_fraction: float = Field(
+        0.6, gt=0, le=1, description="largest share of a worker's memory one tile may need"
+    )
 
 
 class ModelConfig(_Strict):
@@ -116,6 +148,12 @@ class MapConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     scheduler_address: str | None = None
     wave_size: int | None = Field(None, ge=1, description="tasks in flight; None = 2 x workers")
+    faults: FaultConfig = FaultConfig()
+
+    @field_validator("source", "model", "out")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        return reject_credentials(v)
 
     @field_validator("bbox")
     @classmethod
@@ -125,11 +163,38 @@ class MapConfig(_Strict):
         if v is None:
             return v
         minlon, minlat, maxlon, maxlat = v
-        if not (-180 <= minlon < maxlon <= 180 and -90 <= minlat < maxlat <= 90):
+        lons_ok = -180 <= minlon <= 180 and -180 <= maxlon <= 180 and minlon != maxlon
+        if not (lons_ok and -90 <= minlat < maxlat <= 90):
             raise ValueError(
-                f"bbox must be MINLON,MINLAT,MAXLON,MAXLAT in degrees with min < max, got {v}"
+                f"bbox must be MINLON,MINLAT,MAXLON,MAXLAT in degrees with minlat < maxlat "
+                f"(MINLON > MAXLON means across the antimeridian), got {v}"
+            )
+        if minlon > maxlon and 360 - (minlon - maxlon) > 180:
+            raise ValueError(
+                f"bbox {v} has MINLON > MAXLON, which means a box across the antimeridian "
+                f"{360 - (minlon - maxlon):.0f}° wide; if you swapped the longitudes, give "
+                f"{maxlon},{minlat},{minlon},{maxlat}"
             )
         return v
+
+
+def reject_credentials(url: str) -> str:
+    """Refuse URLs with a password in them: they would be stored in the cube and task graph."""
+    from urllib.parse import urlsplit
+
+    if "://" in url:
+        try:
+            parts = urlsplit(url)
+            secret = parts.password
+        except ValueError:
+            secret = None
+        if secret:
+            raise ValueError(
+                f"the URL for {parts.scheme}://{parts.hostname}{parts.path} carries credentials; "
+                "give them through the environment (e.g. AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY) or a credentials file, never inside the URL"
+            )
+    return url
 
 
 def load_yaml(path: str | Path, model: type[BaseModel]) -> Any:

@@ -236,11 +236,23 @@ class Aoi:
 
     @classmethod
     def from_bbox(cls, bbox: tuple[float, float, float, float]) -> Aoi:
+        """A lon/lat box; MINLON > MAXLON means the box crosses the antimeridian (RFC 7946)."""
         minlon, minlat, maxlon, maxlat = bbox
-        if not (minlon < maxlon and minlat < maxlat):
+        if not (minlon != maxlon and minlat < maxlat):
             raise ConfigError(
-                f"bbox {bbox} is empty: give MINLON,MINLAT,MAXLON,MAXLAT with min < max"
+                f"bbox {bbox} is empty: give MINLON,MINLAT,MAXLON,MAXLAT with minlat < maxlat "
+                "and minlon ≠ maxlon (MINLON > MAXLON for a box across the antimeridian)"
             )
+        if minlon > maxlon and 360 - (minlon - maxlon) > 180:
+            raise ConfigError(
+                f"bbox {bbox} has MINLON > MAXLON, which means a box across the antimeridian "
+                f"{360 - (minlon - maxlon):.0f}° wide; if you swapped the longitudes, give "
+                f"{maxlon},{minlat},{minlon},{maxlat}"
+            )
+        if minlon > maxlon:
+            east = geom.box(minlon, minlat, 180.0, maxlat, "EPSG:4326")
+            west = geom.box(-180.0, minlat, maxlon, maxlat, "EPSG:4326")
+            return cls(geom.unary_union([east, west]))  # type: ignore[arg-type]
         return cls(geom.box(minlon, minlat, maxlon, maxlat, "EPSG:4326"))
 
     @classmethod
@@ -257,10 +269,23 @@ class Aoi:
             geoms = [geom.Geometry(f["geometry"], "EPSG:4326") for f in doc["features"]]
             if not geoms:
                 raise ConfigError("AOI FeatureCollection has no features")
-            return cls(geom.unary_union(geoms))  # type: ignore[arg-type]
+            return cls(geom.unary_union(geoms)).checked()  # type: ignore[arg-type]
         if doc.get("type") == "Feature":
             doc = doc["geometry"]
-        return cls(geom.Geometry(doc, "EPSG:4326"))
+        return cls(geom.Geometry(doc, "EPSG:4326")).checked()
+
+    def checked(self) -> Aoi:
+        """Refuse a polygon that jumps across the antimeridian instead of being split there."""
+        b = self.geometry.boundingbox
+        shape = self.geometry.geom
+        parts = list(shape.geoms) if hasattr(shape, "geoms") else [shape]
+        if any(p.bounds[2] - p.bounds[0] > 180 for p in parts):
+            raise ConfigError(
+                f"an AOI polygon spans {b.right - b.left:.1f}° of longitude: it probably crosses "
+                "the antimeridian without being split; split it at ±180° (RFC 7946 §3.1.9) "
+                "or give --bbox with MINLON > MAXLON"
+            )
+        return self
 
     @property
     def bbox(self) -> tuple[float, float, float, float]:

@@ -12,7 +12,7 @@ import numpy as np
 from odc.geo import geom
 
 from lczscale.config import GridConfig
-from lczscale.errors import NoDataError
+from lczscale.errors import ConfigError, NoDataError
 from lczscale.grid import (
     Aoi,
     Window,
@@ -149,3 +149,61 @@ def plan_tasks(
             " — choose a bbox that overlaps them"
         )
     return tasks
+
+
+def check_disjoint_writes(tasks: list[TileTask], block: tuple[int, int],
+                          zone_shapes: dict[str, tuple[int, int]]) -> None:
+    """Refuse a plan in which two tasks would write into the same stored chunk (or shard).
+
+    Zarr rewrites a whole chunk on every partial write, so two tasks touching one chunk could
+    undo each other's pixels. Each core must start on a chunk boundary and end on one (or at the
+    zone's edge), and no chunk may belong to two tasks. Checked before anything is written.
+    """
+    bh, bw = block
+    owner: dict[tuple[str, int, int, int], str] = {}
+    for task in tasks:
+        core = task.core
+        h, w = zone_shapes[task.zone]
+        aligned = (
+            core.row % bh == 0 and core.col % bw == 0
+            and (core.row_stop % bh == 0 or core.row_stop == h)
+            and (core.col_stop % bw == 0 or core.col_stop == w)
+        )
+        if not aligned:
+            raise ConfigError(
+                f"tile {task.key} ({core}) is not aligned to the cube's {bh}x{bw} px chunks: two "
+                "tiles would share a chunk; use a grid.tile_size that is a multiple of the "
+                "cube's chunk size"
+            )
+        for r in range(core.row // bh, -(-core.row_stop // bh)):
+            for c in range(core.col // bw, -(-core.col_stop // bw)):
+                cell = (task.zone, task.year, r, c)
+                if cell in owner:
+                    raise ConfigError(
+                        f"tiles {owner[cell]} and {task.key} both write chunk {r},{c} of "
+                        f"{task.zone}: the plan is inconsistent (a tile planned twice?)"
+                    )
+                owner[cell] = task.key
+
+
+def check_halo(tasks: list[TileTask], radius: int, zone_shapes: dict[str, tuple[int, int]]
+               ) -> None:
+    """Refuse tasks whose read window gives core pixels less context than the receptive radius
+    (except at the zone's own edge, where there is no more input to read)."""
+    for task in tasks:
+        c, r = task.core, task.read
+        h, w = zone_shapes[task.zone]
+        short = [
+            side for side, margin, edge in (
+                ("top", c.row - r.row, c.row == 0),
+                ("left", c.col - r.col, c.col == 0),
+                ("bottom", r.row_stop - c.row_stop, c.row_stop == h),
+                ("right", r.col_stop - c.col_stop, c.col_stop == w),
+            ) if margin < radius and not edge
+        ]
+        if short:
+            raise ConfigError(
+                f"tile {task.key} reads less than the model's receptive radius ({radius} px) "
+                f"beyond its core on the {', '.join(short)}: the halo is too small; use a "
+                "larger stitch.patch_size or leave stitch.overlap unset"
+            )

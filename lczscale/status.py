@@ -1,7 +1,15 @@
-"""``lczscale status``: how far a cube's run has got, from its ledger and its recorded run."""
+"""``lczscale status``: how far a cube's run has got, from its ledger and its recorded run.
+
+The recorded run is re-planned (same config, the model and source as they are now), so a tile
+is *done* when its ledger entry is done with the provenance the run would give it today,
+*stale* when it was made with another provenance (the reasons name the parts that changed:
+model, input, grid, code, …), *failed* when its last attempt failed (with the error), and
+*remaining* when it has no entry yet.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from lczscale.config import MapConfig
@@ -10,36 +18,56 @@ from lczscale.execute.run import prepare
 from lczscale.io import ledger
 from lczscale.io.cube import cube_attrs
 
+MAX_LISTED = 20
+
 
 def cube_status(url: str) -> dict[str, Any]:
-    """Counts of done / stale / failed / remaining tiles of the cube's last recorded run.
-
-    A tile is done when its ledger entry carries the provenance hash the run would give it now
-    (same model, input, grid, code); stale when its entry has another hash; remaining when it
-    has none.
-    """
+    """Counts of done / stale / failed / remaining tiles of the cube's last recorded run."""
     attrs = cube_attrs(url)
     entries = ledger.read_all(url)
     out: dict[str, Any] = {"cube": url, "ledger_entries": len(entries)}
     run = attrs.get("lczscale:run")
     if run is None:
-        return out | {"done": len(entries), "stale": 0, "failed": 0, "remaining": None,
+        done = sum(1 for e in entries.values() if ledger.state(e) == ledger.DONE)
+        return out | {"done": done, "stale": 0, "failed": len(entries) - done, "remaining": None,
                       "note": "no map run recorded in this cube (e.g. a truth cube)"}
     try:
         plan = prepare(MapConfig.model_validate(run))
     except LczscaleError as exc:
-        return out | {"done": None, "stale": None, "failed": 0, "remaining": None,
+        return out | {"done": None, "stale": None, "failed": None, "remaining": None,
                       "note": f"cannot re-plan the recorded run: {exc}"}
-    keys = [t.key for t in plan.planned]
-    done = sum(1 for k in keys if entries.get(k, {}).get("provenance_hash") == plan.provenance_hash)
-    stale = sum(1 for k in keys if k in entries and
-                entries[k].get("provenance_hash") != plan.provenance_hash)
+    done = stale = failed = remaining = 0
+    reasons: Counter[str] = Counter()
+    failures: dict[str, str] = {}
+    for task in plan.planned:
+        entry = entries.get(task.key)
+        if entry is None:
+            remaining += 1
+        elif ledger.state(entry) == ledger.FAILED:
+            failed += 1
+            if len(failures) < MAX_LISTED:
+                failures[task.key] = f"{entry.get('error_type')}: {entry.get('error')}"
+        elif entry.get("provenance_hash") == plan.provenance_hash:
+            done += 1
+        else:
+            stale += 1
+            reasons[_stale_reason(entry, plan.provenance_parts)] += 1
     return out | {
         "done": done,
         "stale": stale,
-        "failed": 0,
-        "remaining": len(keys) - done - stale,
-        "planned": len(keys),
+        "failed": failed,
+        "remaining": remaining,
+        "planned": len(plan.planned),
+        "stale_reasons": dict(reasons),
+        "failures": failures,
         "year": plan.year,
         "provenance_hash": plan.provenance_hash,
     }
+
+
+def _stale_reason(entry: dict[str, Any], now: dict[str, str]) -> str:
+    then = entry.get("provenance_parts")
+    if not isinstance(then, dict):
+        return "made by an older lczscale that did not record what it depended on"
+    changed = sorted(k for k in now if then.get(k) != now[k])
+    return ("changed: " + ", ".join(changed)) if changed else "provenance differs"

@@ -26,7 +26,7 @@ class World:
     def map_config(self, out: Path | str, **kw: object) -> MapConfig:
         base: dict = {
             "source": self.source, "model": self.model, "out": str(out), "executor": "serial",
-            "stitch": StitchConfig(patch_size=64, batch_size=4),
+            "stitch": StitchConfig(patch_size=128, batch_size=4),
             "grid": GridConfig(tile_size=512),
         }
         base.update(kw)

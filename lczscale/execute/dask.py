@@ -3,19 +3,27 @@
 Never a ``dask.array`` graph over the globe: the client keeps at most ``wave`` tasks in flight
 and submits the next as each finishes, so memory on the scheduler stays flat whatever the AOI.
 GPU workers advertise ``GPU=1`` and inference tasks then require it.
+
+A worker that dies (preemption, OOM kill, segfault) loses only its running tile: the scheduler
+reruns it elsewhere, up to ``allowed_failures`` times; a tile that kills more workers than that
+(``KilledWorker``) is recorded as failed, like any tile whose task raised.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from distributed import Client, LocalCluster, WorkerPlugin, as_completed, get_worker
+import dask
+from distributed import Client, Future, LocalCluster, WorkerPlugin, as_completed, get_worker
 
+from lczscale.execute.faults import describe
 from lczscale.execute.tile import MapContext, TileResult, TileRunner
+from lczscale.io import ledger
 from lczscale.plan import TileTask
 
 log = logging.getLogger(__name__)
@@ -62,9 +70,18 @@ def gpu_count() -> int:
 
 @contextmanager
 def dask_client(
-    workers: int, threads_per_worker: int = 1, address: str | None = None, device: str = "auto"
+    workers: int,
+    threads_per_worker: int = 1,
+    address: str | None = None,
+    device: str = "auto",
+    allowed_failures: int = 3,
 ) -> Iterator[Client]:
-    """A client to ``address``, or to a LocalCluster of separate worker processes."""
+    """A client to ``address``, or to a LocalCluster of separate worker processes.
+
+    ``allowed_failures`` is a scheduler setting: it applies to the LocalCluster made here; a
+    scheduler started elsewhere takes it from its own configuration
+    (``distributed.scheduler.allowed-failures``).
+    """
     if address:
         with Client(address) as client:
             yield client
@@ -72,7 +89,8 @@ def dask_client(
     gpus = gpu_count() if device != "cpu" else 0
     resources = {"GPU": 1} if gpus else None
     n = min(workers, gpus) if gpus else workers
-    with LocalCluster(
+    failures = {"distributed.scheduler.allowed-failures": allowed_failures}
+    with dask.config.set(failures), LocalCluster(
         n_workers=n,
         threads_per_worker=1,
         processes=True,
@@ -101,24 +119,60 @@ def run_dask(
     pending = iter(tasks)
     results: list[TileResult] = []
     futures = as_completed()
+    submitted: dict[object, TileTask] = {}
 
     def submit_next() -> bool:
         task = next(pending, None)
         if task is None:
             return False
-        futures.add(
-            client.submit(_run_on_worker, task, key=f"tile-{task.key}-{uuid.uuid4().hex[:8]}",
-                          pure=False, resources=resources)
-        )
+        future = client.submit(_run_on_worker, task, key=f"tile-{task.key}-{uuid.uuid4().hex[:8]}",
+                               pure=False, resources=resources)
+        submitted[future.key] = task
+        futures.add(future)
         return True
 
     for _ in range(limit):
         if not submit_next():
             break
     for future in futures:
-        result = future.result()
+        result = _result(future, submitted.pop(future.key), ctx)
         results.append(result)
         if on_result:
             on_result(result)
         submit_next()
     return results
+
+
+def worker_memory_limits(client: Client) -> list[int]:
+    """Memory limits (bytes) of the cluster's workers; 0 where a worker has none."""
+    workers = client.scheduler_info().get("workers", {})
+    return [int(w.get("memory_limit") or 0) for w in workers.values()]
+
+
+def _result(future: Future, task: TileTask, ctx: MapContext) -> TileResult:
+    """The task's result, or a failed result recorded in the ledger when the task itself died
+    (e.g. ``KilledWorker`` once it has taken down ``allowed_failures`` + 1 workers)."""
+    try:
+        result = future.result()
+        assert isinstance(result, TileResult)
+        return result
+    except Exception as exc:
+        info = describe(exc)
+        if info["error_type"] == "KilledWorker":
+            info["error"] += (
+                " — the tile's worker died every time (out of memory, a crash in native code, "
+                "or preemption); see the worker logs, try a smaller --tile-size"
+            )
+        log.warning("tile %s failed: %s: %s", task.key, info["error_type"], info["error"])
+        entry = {
+            "zone": task.zone,
+            "year": task.year,
+            "core": [task.core.row, task.core.col, task.core.height, task.core.width],
+            "provenance_hash": ctx.provenance_hash,
+            "provenance_parts": ctx.provenance_parts,
+            "worker": "client",
+            "failed_at": time.time(),
+        } | info
+        ledger.record_failure(ctx.cube_url, task.key, entry)
+        return TileResult.failed(task.key, task.core.size,
+                                 f"{info['error_type']}: {info['error']}", "client")

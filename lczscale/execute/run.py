@@ -1,8 +1,12 @@
-"""``lczscale map``: plan a run, create/extend the cube, execute, report.
+"""``lczscale map``: plan a run, check it, create/extend the cube, execute, report.
 
 The provenance hash of a tile covers everything that decides its bytes (model, input dataset
 and year, grid and lattice, thread count and device type, code version); a rerun skips exactly
-the tiles whose ledger entry carries the current hash.
+the tiles whose ledger entry is done with the current hash. Each part is also hashed on its own
+so that ``lczscale status`` can say *why* a tile is stale.
+
+Before anything is written the plan is checked: no two tiles share a stored chunk, every
+tile's halo covers the receptive radius, and one tile fits in a worker's memory.
 """
 
 from __future__ import annotations
@@ -10,9 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import lczscale
@@ -21,14 +28,14 @@ from lczscale.errors import ConfigError, NoDataError
 from lczscale.execute.tile import MapContext, TileResult
 from lczscale.grid import Aoi, Window, zone_by_name, zones_for_aoi
 from lczscale.io import ledger
-from lczscale.io.cube import create_cube
+from lczscale.io.cube import create_cube, stored_block
 from lczscale.io.source import EmbeddingSource
 from lczscale.io.sources import open_source
 from lczscale.io.stores import exists
 from lczscale.model.checkpoint import check_input, load_checkpoint
-from lczscale.model.predict import pick_device
+from lczscale.model.predict import pick_device, tile_memory_bytes
 from lczscale.model.unet import receptive_field
-from lczscale.plan import TileTask, plan_tasks
+from lczscale.plan import TileTask, check_disjoint_writes, check_halo, plan_tasks
 from lczscale.stitch import Lattice
 
 
@@ -44,12 +51,18 @@ class MapReport:
     zones: list[str]
     results: list[TileResult]
 
+    @property
+    def failed(self) -> list[TileResult]:
+        return [r for r in self.results if r.status != "done"]
+
     def summary(self) -> dict[str, Any]:
         return {
             "cube": self.cube,
             "year": self.year,
             "computed": self.computed,
             "skipped": self.skipped,
+            "failed": len(self.failed),
+            "failures": {r.key: r.error for r in self.failed[:50]},
             "core_pixels": self.core_pixels,
             "valid_pixels": self.valid_pixels,
             "seconds": round(self.seconds, 3),
@@ -68,6 +81,8 @@ class MapPlan:
     lattice: Lattice
     provenance: dict[str, Any]
     provenance_hash: str
+    provenance_parts: dict[str, str]
+    tile_bytes: int  # estimated peak memory of the largest tile
     planned: list[TileTask]  # every tile of the AOI with data
     tasks: list[TileTask]  # those not done with the current provenance
     ledger: dict[str, dict[str, Any]]
@@ -113,9 +128,11 @@ def prepare(cfg: MapConfig) -> MapPlan:
         "device_type": device_type,
         "lczscale_version": lczscale.__version__,
     }
-    phash = hashlib.sha256(json.dumps(provenance, sort_keys=True).encode()).hexdigest()
+    phash = _hash(provenance)
+    parts = {k: _hash(v)[:16] for k, v in provenance.items()}
     entries = ledger.read_all(cfg.out) if exists(cfg.out) else {}
-    done = {k for k, e in entries.items() if e["provenance_hash"] == phash}
+    done = {k for k, e in entries.items()
+            if e.get("provenance_hash") == phash and ledger.state(e) == ledger.DONE}
     aoi = _aoi(cfg)
     within: dict[str, Window | None] = {}
     if aoi is not None:
@@ -132,26 +149,56 @@ def prepare(cfg: MapConfig) -> MapPlan:
         if aoi is None or within.get(name) is not None
     }
     planned = plan_tasks(aoi, cfg.grid, lattice, year, availability)
+    shapes = {name: zone_by_name(name, cfg.grid).shape for name in {t.zone for t in planned}}
+    block = (cfg.grid.tile_size, cfg.grid.tile_size)
+    if exists(cfg.out):
+        block = stored_block(cfg.out) or block
+    check_disjoint_writes(planned, block, shapes)
+    check_halo(planned, receptive_field(meta.model) // 2, shapes)
+    largest = max(planned, key=lambda t: t.read.size)
+    tile_bytes = tile_memory_bytes(largest.read, largest.core, source.dimensions, meta.model,
+                                   cfg.stitch, device_type)
     todo = [t for t in planned if t.key not in done]
-    return MapPlan(cfg, source, year, lattice, provenance, phash, planned, todo, entries)
+    return MapPlan(cfg, source, year, lattice, provenance, phash, parts, tile_bytes, planned,
+                   todo, entries)
 
 
-def run_map(cfg: MapConfig, progress: bool = True) -> MapReport:
-    """Map the AOI into the cube at ``cfg.out`` (creating or resuming it)."""
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def check_memory(plan: MapPlan, limits: list[int], where: str) -> None:
+    """Refuse to start when one tile would need more than the allowed share of a worker's
+    memory; say which tile size would fit."""
+    known = [m for m in limits if m > 0]
+    if not known:
+        return
+    allowed = plan.cfg.faults.tile_memory_fraction * min(known)
+    if plan.tile_bytes <= allowed:
+        return
+    tile = plan.cfg.grid.tile_size
+    fits = tile
+    while fits > 256 and plan.tile_bytes * (fits / tile) ** 2 > allowed:
+        fits //= 2
+    raise ConfigError(
+        f"one {tile} px tile needs about {plan.tile_bytes / 2**30:.1f} GiB but {where} "
+        f"{min(known) / 2**30:.1f} GiB (at most {plan.cfg.faults.tile_memory_fraction:.0%} of "
+        f"it per tile); use --tile-size {fits} or give workers more memory"
+    )
+
+
+def run_map(
+    cfg: MapConfig,
+    progress: bool = True,
+    on_result: Callable[[TileResult], None] | None = None,
+) -> MapReport:
+    """Map the AOI into the cube at ``cfg.out`` (creating or resuming it).
+
+    Tiles that fail are recorded in the ledger and listed in the report's ``failed``; the run
+    still makes every other tile. ``on_result`` is called in this process as each tile ends.
+    """
     plan = prepare(cfg)
     zones = sorted({t.zone for t in plan.tasks})
-    create_cube(
-        cfg.out,
-        [zone_by_name(z, cfg.grid) for z in zones],
-        [plan.year],
-        cfg.grid,
-        cfg.cube,
-        {
-            "lczscale:run": cfg.model_dump(mode="json"),
-            "lczscale:provenance": plan.provenance,
-            "lczscale:provenance_hash": plan.provenance_hash,
-        },
-    )
     ctx = MapContext(
         source_url=cfg.source,
         source_kind=plan.source.kind,
@@ -162,14 +209,29 @@ def run_map(cfg: MapConfig, progress: bool = True) -> MapReport:
         device=cfg.device,
         threads=cfg.threads_per_worker,
         provenance_hash=plan.provenance_hash,
+        provenance_parts=plan.provenance_parts,
+        faults=cfg.faults,
     )
-    t0 = time.perf_counter()
-    results = _execute(cfg, plan.tasks, ctx, progress)
-    seconds = time.perf_counter() - t0
+    with _executor(cfg, plan, progress, on_result) as execute:
+        create_cube(
+            cfg.out,
+            [zone_by_name(z, cfg.grid) for z in zones],
+            [plan.year],
+            cfg.grid,
+            cfg.cube,
+            {
+                "lczscale:run": cfg.model_dump(mode="json"),
+                "lczscale:provenance": plan.provenance,
+                "lczscale:provenance_hash": plan.provenance_hash,
+            },
+        )
+        t0 = time.perf_counter()
+        results = execute(plan.tasks, ctx)
+        seconds = time.perf_counter() - t0
     return MapReport(
         cube=cfg.out,
         year=plan.year,
-        computed=len(results),
+        computed=sum(r.status == "done" for r in results),
         skipped=plan.skipped,
         core_pixels=sum(r.core_pixels for r in results),
         valid_pixels=sum(r.valid_pixels for r in results),
@@ -179,33 +241,58 @@ def run_map(cfg: MapConfig, progress: bool = True) -> MapReport:
     )
 
 
-def _execute(
-    cfg: MapConfig, tasks: list[TileTask], ctx: MapContext, show: bool
-) -> list[TileResult]:
-    if not tasks:
-        return []
+Execute = Callable[[list[TileTask], MapContext], list[TileResult]]
+
+
+@contextmanager
+def _executor(
+    cfg: MapConfig, plan: MapPlan, show: bool, on_result: Callable[[TileResult], None] | None
+) -> Iterator[Execute]:
+    """Start the executor (a Dask client or nothing), check the plan fits it, and yield a
+    function that runs tasks with a progress bar."""
     columns = (
         TextColumn("[bold]map[/bold] {task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total} tiles"),
+        TextColumn("[red]{task.fields[failed]} failed"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, disable=not show, transient=False) as bar:
-        job = bar.add_task(cfg.executor, total=len(tasks))
+    with ExitStack() as stack:
+        if cfg.executor == "serial" or not plan.tasks:
+            check_memory(plan, [psutil.virtual_memory().total], "this machine has")
+            client = None
+        else:
+            from lczscale.execute.dask import dask_client, worker_memory_limits
 
-        def advance(_: TileResult) -> None:
-            bar.advance(job)
+            client = stack.enter_context(dask_client(
+                cfg.workers, cfg.threads_per_worker, cfg.scheduler_address, cfg.device,
+                cfg.faults.allowed_failures,
+            ))
+            check_memory(plan, worker_memory_limits(client), "the smallest Dask worker has")
 
-        if cfg.executor == "serial":
-            from lczscale.execute.serial import run_serial
+        def execute(tasks: list[TileTask], ctx: MapContext) -> list[TileResult]:
+            if not tasks:
+                return []
+            with Progress(*columns, disable=not show, transient=False) as bar:
+                job = bar.add_task(cfg.executor, total=len(tasks), failed=0)
+                failed = 0
 
-            return run_serial(tasks, ctx, on_result=advance)
-        from lczscale.execute.dask import dask_client, run_dask
+                def advance(result: TileResult) -> None:
+                    nonlocal failed
+                    failed += result.status != "done"
+                    bar.update(job, advance=1, failed=failed)
+                    if on_result is not None:
+                        on_result(result)
 
-        with dask_client(
-            cfg.workers, cfg.threads_per_worker, cfg.scheduler_address, cfg.device
-        ) as client:
-            if show and client.dashboard_link:
-                bar.console.print(f"dask dashboard: {client.dashboard_link}")
-            return run_dask(tasks, ctx, client, cfg.wave_size, on_result=advance)
+                if client is None:
+                    from lczscale.execute.serial import run_serial
+
+                    return run_serial(tasks, ctx, on_result=advance)
+                from lczscale.execute.dask import run_dask
+
+                if show and client.dashboard_link:
+                    bar.console.print(f"dask dashboard: {client.dashboard_link}")
+                return run_dask(tasks, ctx, client, cfg.wave_size, on_result=advance)
+
+        yield execute

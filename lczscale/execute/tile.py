@@ -3,17 +3,24 @@
 The ``MapContext`` travels to workers; it holds addresses and settings only, never credentials
 (stores read those from the worker's environment) and never model weights (each worker loads
 the checkpoint once).
+
+Reads and writes are retried on transient I/O errors. Any other error is this tile's own (bad
+input, a damaged chunk): it is recorded in the ledger as failed and returned as a failed
+result, so one bad tile never stops a run.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from lczscale.config import GridConfig, StitchConfig
+from lczscale.config import FaultConfig, GridConfig, StitchConfig
+from lczscale.execute.faults import describe, is_transient, with_retries
 from lczscale.grid import Zone, zone_by_name
 from lczscale.io import ledger
 from lczscale.io.cube import write_tile
@@ -21,6 +28,8 @@ from lczscale.io.source import EmbeddingSource
 from lczscale.io.sources import open_source
 from lczscale.model.predict import Predictor
 from lczscale.plan import TileTask
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,8 @@ class MapContext:
     device: str
     threads: int
     provenance_hash: str
+    provenance_parts: dict[str, str] = field(default_factory=dict)
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,17 @@ class TileResult:
     predict_s: float
     write_s: float
     worker: str = field(default="")
+    status: str = "done"  # or "failed"
+    error: str = ""
+    attempts: int = 1
+
+    @classmethod
+    def failed(cls, key: str, core_pixels: int, error: str, worker: str = "",
+               attempts: int = 1) -> TileResult:
+        return cls(key, 0, core_pixels, 0, 0.0, 0.0, 0.0, worker, "failed", error, attempts)
+
+
+log = logging.getLogger(__name__)
 
 
 class TileRunner:
@@ -60,6 +82,7 @@ class TileRunner:
             ctx.model_dir, ctx.stitch, device or ctx.device, ctx.threads
         )
         self._zones: dict[str, Zone] = {}
+        self._attempts = 0
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def zone(self, name: str) -> Zone:
@@ -68,26 +91,58 @@ class TileRunner:
         return self._zones[name]
 
     def run(self, task: TileTask) -> TileResult:
-        zone = self.zone(task.zone)
-        t0 = time.perf_counter()
-        data = self.source.read(zone, task.read, task.year)
-        t1 = time.perf_counter()
-        pred = self.predictor.predict(zone, task.core, data)
-        t2 = time.perf_counter()
-        write_tile(self.ctx.cube_url, zone, task.year, task.core, pred.lcz, pred.confidence)
-        entry: dict[str, Any] = {
+        """Make one tile; never raises for the tile's own failures (they are recorded)."""
+        self._attempts = 0
+        try:
+            return self._run(task)
+        except Exception as exc:  # the tile's own failure: record it, carry on with others
+            info = describe(exc)
+            log.warning("tile %s failed: %s: %s", task.key, info["error_type"], info["error"])
+            entry = self._entry(task) | info | {
+                "transient": is_transient(exc),
+                "attempts": self._attempts,
+                "failed_at": time.time(),
+            }
+            ledger.record_failure(self.ctx.cube_url, task.key, entry)
+            return TileResult.failed(
+                task.key, task.core.size, f"{info['error_type']}: {info['error']}", self.name,
+                self._attempts,
+            )
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        result, attempts = with_retries(fn, self.ctx.faults)
+        self._attempts = max(self._attempts, attempts)
+        return result
+
+    def _entry(self, task: TileTask) -> dict[str, Any]:
+        return {
             "zone": task.zone,
             "year": task.year,
             "core": [task.core.row, task.core.col, task.core.height, task.core.width],
             "provenance_hash": self.ctx.provenance_hash,
+            "provenance_parts": self.ctx.provenance_parts,
+            "worker": self.name,
+        }
+
+    def _run(self, task: TileTask) -> TileResult:
+        zone = self.zone(task.zone)
+        t0 = time.perf_counter()
+        data = self._retry(lambda: self.source.read(zone, task.read, task.year))
+        t1 = time.perf_counter()
+        pred = self.predictor.predict(zone, task.core, data)
+        t2 = time.perf_counter()
+        self._retry(lambda: write_tile(
+            self.ctx.cube_url, zone, task.year, task.core, pred.lcz, pred.confidence
+        ))
+        entry = self._entry(task) | {
             "valid_pixels": pred.valid_pixels,
             "patches": pred.patches,
-            "worker": self.name,
             "finished_at": time.time(),
         }
-        ledger.record(self.ctx.cube_url, task.key, entry)  # only after the chunk is written
+        # Only after the chunk is written: a crash in between leaves the tile not done.
+        self._retry(lambda: ledger.record(self.ctx.cube_url, task.key, entry))
         t3 = time.perf_counter()
         return TileResult(
             task.key, pred.valid_pixels, task.core.size, pred.patches, t1 - t0, t2 - t1, t3 - t2,
-            self.name,
+            self.name, attempts=self._attempts,
         )

@@ -24,7 +24,7 @@ from lczscale import classes
 from lczscale.config import CubeConfig, GridConfig
 from lczscale.errors import CubeError, NoDataError
 from lczscale.grid import Window, Zone
-from lczscale.io.stores import exists, open_store
+from lczscale.io.stores import child_url, exists, open_store
 
 CUBE_FORMAT = "lczscale-cube"
 CUBE_FORMAT_VERSION = 1
@@ -96,11 +96,12 @@ def create_cube(
     root.attrs.update(attrs)
     present: dict[str, Any] = dict(root.attrs.get("lczscale:zones") or {})  # type: ignore[arg-type]
     for zone in zones:
+        child_url(url, zone.name)
         if zone.name not in present:
             _create_zone(root, zone, grid, cube)
             present[zone.name] = zone.to_dict()
             root.attrs["lczscale:zones"] = present
-        _ensure_years(root[zone.name], years)  # type: ignore[arg-type]
+        _ensure_years(_group(root, zone.name, url), years)
 
 
 def _create_zone(root: zarr.Group, zone: Zone, grid: GridConfig, cube: CubeConfig) -> None:
@@ -199,6 +200,18 @@ def _ensure_years(g: zarr.Group, years: Sequence[int]) -> None:
     time[len(have) :] = np.asarray(new, dtype=np.int32)
 
 
+def _group(root: zarr.Group, name: str, url: str) -> zarr.Group:
+    """The group of zone ``name``; a name that would leave the cube root is refused."""
+    child_url(url, name)
+    try:
+        g = root[name]
+    except KeyError:
+        raise CubeError(f"cube {url} has no zone group {name!r}") from None
+    if not isinstance(g, zarr.Group):
+        raise CubeError(f"{url}/{name} is not a zone group")
+    return g
+
+
 def _time_index(g: zarr.Group, year: int, url: str) -> int:
     years = [int(v) for v in g["time"][:]]  # type: ignore[union-attr, index]
     if year not in years:
@@ -222,8 +235,7 @@ def write_tile(
             f"{lcz.shape} and {confidence.shape}"
         )
     root = open_root(url, "r+", storage_options)
-    g = root[zone.name]
-    assert isinstance(g, zarr.Group)
+    g = _group(root, zone.name, url)
     t = _time_index(g, year, url)
     sel = (t, slice(core.row, core.row_stop), slice(core.col, core.col_stop))
     g["lcz"][sel] = lcz.astype(np.uint8, copy=False)  # type: ignore[index]
@@ -239,8 +251,7 @@ def read_window(
     storage_options: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """One variable of one year over a window (zero outside the zone)."""
-    g = open_root(url, "r", storage_options)[zone.name]
-    assert isinstance(g, zarr.Group)
+    g = _group(open_root(url, "r", storage_options), zone.name, url)
     t = _time_index(g, year, url)
     out = np.zeros((window.height, window.width), dtype=np.uint8)
     inner = window.intersection(zone.full_window)
@@ -256,7 +267,21 @@ def read_window(
 def cube_zones(url: str, storage_options: dict[str, Any] | None = None) -> list[Zone]:
     """The zones present in a cube."""
     zones = cube_attrs(url, storage_options).get("lczscale:zones", {})
+    for name in zones:
+        child_url(url, name)  # a tampered zone list must not point readers or writers outside
     return [Zone.from_dict(zones[name]) for name in sorted(zones)]
+
+
+def stored_block(url: str, storage_options: dict[str, Any] | None = None) -> tuple[int, int] | None:
+    """(rows, cols) of the unit a writer replaces in the cube's ``lcz`` (shard, else chunk),
+    read from the stored array metadata; None for a cube without zones yet."""
+    root = open_root(url, "r", storage_options)
+    for zone in cube_zones(url, storage_options):
+        arr = _group(root, zone.name, url)["lcz"]
+        assert isinstance(arr, zarr.Array)
+        block = arr.shards or arr.chunks
+        return int(block[-2]), int(block[-1])
+    return None
 
 
 def cube_grid(url: str, storage_options: dict[str, Any] | None = None) -> GridConfig:

@@ -4,12 +4,17 @@ The sharding codec stores, at the start or end of each shard object, an index of
 nbytes) uint64 pairs, one per inner chunk, with 2⁶⁴−1 marking an empty chunk (sharding spec,
 zarr v3). Reading only that index tells the planner where land is at inner-chunk resolution
 (32 px for TESSERA) at the cost of one small ranged read per shard.
+
+A damaged shard must never hide data from the planner: an index that is short (a zero-byte or
+truncated object) or fails its CRC32C checksum yields ``None`` ("assume every chunk present"),
+so the shard's tiles are planned and their read reports the damage.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
 from fsspec import AbstractFileSystem
@@ -48,7 +53,9 @@ def sharding_codec(arr: zarr.Array) -> ShardingCodec | None:
 def inner_chunk_mask(fs: AbstractFileSystem, path: str, arr: zarr.Array) -> np.ndarray | None:
     """Boolean grid (inner rows, inner cols) of the last two axes: True where a chunk exists.
 
-    None when the array is not sharded.
+    None when the array is not sharded, or when the shard's index cannot be trusted (object
+    shorter than the index, checksum mismatch): the caller then treats the whole shard as
+    holding data, and reading it raises a clear error instead of the tile being skipped.
     """
     codec = sharding_codec(arr)
     if codec is None or arr.shards is None:
@@ -62,6 +69,10 @@ def inner_chunk_mask(fs: AbstractFileSystem, path: str, arr: zarr.Array) -> np.n
         raw = fs.cat_file(path, start=0, end=size)
     else:
         raw = fs.cat_file(path, start=-size)
+    if len(raw) < size:  # zero-byte or truncated shard object
+        return None
+    if crc and int.from_bytes(raw[16 * n : size], "little") != google_crc32c.value(raw[: 16 * n]):
+        return None
     index = np.frombuffer(raw[: 16 * n], dtype="<u8").reshape(*per_shard, 2)
     present = ~((index[..., 0] == EMPTY) & (index[..., 1] == EMPTY))
     # collapse leading axes (time, band): a spatial cell has data if any of its chunks has

@@ -7,6 +7,7 @@ are never stored here: fsspec/s3fs read them from the environment on each worker
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import fsspec
 from fsspec import AbstractFileSystem
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
+
+from lczscale.errors import CubeError
 
 
 def is_remote(url: str) -> bool:
@@ -59,3 +62,22 @@ def store_filesystem(store: Store) -> tuple[AbstractFileSystem, str]:
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
     fs, path = filesystem(url, storage_options)
     return bool(fs.exists(path))
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+def child_url(root: str, *parts: str) -> str:
+    """``root/part/…`` for names that cannot leave ``root``.
+
+    Names come from tile keys and zone names, which a damaged or hostile cube or config could
+    set to ``../elsewhere``; every write lczscale makes goes through here or through zarr, so
+    nothing is ever written outside the cube root.
+    """
+    for part in parts:
+        if not _NAME.match(part) or part in (".", ".."):
+            raise CubeError(
+                f"refusing to write {part!r} under {root}: names inside a cube are letters, "
+                "digits, '_', '-' and '.', and may not leave the cube root"
+            )
+    return "/".join([root.rstrip("/"), *parts])

@@ -5,11 +5,42 @@ Layout (see shared/reference/data-formats.md §1.8): ``utmNN/embeddings`` int8 (
 (years), ``x``/``y`` pixel centres; zone CRS is EPSG:326NN in both hemispheres (southern
 northings negative). The store's zone grids must sit on the cube's 10 m lattice: embeddings are
 never resampled.
+
+Corrupt input fails the read, loudly. A store holds three kinds of pixel — water (scale NaN,
+codes 0), land without data (scale +inf, codes 0, also what an unwritten scales chunk reads as)
+and data (finite scale > 0, at least one nonzero code: a per-pixel scale quantiser always
+writes one) — and ``read`` checks every pixel of the store it returns (one vectorised pass over
+the codes) against them. It raises :class:`~lczscale.errors.SourceError`, naming the store,
+zone, year, the first bad pixel in zone coordinates and how many there are, when
+
+1. a scale is negative or −inf;
+2. a scale says water or no data (NaN, +inf) but the codes are not all zero — a scales chunk
+   was damaged, deleted or replaced;
+3. a scale is finite and > 0 but all codes are zero — an embeddings chunk is missing or zeroed
+   (zarr reads a deleted chunk, or a zero-byte shard, as the fill value 0). Scale exactly 0
+   is accepted only with all codes 0 (a valid all-zero vector, what the quantiser writes for
+   one); scale 0 with nonzero codes is a zeroed scales chunk and raises;
+4. a de-quantised value exceeds ``MAX_ABS_VALUE`` in magnitude, computed per pixel as
+   ``max|code| · scale`` (geotessera issue #355: a corrupt scales file gave values near
+   −161,685);
+5. a stored chunk or shard cannot be decoded (truncated or overwritten bytes: zarr 3.1 raises
+   ValueError for a bad shard-index checksum or chunk size, RuntimeError from the blosc
+   decompressor); the message names the array (``utmNN/embeddings``), the year, the window and
+   the damaged shard keys.
+
+I/O errors (OSError, and decode errors caused by one) propagate unchanged, so callers can
+retry them. A SourceError is deterministic for that tile: the tile runner can record the tile
+as failed and go on with the others.
+
+Planning (``availability``) lists the stored blocks of *both* arrays, so a tile whose
+embeddings shard was deleted (or left zero-byte or unreadable), but whose scales remain, is
+still planned — and fails by rule 3 or 5 instead of silently vanishing from the map. Where the
+embeddings shard is intact, planning uses its inner chunks only, exactly as before.
 """
 
 from __future__ import annotations
 
-import logging
+import math
 from functools import cached_property
 from typing import Any
 
@@ -24,11 +55,10 @@ from lczscale.io.source import EmbeddingWindow
 from lczscale.io.stores import open_store, store_filesystem
 from lczscale.plan import Availability
 
-log = logging.getLogger(__name__)
-
 # A de-quantised value beyond this is corrupt input (a real v1 tile had -161,685 from a bad
-# scales file; normal values lie within about -10..41). Such pixels are masked, not predicted.
+# scales file; normal values lie within about -10..41). A read that meets one raises.
 MAX_ABS_VALUE = 1000.0
+FIX = "re-download or rebuild that TESSERA tile in the store, or leave the area out of the run"
 
 
 class TesseraZarrSource:
@@ -166,58 +196,145 @@ class TesseraZarrSource:
     def availability(
         self, zone: Zone, year: int, within: Window | None = None
     ) -> Availability:
-        """Stored shards, and which inner chunks hold data for shards meeting ``within``."""
+        """Blocks (shards) where ``embeddings`` or ``scales`` store chunks, and which inner
+        chunks hold data for blocks meeting ``within``.
+
+        Scales count so that a block whose embeddings were lost (deleted or zero-byte shard)
+        while its scales remain is still planned: its read then fails loudly instead of the
+        tile vanishing from the map. Inside a block whose embeddings shard is stored, only the
+        embeddings' inner chunks count, exactly as for an intact store: OR-ing in the scales
+        chunks would plan tiles with nothing to map, because scales store all-water chunks
+        (NaN differs from the +inf fill) and may have coarser inner chunks (synth: 256 px).
+        Never-written areas are stored in neither array. A block whose stored shard index
+        cannot be read counts whole.
+        """
         if zone.name not in self._groups:
             return Availability((1, 1), (0, 0), frozenset())
-        offset, t, emb, _ = self._locate(zone, year)
-        # List the stored embeddings chunks (shards): all-water or never-written areas are
-        # not stored under either scales convention (NaN- or +inf-filled).
-        block = emb.shards or emb.chunks
-        stored = stored_chunks(emb, (t, 0))
+        offset, t, emb, scales = self._locate(zone, year)
         fs, _ = store_filesystem(emb.store_path.store)
-        cells: dict[tuple[int, int], np.ndarray] = {}
-        if emb.shards is not None:
-            for (r, c), path in stored.items():
-                shard = Window(offset[0] + r * block[2], offset[1] + c * block[3], *block[2:])
-                if within is not None and within.intersection(shard) is None:
-                    continue
-                mask = inner_chunk_mask(fs, path, emb)
-                if mask is not None:
-                    cells[(r, c)] = mask
-        cell = (emb.chunks[2], emb.chunks[3]) if cells else None
-        return Availability((block[2], block[3]), offset, frozenset(stored), cell, cells)
+        eb, sb = _block(emb), _block(scales)
+        e_stored = stored_chunks(emb, (t, 0))
+        s_stored = stored_chunks(scales, (t,))
+
+        def meets(index: tuple[int, int], block: tuple[int, int]) -> bool:
+            if within is None:
+                return True
+            w = Window(offset[0] + index[0] * block[0], offset[1] + index[1] * block[1], *block)
+            return within.intersection(w) is not None
+
+        def masks(arr: zarr.Array, stored: dict[tuple[int, int], str],
+                  block: tuple[int, int]) -> dict[tuple[int, int], np.ndarray]:
+            """Usable inner-chunk masks of the stored blocks that meet ``within``."""
+            if arr.shards is None:
+                return {}
+            found = {k: inner_chunk_mask(fs, p, arr) for k, p in stored.items()
+                     if meets(k, block)}
+            return {k: m for k, m in found.items() if m is not None}
+
+        blocks = set(e_stored)
+        e_in, s_in = _inner(emb), _inner(scales)
+        if eb == sb:  # TESSERA and synth: one block grid
+            blocks.update(s_stored)
+            lost = {k: p for k, p in s_stored.items() if k not in e_stored}
+            s_masks = masks(scales, lost, sb)
+            cell = (math.gcd(e_in[0], s_in[0]), math.gcd(e_in[1], s_in[1])) if s_masks else e_in
+        else:  # scales blocks mark the embeddings blocks they overlap, whole
+            for r, c in s_stored:
+                r0, c0 = r * sb[0], c * sb[1]
+                blocks.update(
+                    (i, j)
+                    for i in range(r0 // eb[0], (r0 + sb[0] - 1) // eb[0] + 1)
+                    for j in range(c0 // eb[1], (c0 + sb[1] - 1) // eb[1] + 1)
+                )
+            s_masks, cell = {}, e_in
+        cells = {k: _refine(m, e_in, cell) for k, m in masks(emb, e_stored, eb).items()}
+        cells.update({k: _refine(m, s_in, cell) for k, m in s_masks.items()})
+        return Availability(eb, offset, frozenset(blocks), cell if cells else None, cells)
 
     def read(self, zone: Zone, window: Window, year: int) -> EmbeddingWindow:
+        """Codes, scales and masks of ``window`` (zone pixels); padding outside the store is
+        invalid. Raises SourceError on corrupt input (see the module docstring)."""
         (r_off, c_off), t, emb, scales = self._locate(zone, year)
         bands = emb.shape[1]
         codes = np.zeros((bands, window.height, window.width), dtype=np.int8)
         sc = np.full((window.height, window.width), np.nan, dtype=np.float32)
         extent = Window(r_off, c_off, emb.shape[2], emb.shape[3])
         inner = window.intersection(extent)
+        water = np.zeros((window.height, window.width), dtype=bool)
         if inner is not None:
             src = (slice(inner.row - r_off, inner.row_stop - r_off),
                    slice(inner.col - c_off, inner.col_stop - c_off))
             dst = inner.relative_to(window)
-            codes[(slice(None), *dst)] = emb[(t, slice(None), *src)]
-            sc[dst] = scales[(t, *src)]
-        water = np.isnan(sc)
-        if inner is not None:
-            outside = np.ones_like(water)
-            outside[inner.relative_to(window)] = False
-            water &= ~outside
-        else:
-            water[:] = False
+            codes[(slice(None), *dst)] = self._fetch(emb, (t, slice(None), *src), year, inner)
+            sc[dst] = self._fetch(scales, (t, *src), year, inner)
+            # Padding is NaN with codes 0, which no rule flags: check the whole window at once.
+            problems = _corruption(codes, sc)
+            if problems:
+                raise SourceError(self._corrupt_message(zone, year, window, problems))
+            water[dst] = np.isnan(sc[dst])
         valid = np.isfinite(sc)
-        corrupt = valid & (np.abs(sc) * 127.0 > MAX_ABS_VALUE)
-        if corrupt.any():
-            log.warning(
-                "%s %s year %d: %d pixels with |value| > %g masked as corrupt input",
-                self.url, zone.name, year, int(corrupt.sum()), MAX_ABS_VALUE,
-            )
-            valid &= ~corrupt
-        codes[:, ~valid] = 0
-        sc[~valid] = 0.0
+        sc[~valid] = 0.0  # codes there are already 0: the checks above guarantee it
         return EmbeddingWindow(window, codes, sc, valid, water, "per_pixel_scale")
+
+    def _fetch(self, arr: zarr.Array, sel: tuple[Any, ...], year: int, inner: Window) -> Any:
+        """``arr[sel]``, with undecodable stored bytes turned into one SourceError.
+
+        Only a failure that recurs when the shards are re-read one by one is blamed on the
+        data (and those shards are named); anything else propagates unchanged.
+        """
+        try:
+            return arr[sel]
+        except (ValueError, RuntimeError) as exc:
+            if any(isinstance(e, OSError) for e in _chain(exc)):
+                raise  # an I/O failure underneath: transient perhaps, the caller may retry
+            bad = self._bad_blocks(arr, sel)
+            if not bad:  # no single shard fails again: not damaged bytes, leave it unchanged
+                raise
+            shards = ", ".join(bad)
+            raise SourceError(
+                f"{self.url}/{arr.path} year {year}: the stored data for zone rows "
+                f"{inner.row}..{inner.row_stop - 1}, cols {inner.col}..{inner.col_stop - 1} "
+                f"cannot be decoded ({type(exc).__name__}: {' '.join(str(exc).split())}): a "
+                f"chunk or shard is damaged (truncated or overwritten), damaged shards: "
+                f"{shards}; {FIX}"
+            ) from exc
+
+    @staticmethod
+    def _bad_blocks(arr: zarr.Array, sel: tuple[Any, ...], limit: int = 4) -> list[str]:
+        """Keys of the blocks (shards) under ``sel`` that fail to decode, found by reading them
+        one at a time (error path only)."""
+        block = arr.shards or arr.chunks
+        ys, xs = sel[-2], sel[-1]
+        lead = [s for s in sel[:-2] if isinstance(s, int)]  # time index
+        bad: list[str] = []
+        for r in range(ys.start // block[-2], (ys.stop - 1) // block[-2] + 1):
+            for c in range(xs.start // block[-1], (xs.stop - 1) // block[-1] + 1):
+                y0, x0 = max(ys.start, r * block[-2]), max(xs.start, c * block[-1])
+                y1 = min(ys.stop, (r + 1) * block[-2])
+                x1 = min(xs.stop, (c + 1) * block[-1])
+                try:
+                    arr[(*sel[:-2], slice(y0, y1), slice(x0, x1))]
+                except (ValueError, RuntimeError):
+                    coords = (*lead, *([0] * (arr.ndim - 2 - len(lead))), r, c)
+                    bad.append(f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}")
+                    if len(bad) == limit:
+                        return [*bad, "…"]
+        return bad
+
+    def _corrupt_message(
+        self, zone: Zone, year: int, window: Window, problems: list[tuple[str, str, np.ndarray]]
+    ) -> str:
+        parts = []
+        for what, cause, mask in problems:
+            r, c = divmod(int(np.flatnonzero(mask)[0]), window.width)
+            parts.append(
+                f"{int(mask.sum())} pixels {what} (first at zone row {window.row + r}, "
+                f"col {window.col + c}): {cause}"
+            )
+        return (
+            f"corrupt TESSERA input in {self.url}, {zone.name} year {year}: "
+            f"{'; '.join(parts)}; {FIX}"
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -227,3 +344,61 @@ class TesseraZarrSource:
             "dimensions": self.dimensions,
             "build_version": self.root.attrs.get("geoemb:build_version"),
         }
+
+
+def _block(arr: zarr.Array) -> tuple[int, int]:
+    """Spatial (y, x) shape of the array's stored objects: shards, else chunks."""
+    b = arr.shards or arr.chunks
+    return (b[-2], b[-1])
+
+
+def _inner(arr: zarr.Array) -> tuple[int, int]:
+    """Spatial (y, x) shape of the array's (inner) chunks."""
+    return (arr.chunks[-2], arr.chunks[-1])
+
+
+def _refine(mask: np.ndarray, inner: tuple[int, int], cell: tuple[int, int]) -> np.ndarray:
+    """An inner-chunk mask repeated onto a finer ``cell`` grid (cell divides inner)."""
+    if inner == cell:
+        return mask
+    return np.repeat(np.repeat(mask, inner[0] // cell[0], 0), inner[1] // cell[1], 1)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes / contexts."""
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and not any(cur is e for e in out):
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def _corruption(codes: np.ndarray, sc: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
+    """(what is wrong, likely cause, (y, x) mask) for each rule some pixels break; empty when
+    all is well.
+
+    One pass of two reductions over the int8 codes (max and min along bands), then cheap
+    (y, x) comparisons; each pixel lands in at most one rule.
+    """
+    peak = np.maximum(codes.max(axis=0).astype(np.int16), -codes.min(axis=0).astype(np.int16))
+    written = peak > 0  # any nonzero code
+    with np.errstate(invalid="ignore", over="ignore"):
+        data = np.isfinite(sc) & (sc > 0)
+        value = peak.astype(np.float32) * np.where(data, sc, np.float32(0))
+        rules = [
+            ("have a negative or -inf scale", "the scales data is damaged", sc < 0),
+            ("have scale NaN (water) or +inf (no data) but nonzero embeddings",
+             "a scales chunk was damaged, deleted or replaced",
+             (np.isnan(sc) | np.isposinf(sc)) & written),
+            ("have a positive scale but all-zero embeddings",
+             "an embeddings chunk is missing or zeroed (zarr reads a deleted chunk or a "
+             "zero-byte shard as 0)",
+             data & ~written),
+            ("have scale 0 but nonzero embeddings", "a scales chunk was zeroed",
+             (sc == 0) & written),
+            (f"de-quantise to |value| > {MAX_ABS_VALUE:g} (up to {float(value.max()):.4g})",
+             "absurd for TESSERA, typically a corrupt scales file (cf. geotessera issue #355)",
+             value > MAX_ABS_VALUE),
+        ]
+    return [rule for rule in rules if rule[2].any()]

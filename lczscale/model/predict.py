@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lczscale.config import StitchConfig
+from lczscale.config import ModelConfig, StitchConfig
 from lczscale.grid import Window, Zone
 from lczscale.io.source import EmbeddingWindow
 from lczscale.model.checkpoint import CheckpointMeta, load_checkpoint
@@ -174,3 +174,26 @@ class Predictor:
             data.dequantisation,
         )
         return torch.softmax(self.model(x), dim=1)
+
+
+def tile_memory_bytes(
+    read: Window, core: Window, dimensions: int, meta_model: ModelConfig, stitch: StitchConfig,
+    device_type: str = "cpu",
+) -> int:
+    """Peak host memory one tile needs on a worker, estimated from the arrays it allocates.
+
+    The read (int8 codes, twice for zarr's decode buffers, plus scales and masks), the location
+    channels, the per-class accumulators over the core, and one batch of patches through the
+    U-Net (inputs and the activations of every level, ~6 live tensors per level). On a GPU the
+    batch lives in device memory, so only the host side is counted.
+    """
+    px_read, px_core = read.size, core.size
+    loc = 4 * meta_model.location_frequencies if meta_model.location else 0
+    classes = meta_model.num_classes
+    reading = px_read * (2 * dimensions + 4 + 2) + px_read * loc * 4
+    accumulate = px_core * (2 * classes + 2) * 4 + px_core * 2
+    p, b = stitch.patch_size, stitch.batch_size
+    batch_in = b * p * p * (dimensions + 1 + 4 + loc * 4)
+    levels = sum(w * (p >> i) ** 2 for i, w in enumerate(meta_model.widths))
+    activations = (1 if device_type == "cpu" else 0) * 6 * 4 * levels + b * classes * p * p * 8
+    return int(reading + accumulate + 2 * batch_in + activations)

@@ -33,7 +33,7 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 def map_args(world, out: Path, *extra: str) -> list[str]:
     return ["map", "--source", world.source, "--model", world.model, "--out", str(out),
-            "--executor", "serial", "--patch-size", "64", "--quiet", *extra]
+            "--executor", "serial", "--patch-size", "128", "--quiet", *extra]
 
 
 def test_store_not_in_the_tessera_convention(world, tmp_path, capsys) -> None:
@@ -100,8 +100,10 @@ def test_aoi_without_data_is_an_error_not_an_empty_cube(
 
 
 def test_bad_bbox_and_year(world, tmp_path, capsys) -> None:
+    code, err = run_cli(map_args(world, tmp_path / "c.zarr", "--bbox", "8,48,9,47"), capsys)
+    assert code == 2 and "minlat < maxlat" in err
     code, err = run_cli(map_args(world, tmp_path / "c.zarr", "--bbox", "9,47,8,48"), capsys)
-    assert code == 2 and "min < max" in err
+    assert code == 2 and "antimeridian" in err and "8.0,47.0,9.0,48.0" in err
     code, err = run_cli(map_args(world, tmp_path / "c.zarr", "--year", "1999"), capsys)
     assert code == 2 and "1999" in err and "2024" in err
     with pytest.raises(SystemExit):

@@ -44,14 +44,22 @@ def test_polar_aoi_is_refused_with_advice() -> None:
 def test_config_rejects_unknown_keys_and_bad_bbox() -> None:
     with pytest.raises(ValueError, match="extra"):
         MapConfig.model_validate({"source": "a", "model": "b", "out": "c", "colour": 1})
-    with pytest.raises(ValueError, match="min < max"):
-        MapConfig.model_validate({"source": "a", "model": "b", "out": "c", "bbox": [9, 47, 8, 48]})
+    with pytest.raises(ValueError, match="minlat < maxlat"):
+        MapConfig.model_validate({"source": "a", "model": "b", "out": "c", "bbox": [8, 48, 9, 47]})
+    across = MapConfig.model_validate(
+        {"source": "a", "model": "b", "out": "c", "bbox": [179, -17, -179, -16]}
+    )
+    assert across.bbox == (179, -17, -179, -16)  # MINLON > MAXLON: across the antimeridian
 
 
 def test_overlap_covers_the_receptive_radius() -> None:
     assert auto_overlap(47) == 48
     assert StitchConfig(patch_size=256).stride(47) == 208
-    assert StitchConfig(patch_size=64, overlap=40).stride(47) == 32  # capped at half a patch
+    assert StitchConfig(patch_size=96).stride(47) == 48
+    with pytest.raises(ConfigError, match="patch_size ≥ 96"):
+        StitchConfig(patch_size=64).stride(47)  # the overlap would exceed half a patch
+    with pytest.raises(ConfigError, match="receptive radius"):
+        StitchConfig(patch_size=256, overlap=32).stride(47)  # border pixels see only padding
 
 
 def test_window_maths() -> None:
