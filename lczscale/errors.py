@@ -26,3 +26,14 @@ class CheckpointError(LczscaleError):
 
 class CubeError(LczscaleError):
     """The output cube is missing, inconsistent, or would be overwritten."""
+
+
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """The exception, then its causes and contexts (each once): what an error really was is
+    often a few links down (an OSError under a codec's ValueError)."""
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and not any(cur is e for e in out):
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out

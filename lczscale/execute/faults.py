@@ -18,6 +18,7 @@ from typing import TypeVar
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from lczscale.config import FaultConfig
+from lczscale.errors import exception_chain
 
 T = TypeVar("T")
 
@@ -38,7 +39,7 @@ _TRANSIENT_NAMES = {
 
 def is_transient(exc: BaseException) -> bool:
     """True for errors that a later attempt of the same request may not meet."""
-    if any(type(e).__name__ in _TRANSIENT_NAMES for e in _chain(exc)):
+    if any(type(e).__name__ in _TRANSIENT_NAMES for e in exception_chain(exc)):
         return True
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
@@ -47,17 +48,6 @@ def is_transient(exc: BaseException) -> bool:
             exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
         )
     return False
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    out: list[BaseException] = []
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        out.append(cur)
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return out
 
 
 def with_retries(fn: Callable[[], T], faults: FaultConfig) -> tuple[T, int]:

@@ -48,7 +48,7 @@ import numpy as np
 import zarr
 from affine import Affine
 
-from lczscale.errors import NoDataError, SourceError
+from lczscale.errors import NoDataError, SourceError, exception_chain
 from lczscale.grid import Window, Zone
 from lczscale.io.shards import inner_chunk_mask, stored_chunks
 from lczscale.io.source import EmbeddingWindow
@@ -285,7 +285,7 @@ class TesseraZarrSource:
         try:
             return arr[sel]
         except (ValueError, RuntimeError) as exc:
-            if any(isinstance(e, OSError) for e in _chain(exc)):
+            if any(isinstance(e, OSError) for e in exception_chain(exc)):
                 raise  # an I/O failure underneath: transient perhaps, the caller may retry
             bad = self._bad_blocks(arr, sel)
             if not bad:  # no single shard fails again: not damaged bytes, leave it unchanged
@@ -362,16 +362,6 @@ def _refine(mask: np.ndarray, inner: tuple[int, int], cell: tuple[int, int]) -> 
     if inner == cell:
         return mask
     return np.repeat(np.repeat(mask, inner[0] // cell[0], 0), inner[1] // cell[1], 1)
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """The exception and its causes / contexts."""
-    out: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and not any(cur is e for e in out):
-        out.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    return out
 
 
 def _corruption(codes: np.ndarray, sc: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
