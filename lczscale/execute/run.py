@@ -187,19 +187,10 @@ def check_memory(plan: MapPlan, limits: list[int], where: str) -> None:
     )
 
 
-def run_map(
-    cfg: MapConfig,
-    progress: bool = True,
-    on_result: Callable[[TileResult], None] | None = None,
-) -> MapReport:
-    """Map the AOI into the cube at ``cfg.out`` (creating or resuming it).
-
-    Tiles that fail are recorded in the ledger and listed in the report's ``failed``; the run
-    still makes every other tile. ``on_result`` is called in this process as each tile ends.
-    """
-    plan = prepare(cfg)
-    zones = sorted({t.zone for t in plan.tasks})
-    ctx = MapContext(
+def map_context(plan: MapPlan) -> MapContext:
+    """What every worker needs besides its tasks: addresses, settings, the provenance."""
+    cfg = plan.cfg
+    return MapContext(
         source_url=cfg.source,
         source_kind=plan.source.kind,
         model_dir=cfg.model,
@@ -212,6 +203,21 @@ def run_map(
         provenance_parts=plan.provenance_parts,
         faults=cfg.faults,
     )
+
+
+def run_map(
+    cfg: MapConfig,
+    progress: bool = True,
+    on_result: Callable[[TileResult], None] | None = None,
+) -> MapReport:
+    """Map the AOI into the cube at ``cfg.out`` (creating or resuming it).
+
+    Tiles that fail are recorded in the ledger and listed in the report's ``failed``; the run
+    still makes every other tile. ``on_result`` is called in this process as each tile ends.
+    """
+    plan = prepare(cfg)
+    zones = sorted({t.zone for t in plan.tasks})
+    ctx = map_context(plan)
     with _executor(cfg, plan, progress, on_result) as execute:
         create_cube(
             cfg.out,

@@ -110,9 +110,17 @@ class TileRunner:
             )
 
     def _retry(self, fn: Callable[[], T]) -> T:
-        result, attempts = with_retries(fn, self.ctx.faults)
-        self._attempts = max(self._attempts, attempts)
-        return result
+        """``fn`` retried on transient errors; the most tries any step took is remembered
+        (also when the last try fails) for the ledger."""
+        tries = 0
+
+        def counted() -> T:
+            nonlocal tries
+            tries += 1
+            self._attempts = max(self._attempts, tries)
+            return fn()
+
+        return with_retries(counted, self.ctx.faults)[0]
 
     def _entry(self, task: TileTask) -> dict[str, Any]:
         return {

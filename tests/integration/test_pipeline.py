@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cube_compare import assert_same, cube_arrays
 
 import lczscale
 from lczscale.cli import main
@@ -20,31 +21,12 @@ from lczscale.status import cube_status
 pytestmark = pytest.mark.integration
 
 
-def cube_arrays(url: str, world) -> dict[str, np.ndarray]:
-    """lcz and confidence around every city of the world (city window plus 300 px)."""
-    out = {}
-    for city in world.summary["cities"]:
-        r, c, h, w = city["window"]
-        ds = lczscale.open_cube(url, zone=city["zone"])
-        sel = {"y": slice(r - 300, r + h + 300), "x": slice(c - 300, c + w + 300)}
-        for var in ("lcz", "confidence"):
-            out[f"{city['name']}/{var}"] = ds[var].isel(**sel).values
-    return out
-
-
 @pytest.fixture(scope="module")
 def reference(world, tmp_path_factory) -> tuple[str, dict[str, np.ndarray]]:
     out = tmp_path_factory.mktemp("ref") / "tile512.zarr"
     report = run_map(world.map_config(out), progress=False)
     assert report.computed >= 4, "each 6 km city must span several 512 px tiles"
     return str(out), cube_arrays(str(out), world)
-
-
-def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
-    assert a.keys() == b.keys() and a
-    for k in a:
-        assert a[k].shape == b[k].shape, k
-        assert np.array_equal(a[k], b[k]), f"{k}: {int((a[k] != b[k]).sum())} pixels differ"
 
 
 def test_tile_size_does_not_change_the_cube(world, reference, tmp_path: Path) -> None:
