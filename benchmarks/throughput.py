@@ -20,11 +20,10 @@ import torch
 from common import emit
 from distributed import Client, LocalCluster
 
-from lczscale import classes
 from lczscale.config import GridConfig, MapConfig, ModelConfig, StitchConfig
 from lczscale.execute.run import run_map
 from lczscale.io.sources import open_source
-from lczscale.model.checkpoint import CheckpointMeta, InputSpec, Normalisation, save_checkpoint
+from lczscale.model.checkpoint import InputSpec, save_untrained
 from lczscale.model.predict import pinned_threads
 from lczscale.model.unet import LczUNet, location_channels
 from lczscale.synth import write_world
@@ -33,15 +32,9 @@ from lczscale.synth import write_world
 def random_model(directory: Path, source_url: str, cfg: ModelConfig) -> None:
     """A checkpoint with random weights: throughput does not depend on the weights' values."""
     source = open_source(source_url)
-    torch.manual_seed(0)
-    meta = CheckpointMeta(
-        model=cfg, classes=classes.LCZ_CODES, class_names=classes.LCZ_CLASS_NAMES,
-        input=InputSpec(kind="tessera", dataset=source.dataset, dimensions=cfg.in_dim,
-                        dequantisation="per_pixel_scale"),
-        normalisation=Normalisation(mean=[0.0] * cfg.in_dim, std=[1.0] * cfg.in_dim),
-        lczscale_version="bench",
-    )
-    save_checkpoint(directory, LczUNet(cfg).eval(), meta)
+    save_untrained(directory, cfg, InputSpec(kind="tessera", dataset=source.dataset,
+                                             dimensions=cfg.in_dim,
+                                             dequantisation="per_pixel_scale"))
 
 
 def model_forward_seconds(cfg: ModelConfig, patch: int, batch: int, threads: int,

@@ -315,3 +315,19 @@ def model_hash(directory: str | Path) -> str:
     """sha256 over ``model.safetensors`` then ``checkpoint.json``: the model's provenance id."""
     _, weights, meta_bytes = _read_files(directory)
     return _sha256(weights, meta_bytes)
+
+
+def save_untrained(
+    directory: str | Path, cfg: ModelConfig, input_spec: InputSpec, seed: int = 0
+) -> str:
+    """A checkpoint with seeded random weights and identity normalisation, for benchmarks and
+    tests whose subject is throughput or plumbing, not accuracy. Returns its model hash."""
+    from lczscale.classes import LCZ_CLASS_NAMES
+
+    torch.manual_seed(seed)
+    meta = CheckpointMeta(
+        model=cfg, classes=LCZ_CODES, class_names=LCZ_CLASS_NAMES, input=input_spec,
+        normalisation=Normalisation(mean=[0.0] * cfg.in_dim, std=[1.0] * cfg.in_dim),
+        lczscale_version="untrained",
+    )
+    return save_checkpoint(directory, LczUNet(cfg).eval(), meta)

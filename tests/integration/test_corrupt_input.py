@@ -12,10 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
-from lczscale import classes
 from lczscale.cli import main
 from lczscale.config import GridConfig, MapConfig, ModelConfig
 from lczscale.execute.run import prepare
@@ -24,11 +22,11 @@ from lczscale.io import ledger
 from lczscale.io.cube import read_window
 from lczscale.io.tessera_zarr import TesseraZarrSource
 from lczscale.model.checkpoint import (
-    CheckpointMeta,
     InputSpec,
     Normalisation,
     load_checkpoint,
     save_checkpoint,
+    save_untrained,
 )
 from lczscale.model.unet import LczUNet
 from lczscale.plan import TileTask
@@ -51,16 +49,9 @@ class Damage:
 def random_checkpoint(directory: Path, source: TesseraZarrSource) -> None:
     """A small model with random weights (receptive field 11 px, so 32 px patches and thin
     halos): the test is about what reaches the cube, not about accuracy."""
-    cfg = ModelConfig(widths=(8, 16), convs_per_block=1)
-    torch.manual_seed(0)
-    meta = CheckpointMeta(
-        model=cfg, classes=classes.LCZ_CODES, class_names=classes.LCZ_CLASS_NAMES,
-        input=InputSpec(kind="tessera", dataset=source.dataset, dimensions=source.dimensions,
-                        dequantisation="per_pixel_scale"),
-        normalisation=Normalisation(mean=[0.0] * cfg.in_dim, std=[1.0] * cfg.in_dim),
-        lczscale_version="test",
-    )
-    save_checkpoint(directory, LczUNet(cfg).eval(), meta)
+    save_untrained(directory, ModelConfig(widths=(8, 16), convs_per_block=1),
+                   InputSpec(kind="tessera", dataset=source.dataset,
+                             dimensions=source.dimensions, dequantisation="per_pixel_scale"))
 
 
 @pytest.fixture(scope="module")
