@@ -12,7 +12,6 @@ reruns it elsewhere, up to ``allowed_failures`` times; a tile that kills more wo
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,9 +20,7 @@ from typing import Any
 import dask
 from distributed import Client, Future, LocalCluster, WorkerPlugin, as_completed, get_worker
 
-from lczscale.execute.faults import describe
-from lczscale.execute.tile import MapContext, TileResult, TileRunner
-from lczscale.io import ledger
+from lczscale.execute.tile import MapContext, TileResult, TileRunner, record_failure
 from lczscale.plan import TileTask
 
 log = logging.getLogger(__name__)
@@ -157,22 +154,10 @@ def _result(future: Future, task: TileTask, ctx: MapContext) -> TileResult:
         assert isinstance(result, TileResult)
         return result
     except Exception as exc:
-        info = describe(exc)
-        if info["error_type"] == "KilledWorker":
-            info["error"] += (
+        advice = ""
+        if type(exc).__name__ == "KilledWorker":
+            advice = (
                 " — the tile's worker died every time (out of memory, a crash in native code, "
                 "or preemption); see the worker logs, try a smaller --tile-size"
             )
-        log.warning("tile %s failed: %s: %s", task.key, info["error_type"], info["error"])
-        entry = {
-            "zone": task.zone,
-            "year": task.year,
-            "core": [task.core.row, task.core.col, task.core.height, task.core.width],
-            "provenance_hash": ctx.provenance_hash,
-            "provenance_parts": ctx.provenance_parts,
-            "worker": "client",
-            "failed_at": time.time(),
-        } | info
-        ledger.record_failure(ctx.cube_url, task.key, entry)
-        return TileResult.failed(task.key, task.core.size,
-                                 f"{info['error_type']}: {info['error']}", "client")
+        return record_failure(ctx, task, exc, "client", advice=advice)

@@ -50,25 +50,16 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def with_retries(fn: Callable[[], T], faults: FaultConfig) -> tuple[T, int]:
-    """``fn()`` retried on transient errors; returns (result, attempts used).
-
-    The last error is re-raised unchanged once ``faults.io_attempts`` attempts are spent.
-    """
-    attempts = 0
-
-    def call() -> T:
-        nonlocal attempts
-        attempts += 1
-        return fn()
-
+def with_retries(fn: Callable[[], T], faults: FaultConfig) -> T:
+    """``fn()`` retried on transient errors with exponential backoff; the last error is
+    re-raised unchanged once ``faults.io_attempts`` attempts are spent."""
     retrying = Retrying(
         stop=stop_after_attempt(faults.io_attempts),
         wait=wait_exponential(multiplier=faults.backoff_s, max=faults.backoff_max_s),
         retry=retry_if_exception(is_transient),
         reraise=True,
     )
-    return retrying(call), attempts
+    return retrying(fn)
 
 
 def describe(exc: BaseException) -> dict[str, str]:

@@ -96,18 +96,7 @@ class TileRunner:
         try:
             return self._run(task)
         except Exception as exc:  # the tile's own failure: record it, carry on with others
-            info = describe(exc)
-            log.warning("tile %s failed: %s: %s", task.key, info["error_type"], info["error"])
-            entry = self._entry(task) | info | {
-                "transient": is_transient(exc),
-                "attempts": self._attempts,
-                "failed_at": time.time(),
-            }
-            ledger.record_failure(self.ctx.cube_url, task.key, entry)
-            return TileResult.failed(
-                task.key, task.core.size, f"{info['error_type']}: {info['error']}", self.name,
-                self._attempts,
-            )
+            return record_failure(self.ctx, task, exc, self.name, self._attempts)
 
     def _retry(self, fn: Callable[[], T]) -> T:
         """``fn`` retried on transient errors; the most tries any step took is remembered
@@ -120,17 +109,7 @@ class TileRunner:
             self._attempts = max(self._attempts, tries)
             return fn()
 
-        return with_retries(counted, self.ctx.faults)[0]
-
-    def _entry(self, task: TileTask) -> dict[str, Any]:
-        return {
-            "zone": task.zone,
-            "year": task.year,
-            "core": [task.core.row, task.core.col, task.core.height, task.core.width],
-            "provenance_hash": self.ctx.provenance_hash,
-            "provenance_parts": self.ctx.provenance_parts,
-            "worker": self.name,
-        }
+        return with_retries(counted, self.ctx.faults)
 
     def _run(self, task: TileTask) -> TileResult:
         zone = self.zone(task.zone)
@@ -142,7 +121,7 @@ class TileRunner:
         self._retry(lambda: write_tile(
             self.ctx.cube_url, zone, task.year, task.core, pred.lcz, pred.confidence
         ))
-        entry = self._entry(task) | {
+        entry = tile_entry(self.ctx, task, self.name) | {
             "valid_pixels": pred.valid_pixels,
             "patches": pred.patches,
             "finished_at": time.time(),
@@ -154,3 +133,31 @@ class TileRunner:
             task.key, pred.valid_pixels, task.core.size, pred.patches, t1 - t0, t2 - t1, t3 - t2,
             self.name, attempts=self._attempts,
         )
+
+
+def tile_entry(ctx: MapContext, task: TileTask, worker: str) -> dict[str, Any]:
+    """The ledger fields every entry of a tile has, done or failed."""
+    return {
+        "zone": task.zone,
+        "year": task.year,
+        "core": [task.core.row, task.core.col, task.core.height, task.core.width],
+        "provenance_hash": ctx.provenance_hash,
+        "provenance_parts": ctx.provenance_parts,
+        "worker": worker,
+    }
+
+
+def record_failure(
+    ctx: MapContext, task: TileTask, exc: BaseException, worker: str, attempts: int = 1,
+    advice: str = "",
+) -> TileResult:
+    """Record ``task`` as failed with ``exc`` in the ledger; the failed result to report."""
+    info = describe(exc)
+    info["error"] += advice
+    log.warning("tile %s failed: %s: %s", task.key, info["error_type"], info["error"])
+    entry = tile_entry(ctx, task, worker) | info | {
+        "transient": is_transient(exc), "attempts": attempts, "failed_at": time.time(),
+    }
+    ledger.record_failure(ctx.cube_url, task.key, entry)
+    return TileResult.failed(task.key, task.core.size, f"{info['error_type']}: {info['error']}",
+                             worker, attempts)
