@@ -27,8 +27,13 @@ class GridConfig(_Strict):
     kind: Literal["utm", "global"] = "utm"
     tile_size: int = Field(2048, ge=64, le=16384)
     resolution: float = Field(10.0, gt=0, description="metres for utm zones")
+    # The global EPSG:4326 lattice is the published AlphaEarth global mosaic's (aef-mosaic:
+    # 4,007,520 columns over 360°, top edge 83.6857…°), so that store is read without resampling.
     global_resolution: float = Field(
-        8.983152841195214e-05, gt=0, description="degrees for the global EPSG:4326 zone (~10 m)"
+        360.0 / 4_007_520, gt=0, description="degrees for the global EPSG:4326 zone (~10 m)"
+    )
+    global_top: float = Field(
+        83.68570533713473, gt=0, le=90, description="latitude of the global zone's top edge"
     )
 
 
@@ -132,6 +137,14 @@ class MapConfig(_Strict):
     """Everything that decides a map run; stored in the cube's attributes."""
 
     source: str
+    source_kind: str = Field(
+        "auto", description="auto (detect from the data) or a layout: tessera-zarr, "
+        "tessera-tiles, aef-cogs, aef-mosaic, geoemb-zarr, stac"
+    )
+    source_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for the source (e.g. anon: true); never credentials",
+    )
     model: str
     out: str
     bbox: tuple[float, float, float, float] | None = None
@@ -154,6 +167,11 @@ class MapConfig(_Strict):
     @classmethod
     def _no_credentials(cls, v: str) -> str:
         return reject_credentials(v)
+
+    @field_validator("source_options")
+    @classmethod
+    def _no_secret_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return reject_secret_options(v)
 
     @field_validator("bbox")
     @classmethod
@@ -195,6 +213,25 @@ def reject_credentials(url: str) -> str:
                 "AWS_SECRET_ACCESS_KEY) or a credentials file, never inside the URL"
             )
     return url
+
+
+_SECRET_KEYS = ("secret", "password", "token", "key", "credential", "session")
+
+
+def reject_secret_options(options: dict[str, Any], where: str = "source_options") -> dict[str, Any]:
+    """Refuse storage options that look like credentials: config is stored in the cube and
+    travels in task graphs, so secrets must come from the environment on each machine."""
+    for name, value in options.items():
+        lowered = str(name).lower()
+        if isinstance(value, dict):
+            reject_secret_options(value, f"{where}.{name}")
+        elif any(k in lowered for k in _SECRET_KEYS) and lowered not in ("anon",):
+            raise ValueError(
+                f"{where}.{name} looks like a credential; give credentials through the "
+                "environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, …) or a "
+                "credentials file, never in the configuration"
+            )
+    return options
 
 
 def load_yaml(path: str | Path, model: type[BaseModel]) -> Any:

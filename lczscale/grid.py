@@ -203,14 +203,14 @@ def utm_zone(number: int, resolution: float = 10.0) -> Zone:
     )
 
 
-def global_zone(resolution: float) -> Zone:
-    """The single EPSG:4326 zone covering the globe, origin at (-180, 90)."""
+def global_zone(resolution: float, top: float = 90.0) -> Zone:
+    """The single EPSG:4326 zone covering the globe from ``top`` down to -90°, origin -180°."""
     width = int(math.ceil(360.0 / resolution - 1e-9))
-    height = int(math.ceil(180.0 / resolution - 1e-9))
+    height = int(math.ceil((top + 90.0) / resolution - 1e-9))
     return Zone(
         name="global",
         crs="EPSG:4326",
-        transform=(resolution, 0.0, -180.0, 0.0, -resolution, 90.0),
+        transform=(resolution, 0.0, -180.0, 0.0, -resolution, top),
         shape=(height, width),
     )
 
@@ -218,7 +218,7 @@ def global_zone(resolution: float) -> Zone:
 def zone_by_name(name: str, cfg: GridConfig) -> Zone:
     """Resolve a zone group name (``utm32``, ``global``) under a grid config."""
     if name == "global":
-        return global_zone(cfg.global_resolution)
+        return global_zone(cfg.global_resolution, cfg.global_top)
     if name.startswith("utm") and name[3:].isdigit():
         return utm_zone(int(name[3:]), cfg.resolution)
     raise ConfigError(f"unknown zone name {name!r}: expected 'utm01'..'utm60' or 'global'")
@@ -299,7 +299,7 @@ def zones_for_aoi(aoi: Aoi, cfg: GridConfig) -> list[tuple[Zone, geom.Geometry]]
     A UTM zone owns exactly its 6° longitude band, so no pixel of the AOI is mapped twice.
     """
     if cfg.kind == "global":
-        zone = global_zone(cfg.global_resolution)
+        zone = global_zone(cfg.global_resolution, cfg.global_top)
         return [(zone, aoi.geometry)]
     minlon, minlat, maxlon, maxlat = aoi.bbox
     if minlat < UTM_LAT_MIN or maxlat > UTM_LAT_MAX:

@@ -104,14 +104,16 @@ def _aoi(cfg: MapConfig) -> Aoi | None:
 
 def prepare(cfg: MapConfig) -> MapPlan:
     """Everything up to (not including) the first write: checks, plan, provenance."""
-    source = open_source(cfg.source)
+    source = open_source(cfg.source, cfg.source_kind, cfg.source_options)
     _, meta, model_hash = load_checkpoint(cfg.model)
-    check_input(meta, source.dimensions, source.kind)
-    if cfg.grid.kind != "utm" and source.kind == "tessera":
+    check_input(meta, source.dimensions, source.kind, source.dataset)
+    if cfg.grid.kind not in source.grid_kinds:
         raise ConfigError(
-            "TESSERA embeddings are stored per UTM zone; use grid.kind='utm' (the default) "
-            "so they are never resampled"
+            f"{source.layout} embeddings at {cfg.source} can be read on the "
+            f"{' or '.join(source.grid_kinds)} grid, not grid.kind={cfg.grid.kind!r}; set "
+            f"grid.kind to {source.grid_kinds[0]!r} so they are never resampled"
         )
+    zone_names = source.zone_names(cfg.grid.kind)
     years = source.years
     year = cfg.year if cfg.year is not None else max(years)
     if year not in years:
@@ -137,15 +139,15 @@ def prepare(cfg: MapConfig) -> MapPlan:
     within: dict[str, Window | None] = {}
     if aoi is not None:
         within = {z.name: z.bounding_window(part) for z, part in zones_for_aoi(aoi, cfg.grid)}
-    if aoi is not None and not set(within) & set(source.zone_names()):
+    if aoi is not None and not set(within) & set(zone_names):
         raise NoDataError(
             f"the AOI {tuple(round(v, 4) for v in aoi.bbox)} lies in zones "
             f"{', '.join(sorted(within))} but {cfg.source} has embeddings only in zones "
-            f"{', '.join(source.zone_names())}; choose a bbox inside them"
+            f"{', '.join(zone_names)}; choose a bbox inside them"
         )
     availability = {
         name: source.availability(zone_by_name(name, cfg.grid), year, within.get(name))
-        for name in source.zone_names()
+        for name in zone_names
         if aoi is None or within.get(name) is not None
     }
     planned = plan_tasks(aoi, cfg.grid, lattice, year, availability)
@@ -192,7 +194,7 @@ def map_context(plan: MapPlan) -> MapContext:
     cfg = plan.cfg
     return MapContext(
         source_url=cfg.source,
-        source_kind=plan.source.kind,
+        source=plan.source,
         model_dir=cfg.model,
         cube_url=cfg.out,
         grid=cfg.grid,

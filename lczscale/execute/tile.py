@@ -25,7 +25,6 @@ from lczscale.grid import Zone, zone_by_name
 from lczscale.io import ledger
 from lczscale.io.cube import write_tile
 from lczscale.io.source import EmbeddingSource
-from lczscale.io.sources import open_source
 from lczscale.model.predict import Predictor
 from lczscale.plan import TileTask
 
@@ -37,7 +36,7 @@ class MapContext:
     """Everything a worker needs besides the task itself."""
 
     source_url: str
-    source_kind: str
+    source: EmbeddingSource  # pickles as its address and small metadata, never credentials
     model_dir: str
     cube_url: str
     grid: GridConfig
@@ -77,7 +76,7 @@ class TileRunner:
 
     def __init__(self, ctx: MapContext, device: str | None = None) -> None:
         self.ctx = ctx
-        self.source: EmbeddingSource = open_source(ctx.source_url, ctx.source_kind)
+        self.source: EmbeddingSource = ctx.source
         self.predictor = Predictor.from_checkpoint(
             ctx.model_dir, ctx.stitch, device or ctx.device, ctx.threads
         )

@@ -41,10 +41,16 @@ class EmbeddingWindow:
 
 
 class EmbeddingSource(Protocol):
-    """What the planner, the predictor and the trainer need from any embedding source."""
+    """What the planner, the predictor and the trainer need from any embedding source.
 
-    kind: str  # "tessera", "alphaearth", …
+    Implementations hold only addresses and small metadata when pickled (never opened handles
+    or credentials), so they travel to Dask workers cheaply and safely.
+    """
+
+    kind: str  # the embedding family a model is trained for: "tessera", "alphaearth", "geoemb"
+    layout: str  # how it is stored: "tessera-zarr", "tessera-tiles", "aef-cogs", …
     url: str
+    grid_kinds: tuple[str, ...]  # zone lattices it can be read on, native first ("utm", "global")
 
     @property
     def dimensions(self) -> int: ...
@@ -57,7 +63,9 @@ class EmbeddingSource(Protocol):
     @property
     def years(self) -> list[int]: ...
 
-    def zone_names(self) -> list[str]: ...
+    def zone_names(self, grid_kind: str | None = None) -> list[str]:
+        """Zones holding data on the ``grid_kind`` lattice (None = the native one)."""
+        ...
 
     def availability(
         self, zone: Zone, year: int, within: Window | None = None
@@ -71,3 +79,28 @@ class EmbeddingSource(Protocol):
     def describe(self) -> dict[str, Any]:
         """Provenance: enough to tell whether two runs used the same input."""
         ...
+
+
+def dequantised(data: EmbeddingWindow) -> np.ndarray:
+    """float32 (band, y, x) embeddings of a window, NaN where invalid (host-side reference).
+
+    The model de-quantises on its device (``model.features``); this is the same arithmetic in
+    numpy, for tests, sampling statistics and conformance checks.
+    """
+    if data.dequantisation == "per_pixel_scale":
+        if data.scales is None:
+            raise ValueError("per_pixel_scale de-quantisation needs scales")
+        out = data.codes.astype(np.float32) * data.scales[None]
+    elif data.dequantisation == "sign_square":
+        out = SIGN_SQUARE[data.codes.astype(np.int16) + 128]
+    else:
+        raise ValueError(f"unknown de-quantisation {data.dequantisation!r}")
+    out[:, ~data.valid] = np.nan
+    return out
+
+
+# AlphaEarth: v = sign(q)·(q/127.5)² evaluated in float64, then cast; −128 (masked) → 0.
+SIGN_SQUARE = np.array(
+    [0.0 if q == -128 else np.sign(q) * (q / 127.5) ** 2 for q in range(-128, 128)],
+    dtype=np.float64,
+).astype(np.float32)

@@ -1,25 +1,83 @@
-"""Open an embedding source from a URL, recognising its format from its own metadata."""
+"""Open an embedding source from a URL, recognising its layout from its own files.
+
+Every layout is one class implementing :class:`~lczscale.io.source.EmbeddingSource` with two
+class methods:
+
+- ``detect(url, storage_options) -> str | None``: a cheap look at marker files (root
+  ``zarr.json`` attributes, ``tessera_metadata.json``, ``aef_index.parquet`` …) returning a
+  one-line description of what was found, or None when the URL is not of that layout;
+- ``open(url, storage_options) -> source``: the source, validated now (a clear SourceError
+  for a malformed store, before any work is planned).
+
+``open_source(url)`` tries the layouts in a fixed order and logs what it found; ``kind=`` skips
+detection (``--source-kind`` on the command line).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+import logging
+from typing import Any, Protocol, cast
 
 from lczscale.errors import SourceError
+from lczscale.io.retry import retry_io
 from lczscale.io.source import EmbeddingSource
 from lczscale.io.stores import exists
-from lczscale.io.tessera_zarr import TesseraZarrSource
 
-KINDS = ("tessera",)
+log = logging.getLogger(__name__)
+
+# layout → (module, class), in detection order: the Zarr layouts by their root attributes
+# first (TESSERA before the generic convention it specialises), then the file-tree layouts.
+LAYOUTS: dict[str, tuple[str, str]] = {
+    "tessera-zarr": ("lczscale.io.tessera_zarr", "TesseraZarrSource"),
+    "aef-mosaic": ("lczscale.io.aef_mosaic", "AefMosaicSource"),
+    "geoemb-zarr": ("lczscale.io.geoemb_zarr", "GeoembZarrSource"),
+    "tessera-tiles": ("lczscale.io.tessera_tiles", "TesseraTilesSource"),
+    "aef-cogs": ("lczscale.io.aef_cogs", "AefCogSource"),
+}
+
+
+class SourceClass(Protocol):
+    @classmethod
+    def detect(cls, url: str, storage_options: dict[str, Any] | None) -> str | None: ...
+
+    @classmethod
+    def open(cls, url: str, storage_options: dict[str, Any] | None) -> EmbeddingSource: ...
+
+
+def source_class(layout: str) -> SourceClass:
+    """The class that reads ``layout``."""
+    if layout not in LAYOUTS:
+        raise SourceError(
+            f"unknown source kind {layout!r}; known kinds: auto, {', '.join(LAYOUTS)}"
+        )
+    module, name = LAYOUTS[layout]
+    return cast(SourceClass, getattr(importlib.import_module(module), name))
+
+
+def detect_layout(url: str, storage_options: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(layout, what was found) for ``url``; SourceError naming what was looked for."""
+    for layout in LAYOUTS:
+        found = source_class(layout).detect(url, storage_options)
+        if found:
+            return layout, found
+    raise SourceError(
+        f"{url} is not an embedding source lczscale recognises: looked for a TESSERA Zarr "
+        "store (zarr.json with geoemb: attributes and utmNN groups), the AlphaEarth global "
+        "mosaic (zarr.json with an int8 (time, band, y, x) 'embeddings' array in EPSG:4326), a "
+        "geoemb: Zarr store, TESSERA NPY tiles (tessera_metadata.json, manifest.parquet or "
+        "global_0.1_degree_representation/) and AlphaEarth COGs (aef_index.parquet or "
+        "aef_index_stac_geoparquet.parquet); pass --source-kind to say which it is"
+    )
 
 
 def open_source(
     url: str, kind: str = "auto", storage_options: dict[str, Any] | None = None
 ) -> EmbeddingSource:
-    """An embedding source for ``url``; ``kind='auto'`` reads the store's own attributes."""
-    if not exists(url, storage_options):
+    """An embedding source for ``url``; ``kind='auto'`` detects the layout from its files."""
+    if not retry_io(lambda: exists(url, storage_options), f"checking {url}"):
         raise SourceError(f"embedding source {url} does not exist; check the path or URL")
-    if kind in ("auto", "tessera"):
-        source = TesseraZarrSource(url, storage_options)
-        _ = source.root  # validates the convention now, with a clear error
-        return source
-    raise SourceError(f"unknown source kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    if kind in ("auto", ""):
+        kind, found = detect_layout(url, storage_options)
+        log.info("%s: %s", url, found)
+    return source_class(kind).open(url, storage_options)

@@ -7,6 +7,7 @@ are never stored here: fsspec/s3fs read them from the environment on each worker
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -81,3 +82,15 @@ def child_url(root: str, *parts: str) -> str:
                 "digits, '_', '-' and '.', and may not leave the cube root"
             )
     return "/".join([root.rstrip("/"), *parts])
+
+
+def root_attributes(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The attributes in a Zarr v3 store's root ``zarr.json`` ({} when there is none or it is
+    not JSON): a cheap look for layout detection, without opening the hierarchy."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        doc = json.loads(fs.cat_file(f"{path.rstrip('/')}/zarr.json"))
+    except (FileNotFoundError, IsADirectoryError, ValueError, UnicodeDecodeError):
+        return {}
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    return attrs if isinstance(attrs, dict) else {}

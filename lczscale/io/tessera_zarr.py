@@ -52,7 +52,7 @@ from lczscale.errors import NoDataError, SourceError, exception_chain
 from lczscale.grid import Window, Zone
 from lczscale.io.shards import inner_chunk_mask, stored_chunks
 from lczscale.io.source import EmbeddingWindow
-from lczscale.io.stores import open_store, store_filesystem
+from lczscale.io.stores import open_store, root_attributes, store_filesystem
 from lczscale.plan import Availability
 
 # A de-quantised value beyond this is corrupt input (a real v1 tile had -161,685 from a bad
@@ -65,10 +65,32 @@ class TesseraZarrSource:
     """Reads windows of a TESSERA Zarr store; picklable (holds only the URL and options)."""
 
     kind = "tessera"
+    layout = "tessera-zarr"
+    grid_kinds = ("utm",)
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url.rstrip("/")
         self.storage_options = storage_options or {}
+
+    @classmethod
+    def detect(cls, url: str, storage_options: dict[str, Any] | None = None) -> str | None:
+        """What a root ``zarr.json`` in the TESSERA convention says, or None."""
+        attrs = root_attributes(url, storage_options)
+        quant = attrs.get("geoemb:quantization")
+        if not isinstance(quant, dict) or quant.get("method") != "per_pixel_scale":
+            return None
+        if attrs.get("geoemb:spatial_layout", "utm_zones") != "utm_zones":
+            return None
+        version = attrs.get("tessera:dataset_version") or attrs.get("geoemb:model")
+        return (f"TESSERA Zarr store (geoemb: convention, {attrs.get('geoemb:dimensions')}-d, "
+                f"per-pixel scales, UTM zone groups, dataset {version})")
+
+    @classmethod
+    def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> TesseraZarrSource:
+        source = cls(url, storage_options)
+        _ = source.root  # validates the convention now, with a clear error
+        _ = source._zone_info  # and every zone group, including mixed datasets
+        return source
 
     # Pickle only the address: the opened zarr handles are rebuilt lazily on the worker.
     def __getstate__(self) -> dict[str, Any]:
@@ -134,7 +156,9 @@ class TesseraZarrSource:
         variant = a.get("tessera:dataset_variant", "")
         return f"tessera/{version}" + (f"/{variant}" if variant else "")
 
-    def zone_names(self) -> list[str]:
+    def zone_names(self, grid_kind: str | None = None) -> list[str]:
+        if grid_kind not in (None, "utm"):
+            return []
         return self.zone_names_of(self.root)
 
     @cached_property
@@ -173,6 +197,15 @@ class TesseraZarrSource:
                     f"{self.url}/{name}/embeddings has {emb.shape[1]} bands but the store "
                     f"declares geoemb:dimensions={self.dimensions}; the store is inconsistent"
                 )
+            root_attrs = self.root.attrs
+            for key in ("tessera:dataset_version", "tessera:dataset_variant", "geoemb:model"):
+                if key in g.attrs and key in root_attrs and g.attrs[key] != root_attrs[key]:
+                    raise SourceError(
+                        f"{self.url}/{name} holds {key}={g.attrs[key]!r} but the store is "
+                        f"{root_attrs[key]!r}: one store must hold one TESSERA dataset "
+                        "(version and variant are different feature spaces); rebuild the "
+                        "store from one dataset"
+                    )
             t = g.attrs.get("spatial:transform")
             if t is None:
                 raise SourceError(f"{self.url}/{name} lacks the 'spatial:transform' attribute")
@@ -339,6 +372,7 @@ class TesseraZarrSource:
     def describe(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
+            "layout": self.layout,
             "url": self.url,
             "dataset": self.dataset,
             "dimensions": self.dimensions,

@@ -120,14 +120,23 @@ class CheckpointMeta(BaseModel):
         return self
 
 
-def check_input(meta: CheckpointMeta, dimensions: int, dataset_kind: str) -> None:
-    """Refuse to run a model on embeddings of another kind or dimension than it was trained on."""
+def check_input(
+    meta: CheckpointMeta, dimensions: int, dataset_kind: str, dataset: str | None = None
+) -> None:
+    """Refuse to run a model on embeddings of another kind, dimension or dataset (version and
+    variant) than it was trained on: each TESSERA (version, variant) is its own feature space."""
     spec = meta.input
     if spec.dimensions != dimensions or spec.kind.lower() != dataset_kind.lower():
         raise CheckpointError(
             f"checkpoint expects {spec.dimensions}-d {spec.kind} embeddings ({spec.dataset}) but "
             f"the source gives {dimensions}-d {dataset_kind} embeddings; train a model for this "
             f"source or point --source at {spec.kind} data"
+        )
+    if dataset is not None and spec.dataset and spec.dataset != dataset:
+        raise CheckpointError(
+            f"checkpoint was trained on {spec.dataset} but the source holds {dataset}: "
+            "different dataset versions/variants are different feature spaces and must not be "
+            "mixed; use embeddings of the model's dataset or train a model for this one"
         )
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
-# AlphaEarth: value = sign(q)·(q/127.5)², via an exact 256-entry table indexed by q+128.
-_SIGN_SQUARE = torch.tensor(
-    [0.0 if q == -128 else (1 if q > 0 else -1) * (q / 127.5) ** 2 for q in range(-128, 128)],
-    dtype=torch.float32,
-)
+from lczscale.io.source import SIGN_SQUARE
+
+# AlphaEarth: value = sign(q)·(q/127.5)², via an exact 256-entry table indexed by q+128
+# (evaluated in float64, then rounded once to float32: the same table as the host reference).
+_SIGN_SQUARE = torch.from_numpy(SIGN_SQUARE.copy())
 
 
 def dequantise(
