@@ -19,6 +19,7 @@ identical whatever other cities are generated with it.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import math
 import shutil
@@ -137,6 +138,17 @@ ROOT_ATTRS: dict[str, Any] = {
     "tessera:dataset_version": "1.0",
     "tessera:dataset_variant": "synthetic",
 }
+
+# Embedding layouts ``write_world`` can write: name → "module:function". A writer is called as
+# ``writer(out_dir, world, years, render, seed)`` where ``render(city, year)`` gives the float32
+# (128, H, W) embedding; it returns what it wrote (paths, indexes) for ``world.json``.
+LAYOUT_WRITERS: dict[str, str] = {
+    "tessera-zarr": "lczscale.synth:_create_store",  # written inline (embeddings.zarr)
+    "tessera-tiles": "lczscale.synth_tiles:write_tessera_tiles",  # tiles/
+    "aef-cogs": "lczscale.synth_aef:write_aef_cogs",  # aef/ (COGs + aef_index.parquet …)
+    "aef-mosaic": "lczscale.synth_aef:write_aef_mosaic",  # aef-mosaic.zarr
+}
+LAYOUT_PRODUCTS = ("tiles", "aef", "aef-mosaic.zarr")
 
 # Purposes of the random streams (spawn keys); never reorder, or every world changes.
 _SPACE, _LAYOUT, _MATERIALS, _MIX, _STRIP, _YEAR, _PIXELS = range(7)
@@ -554,6 +566,7 @@ def write_world(
     scales_fill: float = float("inf"),
     truth_cube: bool = True,
     overwrite: bool = False,
+    layouts: Sequence[str] = ("tessera-zarr",),
 ) -> dict[str, Any]:
     """Write embeddings, coarse labels, truth and ``world.json`` under ``out_dir``.
 
@@ -562,13 +575,21 @@ def write_world(
     data yet"); NaN is the alternative convention. Either way all-water or never-written
     ``embeddings`` chunks are not stored, which is what planning lists. Returns the summary
     also saved as ``world.json``.
+
+    ``layouts`` chooses the embedding layouts written (same world, same pixels): see
+    ``LAYOUT_WRITERS``; ``tessera-zarr`` is ``embeddings.zarr``.
     """
+    unknown = [name for name in layouts if name not in LAYOUT_WRITERS]
+    if unknown:
+        raise ConfigError(
+            f"unknown layout(s) {unknown}; choose from {', '.join(LAYOUT_WRITERS)}"
+        )
     out = Path(out_dir)
     years = sorted(int(y) for y in years)
     if not years:
         raise ConfigError("years is empty: give at least one year, e.g. (2024,)")
     products = ["embeddings.zarr", "lcz_coarse", "lcz_coarse.tif", "lcz_coarse.vrt",
-                "truth.zarr", "world.json"]
+                "truth.zarr", "world.json", *LAYOUT_PRODUCTS]
     existing = [p for p in products if (out / p).exists()]
     if existing and not overwrite:
         raise ConfigError(
@@ -584,13 +605,25 @@ def write_world(
     space = WorldSpace.make(_rng(seed, _SPACE))
     world = [_build_city(i, n, seed, strip=(i == 0)) for i, _ in enumerate(_sites(cities, seed))]
     grids = _zone_grids(world)
-    root = _create_store(out / "embeddings.zarr", grids, years, shard_size, scales_fill)
-    for c in world:
-        for t, year in enumerate(years):  # one year at a time keeps memory at 512 B/px
-            _write_city_year(root, grids[c.zone.name], c, t, _render(c, seed, year, space))
-    with warnings.catch_warnings():  # TESSERA consolidates too; zarr warns it is not in v3 spec
-        warnings.filterwarnings("ignore", message="Consolidated metadata")
-        zarr.consolidate_metadata(str(out / "embeddings.zarr"))
+    written: dict[str, Any] = {}
+    if "tessera-zarr" in layouts:
+        root = _create_store(out / "embeddings.zarr", grids, years, shard_size, scales_fill)
+        for c in world:
+            for t, year in enumerate(years):  # one year at a time keeps memory at 512 B/px
+                _write_city_year(root, grids[c.zone.name], c, t, _render(c, seed, year, space))
+        with warnings.catch_warnings():  # TESSERA consolidates too; zarr warns: not in v3 spec
+            warnings.filterwarnings("ignore", message="Consolidated metadata")
+            zarr.consolidate_metadata(str(out / "embeddings.zarr"))
+        written["tessera-zarr"] = str((out / "embeddings.zarr").resolve())
+
+    def render(c: SynthCity, year: int) -> npt.NDArray[np.float32]:
+        return _render(c, seed, year, space)
+
+    for name in layouts:
+        if name != "tessera-zarr":
+            module, func = LAYOUT_WRITERS[name].split(":")
+            writer = getattr(importlib.import_module(module), func)
+            written[name] = writer(out, world, years, render, seed)
 
     coarse, coarse_parts = _write_coarse(out, world)
     truth = _write_truth(out, world, seed, size_km, years[-1]) if truth_cube else None
@@ -598,7 +631,8 @@ def write_world(
     hist = np.bincount(np.concatenate([c.truth.ravel() for c in world]), minlength=18)
     summary: dict[str, Any] = {
         "root": str(out.resolve()),
-        "embeddings": str((out / "embeddings.zarr").resolve()),
+        "embeddings": written.get("tessera-zarr"),
+        "layouts": written,
         "coarse_labels": str(coarse.resolve()),
         "coarse_per_city": {c.city.name: str(p.resolve()) for c, p in zip(world, coarse_parts,
                                                                            strict=True)},
