@@ -35,7 +35,7 @@ _TRANSIENT_NAMES = {
 
 def is_transient(exc: BaseException) -> bool:
     """True for errors that a later attempt of the same request may not meet."""
-    if any(type(e).__name__ in _TRANSIENT_NAMES for e in exception_chain(exc)):
+    if any(k.__name__ in _TRANSIENT_NAMES for e in exception_chain(exc) for k in type(e).__mro__):
         return True
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True

@@ -12,6 +12,8 @@ so the shard's tiles are planned and their read reports the damage.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from typing import Any
 
 import google_crc32c
@@ -25,13 +27,24 @@ from lczscale.io.stores import store_filesystem
 EMPTY = np.uint64(2**64 - 1)
 
 
-def stored_chunks(arr: zarr.Array, leading: tuple[int, ...]) -> dict[tuple[int, int], str]:
+def stored_chunks(
+    arr: zarr.Array,
+    leading: tuple[int, ...],
+    candidates: Iterable[tuple[int, int]] | None = None,
+) -> dict[tuple[int, int], str]:
     """Stored chunks (shards when sharded) whose leading grid indices equal ``leading``:
-    their (row, col) grid index on the last two axes → object path. Lists, never reads."""
+    their (row, col) grid index on the last two axes → object path. Lists, never reads.
+
+    Plain HTTP(S) cannot list, so there each of ``candidates`` (default: every block of the
+    array) is asked for with a HEAD request instead: give the blocks under the area of
+    interest, or a planet-sized store costs a request per block.
+    """
     fs, root = store_filesystem(arr.store_path.store)
     array_dir = f"{root}/{arr.path}"
     sep = getattr(arr.metadata.chunk_key_encoding, "separator", "/")  # type: ignore[union-attr]
     lead = [str(i) for i in leading]
+    if not can_list(fs):
+        return _probe(fs, arr, root, leading, candidates)
     if sep == "/":
         prefix = "/".join([array_dir, "c", *lead]) + "/"
         found = {p: p[len(prefix) :].split("/") for p in fs.find(prefix)}
@@ -43,6 +56,32 @@ def stored_chunks(arr: zarr.Array, leading: tuple[int, ...]) -> dict[tuple[int, 
             if p.rsplit("/", 1)[-1].startswith(start)
         }
     return {(int(k[0]), int(k[1])): p for p, k in found.items() if len(k) == 2}
+
+
+def can_list(fs: AbstractFileSystem) -> bool:
+    """False for plain HTTP(S), where a "directory" is not something a server lists."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return not {"http", "https"} & set(protocols)
+
+
+def _probe(
+    fs: AbstractFileSystem,
+    arr: zarr.Array,
+    root: str,
+    leading: tuple[int, ...],
+    candidates: Iterable[tuple[int, int]] | None,
+) -> dict[tuple[int, int], str]:
+    block = arr.shards or arr.chunks
+    if candidates is None:
+        grid = [-(-n // b) for n, b in zip(arr.shape[-2:], block[-2:], strict=True)]
+        candidates = itertools.product(range(grid[0]), range(grid[1]))
+    found = {}
+    for r, c in candidates:
+        coords = (*leading, *([0] * (arr.ndim - 2 - len(leading))), r, c)
+        path = f"{root}/{arr.path}/{arr.metadata.encode_chunk_key(coords)}"
+        if fs.exists(path):
+            found[(r, c)] = path
+    return found
 
 
 def sharding_codec(arr: zarr.Array) -> ShardingCodec | None:

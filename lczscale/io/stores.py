@@ -7,6 +7,7 @@ are never stored here: fsspec/s3fs read them from the environment on each worker
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -56,13 +57,30 @@ def filesystem(
 def store_filesystem(store: Store) -> tuple[AbstractFileSystem, str]:
     """(filesystem, root path) behind an opened zarr store."""
     if isinstance(store, FsspecStore):
-        return store.fs, store.path.rstrip("/")
+        fs = store.fs
+        if getattr(fs, "asynchronous", False):  # zarr's own async instance: make a sync twin
+            opts = {k: v for k, v in fs.storage_options.items()
+                    if k not in ("asynchronous", "loop")}
+            fs = type(fs)(**opts)
+        return fs, store.path.rstrip("/")
     return fsspec.filesystem("file"), str(Path(str(getattr(store, "root", "."))).absolute())
 
 
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """Whether ``url`` names a file or directory; over plain HTTP(S), where a directory is not
+    an object, whether the server answers for it at all (404 included: it is up)."""
     fs, path = filesystem(url, storage_options)
+    if is_http(url):
+        # a GET, not HEAD/info: fsspec turns a refused connection in info() into a 404.
+        # A Zarr store or tile tree has no object at its own URL (404): its files decide.
+        with contextlib.suppress(FileNotFoundError):
+            fs.cat_file(path, start=0, end=1)
+        return True
     return bool(fs.exists(path))
+
+
+def is_http(url: str) -> bool:
+    return url.startswith(("http://", "https://"))
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")

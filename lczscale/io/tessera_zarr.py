@@ -246,8 +246,8 @@ class TesseraZarrSource:
         offset, t, emb, scales = self._locate(zone, year)
         fs, _ = store_filesystem(emb.store_path.store)
         eb, sb = _block(emb), _block(scales)
-        e_stored = stored_chunks(emb, (t, 0))
-        s_stored = stored_chunks(scales, (t,))
+        e_stored = stored_chunks(emb, (t, 0), _blocks_under(within, offset, eb, emb.shape))
+        s_stored = stored_chunks(scales, (t,), _blocks_under(within, offset, sb, scales.shape))
 
         def meets(index: tuple[int, int], block: tuple[int, int]) -> bool:
             if within is None:
@@ -378,6 +378,20 @@ class TesseraZarrSource:
             "dimensions": self.dimensions,
             "build_version": self.root.attrs.get("geoemb:build_version"),
         }
+
+
+def _blocks_under(
+    within: Window | None, offset: tuple[int, int], block: tuple[int, int],
+    shape: tuple[int, ...],
+) -> list[tuple[int, int]] | None:
+    """Grid indices of the array's blocks that meet ``within`` (None: all of them)."""
+    if within is None:
+        return None
+    rows = range(max(0, (within.row - offset[0]) // block[0]),
+                 min(-(-shape[-2] // block[0]), (within.row_stop - 1 - offset[0]) // block[0] + 1))
+    cols = range(max(0, (within.col - offset[1]) // block[1]),
+                 min(-(-shape[-1] // block[1]), (within.col_stop - 1 - offset[1]) // block[1] + 1))
+    return [(r, c) for r in rows for c in cols]
 
 
 def _block(arr: zarr.Array) -> tuple[int, int]:
