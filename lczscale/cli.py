@@ -32,7 +32,8 @@ def cmd_synth(a: argparse.Namespace) -> int:
     from lczscale.synth import write_world
 
     summary = write_world(a.dir, cities=a.cities, size_km=a.size_km, seed=a.seed,
-                          years=tuple(a.years))
+                          years=tuple(a.years), layouts=tuple(a.layout),
+                          overwrite=a.overwrite)
     _print_json(summary)
     return 0
 
@@ -61,8 +62,13 @@ def map_config(a: argparse.Namespace) -> Any:
     base.update({k: v for k, v in {
         "source": a.source, "model": a.model, "out": a.out, "bbox": a.bbox,
         "geojson": a.geojson, "year": a.year, "executor": a.executor, "workers": a.workers,
-        "device": a.device, "scheduler_address": a.scheduler,
+        "device": a.device, "scheduler_address": a.scheduler, "source_kind": a.source_kind,
+        "stac_collection": a.collection,
     }.items() if v is not None})
+    if a.stac:
+        base.update(source=a.stac, source_kind="stac")
+    if a.grid is not None:
+        base["grid"] = dict(base.get("grid") or {}) | {"kind": a.grid}
     if a.tile_size is not None:
         base["grid"] = dict(base.get("grid") or {}) | {"tile_size": a.tile_size}
     if a.patch_size is not None:
@@ -85,7 +91,13 @@ def map_config(a: argparse.Namespace) -> Any:
 def cmd_map(a: argparse.Namespace) -> int:
     from lczscale.execute.run import run_map
 
-    report = run_map(map_config(a), progress=not a.quiet)
+    cfg = map_config(a)
+    if cfg.source_kind in ("auto", ""):
+        from lczscale.io.sources import detect_layout
+
+        layout, found = detect_layout(cfg.source, cfg.source_options)
+        print(f"source {cfg.source}: {found} (kind {layout})", file=sys.stderr)
+    report = run_map(cfg, progress=not a.quiet)
     summary = report.summary()
     failed = report.failed
     print(f"computed {summary['computed']} tiles, skipped {summary['skipped']} "
@@ -153,6 +165,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--size-km", type=float, default=4.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--years", type=int, nargs="+", default=[2023, 2024])
+    s.add_argument("--layout", nargs="+", default=["tessera-zarr"],
+                   choices=["tessera-zarr", "tessera-tiles", "aef-cogs", "aef-mosaic"],
+                   help="embedding layouts to write (DIR/embeddings.zarr, DIR/tiles/, DIR/aef/, "
+                   "DIR/aef-mosaic.zarr); the same world in each")
+    s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_synth)
 
     t = sub.add_parser("train", help="train the attention U-Net on labelled embeddings")
@@ -171,7 +188,13 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     m = sub.add_parser("map", help="map an AOI into an LCZ cube (resumes an existing cube)")
-    m.add_argument("--source")
+    m.add_argument("--source", help="embeddings: path or URL (local, s3://, https://)")
+    m.add_argument("--source-kind", help="skip layout detection: tessera-zarr, tessera-tiles, "
+                   "aef-cogs, aef-mosaic, geoemb-zarr")
+    m.add_argument("--stac", help="STAC API URL (or stac-geoparquet file) to find the "
+                   "embedding files in; needs --collection, --year and an AOI")
+    m.add_argument("--collection", help="STAC collection id (with --stac)")
+    m.add_argument("--grid", choices=["utm", "global"], help="cube lattice (default utm)")
     m.add_argument("--model")
     m.add_argument("--out")
     m.add_argument("--config", help="MapConfig YAML; flags override it")

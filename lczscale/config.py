@@ -141,6 +141,9 @@ class MapConfig(_Strict):
         "auto", description="auto (detect from the data) or a layout: tessera-zarr, "
         "tessera-tiles, aef-cogs, aef-mosaic, geoemb-zarr, stac"
     )
+    stac_collection: str | None = Field(
+        None, description="with source_kind 'stac': the collection to search at the API URL"
+    )
     source_options: dict[str, Any] = Field(
         default_factory=dict,
         description="fsspec options for the source (e.g. anon: true); never credentials",

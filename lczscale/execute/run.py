@@ -102,9 +102,28 @@ def _aoi(cfg: MapConfig) -> Aoi | None:
     return None
 
 
+def _open_source(cfg: MapConfig, aoi: Aoi | None) -> EmbeddingSource:
+    """The configured source; with ``source_kind: stac`` the files a STAC search finds."""
+    if cfg.source_kind != "stac":
+        return open_source(cfg.source, cfg.source_kind, cfg.source_options)
+    from lczscale.io.aef_cogs import AefCogSource
+    from lczscale.io.stac import search_api, search_geoparquet
+
+    if cfg.year is None or aoi is None:
+        raise ConfigError("a STAC source needs --year and an AOI (--bbox or --geojson) to search")
+    if cfg.source.endswith(".parquet"):
+        assets = search_geoparquet(cfg.source, aoi.bbox, cfg.year)
+    else:
+        if not cfg.stac_collection:
+            raise ConfigError("a STAC API source needs --collection (the collection id)")
+        assets = search_api(cfg.source, cfg.stac_collection, aoi.bbox, cfg.year)
+    return AefCogSource.from_assets(cfg.source, assets, cfg.source_options)
+
+
 def prepare(cfg: MapConfig) -> MapPlan:
     """Everything up to (not including) the first write: checks, plan, provenance."""
-    source = open_source(cfg.source, cfg.source_kind, cfg.source_options)
+    aoi = _aoi(cfg)
+    source = _open_source(cfg, aoi)
     _, meta, model_hash = load_checkpoint(cfg.model)
     check_input(meta, source.dimensions, source.kind, source.dataset)
     if cfg.grid.kind not in source.grid_kinds:
@@ -135,7 +154,6 @@ def prepare(cfg: MapConfig) -> MapPlan:
     entries = ledger.read_all(cfg.out) if exists(cfg.out) else {}
     done = {k for k, e in entries.items()
             if e.get("provenance_hash") == phash and ledger.state(e) == ledger.DONE}
-    aoi = _aoi(cfg)
     within: dict[str, Window | None] = {}
     if aoi is not None:
         within = {z.name: z.bounding_window(part) for z, part in zones_for_aoi(aoi, cfg.grid)}
