@@ -218,7 +218,8 @@ class TesseraZarrSource:
         return sorted({y for _, ty, _, _ in self._zone_info.values() for y in ty})
 
     def _locate(self, zone: Zone, year: int) -> tuple[tuple[int, int], int, zarr.Array, zarr.Array]:
-        transform, tindex, emb, scales = self._zone_info[self._group(zone.name).basename]
+        self._group(zone.name)  # a clear error for a zone the store does not have
+        transform, tindex, emb, scales = self._zone_info[zone.name]
         if year not in tindex:
             raise NoDataError(
                 f"{self.url}/{zone.name} has no year {year} (years: {sorted(tindex)}); pass "
