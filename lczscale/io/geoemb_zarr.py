@@ -50,7 +50,8 @@ class GeoembZarrSource(TesseraZarrSource):
         dtype = attrs.get("geoemb:data_type")
         return (f"geoemb: Zarr store ({attrs['geoemb:dimensions']}-d {dtype}, "
                 f"quantisation {quant.get('method', 'none')}, layout "
-                f"{attrs.get('geoemb:spatial_layout', 'global')}, model {attrs.get('geoemb:model')})")
+                f"{attrs.get('geoemb:spatial_layout', 'global')}, "
+                f"model {attrs.get('geoemb:model')})")
 
     @classmethod
     def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> GeoembZarrSource:
@@ -138,7 +139,7 @@ class GeoembZarrSource(TesseraZarrSource):
             if t is None:
                 raise SourceError(f"{self.url}/{name} lacks 'spatial:transform'; {FIX}")
             years = [int(v) for v in g["time"][:]]  # type: ignore[index, union-attr]
-            coeffs = [float(v) for v in t][:6]  # type: ignore[union-attr]
+            coeffs = [float(v) for v in t][:6]  # type: ignore[union-attr, arg-type]
             info[name] = (Affine(*coeffs), {y: i for i, y in enumerate(years)}, emb, scales)
         return info
 
