@@ -1,70 +1,59 @@
-"""LCZ label rasters (the 100 m global-map format, LCZ Generator outputs …) onto a zone window.
+"""LCZ labels of any source (100 m maps, So2Sat patches, training polygons) onto a zone window.
 
-Labels are categorical, so they are warped with nearest neighbour (never bilinear), and any code
-outside 1–17 becomes 0 = nodata. Embeddings stay on their own grid; only labels move.
+``read_labels`` is what training and evaluation call once per region: it opens the file through
+``open_labels`` (which detects the kind and the encoding, see ``label_sources`` and
+``labels_encoding``) and keeps the opened source for the next call, so a GeoJSON is parsed and a
+raster's encoding sampled once, not once per window. Labels are categorical, so they are warped
+with nearest neighbour or mode, never bilinear; embeddings stay on their own grid, only labels
+move.
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import numpy as np
-import rasterio
-from rasterio.enums import Resampling
-from rasterio.errors import WindowError
-from rasterio.warp import reproject, transform_bounds
-from rasterio.windows import Window as Win
 
-from lczscale.errors import SourceError
 from lczscale.grid import Window, Zone
+from lczscale.io.label_sources import detect_kind, open_labels, sniff
+from lczscale.io.labels_base import LabelSource
+from lczscale.io.stores import is_remote, local_path
+
+__all__ = ["LabelSource", "detect_kind", "label_bounds", "open_labels", "read_labels", "sniff"]
+
+
+def _stamp(path: str) -> tuple[float, int] | None:
+    """(mtime, size) of a local file, so a rewritten file is reopened; None when remote."""
+    if is_remote(path):
+        return None
+    try:
+        st = os.stat(local_path(path))
+    except OSError:
+        return None
+    return st.st_mtime, st.st_size
 
 
 @lru_cache(maxsize=16)
-def _describe(path: str) -> tuple[str, int | None, tuple[float, float, float, float]]:
-    try:
-        with rasterio.open(path) as ds:
-            if ds.crs is None:
-                raise SourceError(f"label raster {path} has no CRS; it must be georeferenced")
-            b = ds.bounds
-            return ds.crs.to_string(), ds.count, (b.left, b.bottom, b.right, b.top)
-    except rasterio.errors.RasterioIOError as exc:
-        raise SourceError(f"cannot read label raster {path}: {exc}") from exc
+def _cached(path: str, band: int | None, stamp: tuple[float, int] | None) -> LabelSource:
+    return open_labels(path, band=band)
 
 
-def read_labels(path: str, zone: Zone, window: Window, band: int = 1) -> np.ndarray:
-    """uint8 (h, w) LCZ codes 1–17 on the zone window, 0 where unlabelled."""
-    _describe(path)
-    out = np.zeros((window.height, window.width), dtype=np.uint8)
-    gbox = zone.window_geobox(window)
-    with rasterio.open(path) as ds:
-        # Read only the part of the (possibly global) raster under the window, plus a margin.
-        left, bottom, right, top = transform_bounds(zone.crs, ds.crs, *gbox.extent.boundingbox)
-        win = ds.window(left, bottom, right, top).round_offsets().round_lengths()
-        win = Win(win.col_off - 2, win.row_off - 2, win.width + 4, win.height + 4)
-        try:
-            win = win.intersection(Win(0, 0, ds.width, ds.height))
-        except WindowError:  # the window lies outside the label raster: all unlabelled
-            return out
-        src = ds.read(band, window=win)
-        nodata = ds.nodata
-        valid = (src >= 1) & (src <= 17)
-        if nodata is not None:
-            valid &= src != nodata
-        src = np.where(valid, src, 0).astype(np.uint8)
-        reproject(
-            source=src,
-            destination=out,
-            src_transform=ds.window_transform(win),
-            src_crs=ds.crs,
-            src_nodata=0,
-            dst_transform=gbox.affine,
-            dst_crs=zone.crs,
-            dst_nodata=0,
-            resampling=Resampling.nearest,
-        )
-    return out
+def cached_source(path: str, band: int | None = None) -> LabelSource:
+    """The opened label source of a path, shared by calls with the same file state."""
+    return _cached(path, band, _stamp(path))
+
+
+def read_labels(path: str, zone: Zone, window: Window, band: int | None = None) -> np.ndarray:
+    """uint8 (h, w) LCZ codes 1–17 on the zone window, 0 where unlabelled.
+
+    ``band`` picks a raster band (default: the only band, or the one named like
+    ``lczFilter`` in multi-band LCZ Generator files); other kinds take no band.
+    """
+    return cached_source(path, band).read(zone, window)
 
 
 def label_bounds(path: str) -> tuple[float, float, float, float]:
-    """Bounds of a label raster in its own CRS."""
-    return _describe(path)[2]
+    """Bounds of a label source in its own CRS (``open_labels(path).crs``; EPSG:4326 for So2Sat,
+    whose patches come in several UTM zones)."""
+    return cached_source(path).bounds

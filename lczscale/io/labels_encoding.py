@@ -71,12 +71,12 @@ def nodata_name(dtype: np.dtype, declared: float | None, sample_has_m1: bool) ->
     return f"{dtype.name} nodata {_fmt(declared)}"
 
 
-def nodata_values(dtype: np.dtype, declared: float | None) -> tuple[float, ...]:
+def nodata_values(dtype: np.dtype, declared: float | None, where: str) -> tuple[float, ...]:
     """Values besides 0 (and NaN) that mean nodata in a raster of this dtype."""
     out: list[float] = []
     if declared is not None and not math.isnan(declared):
         if dtype.kind in "iu" and not float(declared).is_integer():
-            raise SourceError(f"integer raster declares a non-integral nodata {declared}")
+            raise SourceError(f"{where}: integer raster declares a non-integral nodata {declared}")
         out.append(float(declared))
     if dtype.kind == "f" and -1.0 not in out:
         out.append(-1.0)

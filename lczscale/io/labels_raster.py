@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.errors import RasterioIOError, WindowError
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError, WindowError
 from rasterio.io import DatasetReader
-from rasterio.warp import reproject, transform_bounds
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window as Win
 
 from lczscale.errors import SourceError
@@ -36,6 +37,7 @@ from lczscale.io.labels_encoding import (
     nodata_name,
     nodata_values,
 )
+from lczscale.io.labels_warp import warp
 from lczscale.io.stores import filesystem, is_remote
 
 SAMPLE_FULL = 16_000_000  # pixels: read the whole band to detect the encoding up to this size
@@ -69,7 +71,7 @@ class RasterLabels(LabelSource):
             declared = ds.nodatavals[self.band - 1]
             self.declared_nodata = None if declared is None else float(declared)
             where = f"label raster {path} band {self.band}"
-            self._nodata = nodata_values(self.dtype, self.declared_nodata)
+            self._nodata = nodata_values(self.dtype, self.declared_nodata, where)
             sample = self._sample(ds)
             codes, self.convention = decode(sample, self._nodata, f"{where} (sample)")
             has_m1 = self.dtype.kind == "f" and bool((sample == -1).any())
@@ -96,10 +98,12 @@ class RasterLabels(LabelSource):
 
     def _open(self) -> DatasetReader:
         try:
-            if is_remote(self.path):
-                fs, _ = filesystem(self.path, self._storage_options)
-                return rasterio.open(self.path, opener=fs)
-            return rasterio.open(self.path)
+            with warnings.catch_warnings():  # a missing CRS gets our own, clearer error
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                if is_remote(self.path):
+                    fs, _ = filesystem(self.path, self._storage_options)
+                    return rasterio.open(self.path, opener=fs)
+                return rasterio.open(self.path)
         except RasterioIOError as exc:
             raise SourceError(f"cannot read label raster {self.path}: {exc}") from exc
 
@@ -157,12 +161,8 @@ class RasterLabels(LabelSource):
             check_convention(seen, self.convention, where)
             if not codes.any():
                 return out
-            reproject(
-                source=codes, destination=out, src_transform=ds.window_transform(win),
-                src_crs=ds.crs, src_nodata=0, dst_transform=gbox.affine, dst_crs=zone.crs,
-                dst_nodata=0, resampling=resampling_for(ratio, self.resampling),
-            )
-        return out
+            return warp(codes, ds.window_transform(win), self.crs, zone, window,
+                        resampling_for(ratio, self.resampling), ratio)
 
     def details(self) -> dict[str, Any]:
         return self._facts | {

@@ -57,6 +57,7 @@ class So2SatLabels(LabelSource):
         self.path = path
         self.geo_path = geo or geo_path_for(path)
         fs, p = filesystem(path, storage_options)
+        self.classes_of, self.encoding, self.patch = self._labels(fs, p)
         gfs, gp = filesystem(self.geo_path, storage_options)
         if not gfs.exists(gp):
             raise SourceError(
@@ -64,7 +65,6 @@ class So2SatLabels(LabelSource):
                 "cannot be placed without it; download the matching *_geo.h5 (same order as "
                 "the image file) next to it, or pass geo=PATH"
             )
-        self.classes_of, self.encoding, self.patch = self._labels(fs, p)
         self.transforms, self.epsg, self.cities = self._geo(gfs, gp, len(self.classes_of))
         self._groups = self._footprints()
         west, south, east, north = np.inf, np.inf, -np.inf, -np.inf
@@ -175,7 +175,7 @@ class So2SatLabels(LabelSource):
         ya, yb = t[:, 5], t[:, 5] + h * t[:, 3]
         x0, x1 = np.minimum(xa, xb), np.maximum(xa, xb)
         y0, y1 = np.minimum(ya, yb), np.maximum(ya, yb)
-        groups = {}
+        groups: dict[str, tuple[np.ndarray, ...]] = {}
         for code in np.unique(self.epsg):
             idx = np.flatnonzero((self.epsg == code) & (self.classes_of > 0))
             if idx.size:
