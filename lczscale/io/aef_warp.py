@@ -69,20 +69,20 @@ def sample_nearest(
     each pixel taken from the nearest UTM pixel (see the module docstring).
 
     ``read_utm`` is asked once per UTM zone the window touches, for the bounding window of the
-    pixels it must supply; invalid pixels come back with codes 0.
+    pixels it must supply; it returns codes 0 where invalid, so the gather needs no masking.
     """
-    number, rows, cols = nearest_utm_pixels(zone, window)
-    codes = np.zeros((bands, window.height, window.width), dtype=np.int8)
-    valid = np.zeros((window.height, window.width), dtype=bool)
-    for n in np.unique(number):
-        if n == 0:
-            continue
-        sel = np.nonzero(number == n)
-        rr, cc = rows[sel], cols[sel]
+    number, rows, cols = (a.ravel() for a in nearest_utm_pixels(zone, window))
+    codes = np.zeros((bands, number.size), dtype=np.int8)
+    valid = np.zeros(number.size, dtype=bool)
+    zones = np.unique(number)
+    for n in zones[zones > 0]:
+        pos = np.flatnonzero(number == n) if len(zones) > 1 else slice(None)
+        rr, cc = rows[pos], cols[pos]
         r0, c0 = int(rr.min()), int(cc.min())
         box = Window(r0, c0, int(rr.max()) - r0 + 1, int(cc.max()) - c0 + 1)
         src_codes, src_valid = read_utm(utm_zone(int(n), AEF_RESOLUTION), box)
-        take = src_valid[rr - r0, cc - c0]
-        valid[sel] = take
-        codes[(slice(None), *sel)] = np.where(take, src_codes[:, rr - r0, cc - c0], 0)
-    return codes, valid
+        idx = (rr - r0) * box.width + (cc - c0)
+        valid[pos] = src_valid.reshape(-1)[idx]
+        codes[:, pos] = np.take(src_codes.reshape(bands, -1), idx, axis=1)
+    shape = (window.height, window.width)
+    return codes.reshape(bands, *shape), valid.reshape(shape)
