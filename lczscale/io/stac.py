@@ -102,15 +102,25 @@ def search_api(
 def search_geoparquet(
     href: str, bbox: tuple[float, float, float, float], year: int
 ) -> list[StacAsset]:
-    """Items of a static stac-geoparquet index meeting ``bbox`` in ``year`` (rustac)."""
+    """Items of a static stac-geoparquet index meeting ``bbox`` in ``year``.
+
+    rustac reads the file (its ``search`` would fetch DuckDB's spatial extension at run time,
+    which offline machines cannot); the bbox and year filter is a plain pass over the items.
+    """
     import rustac
 
-    items = retry_io(
-        lambda: rustac.search_sync(href, bbox=list(bbox), datetime=str(year)),
-        f"stac-geoparquet index {href}",
-    )
+    doc = retry_io(lambda: rustac.read_sync(href), f"stac-geoparquet index {href}")
+    items = [item for item in doc.get("features", [])
+             if _year(item) == year and _meets(item.get("bbox"), bbox)]
     if not items:
         raise NoDataError(
             f"{href} lists no items for {year} over {tuple(round(v, 4) for v in bbox)}"
         )
     return assets_of(items, href)
+
+
+def _meets(item_bbox: list[float] | None, bbox: tuple[float, float, float, float]) -> bool:
+    if not item_bbox:
+        return True  # no bbox to rule it out: the COG header decides later
+    w, s, e, n = item_bbox[:4]
+    return not (e < bbox[0] or w > bbox[2] or n < bbox[1] or s > bbox[3])
