@@ -92,7 +92,9 @@ def cmd_map(a: argparse.Namespace) -> int:
     from lczscale.execute.run import run_map
 
     cfg = map_config(a)
-    if cfg.source_kind in ("auto", ""):
+    from lczscale.io.stores import exists
+
+    if cfg.source_kind in ("auto", "") and exists(cfg.source, cfg.source_options):
         from lczscale.io.sources import detect_layout
 
         layout, found = detect_layout(cfg.source, cfg.source_options)

@@ -325,7 +325,9 @@ def open_cube(
     if zone not in present:
         raise CubeError(f"cube {url} has no zone {zone!r} (zones: {sorted(present)})")
     store = open_store(url, storage_options=storage_options)
-    ds = xr.open_zarr(store, group=zone, consolidated=False, zarr_format=3)
+    # Lazily indexed (no dask) until the selection is made: a dask graph over a whole zone
+    # (the global zone holds ~10^9 chunks of 128 px) would not fit in memory.
+    ds = xr.open_zarr(store, group=zone, consolidated=False, zarr_format=3, chunks=None)
     ds.attrs.update({k: v for k, v in attrs.items() if k.startswith("lczscale:")})
     if year is not None:
         years = [int(v) for v in ds["time"].values]
@@ -336,7 +338,8 @@ def open_cube(
         zobj = present[zone]
         roi = _bbox_window(zobj, geom.box(*bbox, "EPSG:4326").to_crs(zobj.crs))
         ds = ds.isel(y=roi[0], x=roi[1])
-    return ds
+    chunks = ds["lcz"].encoding.get("chunks") or (1, 2048, 2048)
+    return ds.chunk({"time": 1, "y": max(chunks[-2], 2048), "x": max(chunks[-1], 2048)})
 
 
 def _lon_overlap(zone: Zone, bbox: tuple[float, float, float, float]) -> bool:

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 import lczscale
 from lczscale import classes
 from lczscale.config import GridConfig, ModelConfig, TrainConfig
+from lczscale.errors import ConfigError
 from lczscale.grid import Aoi
 from lczscale.io.sources import open_source
 from lczscale.model.checkpoint import CheckpointMeta, InputSpec, Normalisation, save_checkpoint
@@ -41,6 +42,12 @@ def train(
     torch.manual_seed(cfg.seed)
     dev = pick_device(device)
     source = open_source(source_url)
+    if source.grid_kinds[0] != "utm" or source.kind == "alphaearth":
+        raise ConfigError(
+            f"training reads per-pixel-scale embeddings on UTM zones; {source.layout} "
+            f"({source.kind}) at {source_url} can be mapped but not yet trained on — train on "
+            "TESSERA or generic geoemb: stores for now"
+        )
     year = cfg.year if cfg.year is not None else max(source.years)
     model_cfg = model_cfg or ModelConfig(in_dim=source.dimensions)
     if model_cfg.in_dim != source.dimensions:

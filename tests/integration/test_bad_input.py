@@ -43,7 +43,7 @@ def test_store_not_in_the_tessera_convention(world, tmp_path, capsys) -> None:
     code, err = run_cli(map_args(world, tmp_path / "c.zarr")[:2] + [str(plain)]
                         + map_args(world, tmp_path / "c.zarr")[3:], capsys)
     assert code == 2
-    assert "not a TESSERA-convention store" in err and "geoemb:" in err
+    assert "not an embedding source lczscale recognises" in err and "geoemb:" in err
     assert not (tmp_path / "c.zarr").exists()
 
 

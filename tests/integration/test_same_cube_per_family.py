@@ -90,3 +90,13 @@ def test_cli_writes_a_layout_and_map_says_what_it_found(
     err = capsys.readouterr().err
     assert code == 0, err
     assert "kind tessera-tiles" in err and "TESSERA" in err
+
+
+def test_training_on_alphaearth_is_refused_clearly(world: dict[str, Any], tmp_path: Path) -> None:
+    from lczscale.errors import ConfigError
+    from lczscale.model.train import train
+
+    with pytest.raises(ConfigError, match="not yet trained on"):
+        train(str(world["dir"] / "aef"), world["summary"]["coarse_labels"], str(tmp_path / "m"),
+              progress=False)
+    assert not (tmp_path / "m").exists()
