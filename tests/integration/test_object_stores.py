@@ -117,8 +117,14 @@ def test_unreachable_url_is_retried_then_named(scheme: str, monkeypatch: pytest.
         monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "unused")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "unused")
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # fsspec caches clients: make one for this endpoint
     t0 = time.monotonic()
-    with pytest.raises(SourceError, match=r"failed 4 times") as err:
-        open_source(url)
+    try:
+        with pytest.raises(SourceError, match=r"failed 4 times") as err:
+            open_source(url)
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
     assert url.split("://")[1].split("/")[0] in str(err.value) or url in str(err.value)
     assert time.monotonic() - t0 > 1.0  # it waited between attempts
