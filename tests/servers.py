@@ -103,8 +103,16 @@ def s3_server(log_dir: Path) -> Iterator[S3Server]:
         "AWS_SECRET_ACCESS_KEY": S3_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    with process(cmd, port, "moto S3 server", log_dir / "moto.log"):
-        yield S3Server(env["AWS_ENDPOINT_URL"], env)
+    import s3fs
+
+    # fsspec caches S3 clients by their arguments, not the environment: a client made for an
+    # earlier server (same arguments, another endpoint) must not be reused.
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        with process(cmd, port, "moto S3 server", log_dir / "moto.log"):
+            yield S3Server(env["AWS_ENDPOINT_URL"], env)
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
 
 
 @contextlib.contextmanager
