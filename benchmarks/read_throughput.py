@@ -12,6 +12,7 @@ masks, mosaicking and format cost over plain chunk decoding.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -58,7 +59,7 @@ def main() -> None:
         if not (root / "world.json").exists():
             write_world(root, cities=1, size_km=a.size_km, seed=0, years=(2024,),
                         truth_cube=False, layouts=LAYOUTS, shard_size=1024)
-        world = __import__("json").loads((root / "world.json").read_text())
+        world = json.loads((root / "world.json").read_text())
         city = world["cities"][0]
         zone_window = Window(*city["window"])
         utm = zone_by_name(city["zone"], GridConfig())

@@ -99,6 +99,7 @@ def cmd_map(a: argparse.Namespace) -> int:
 
         layout, found = detect_layout(cfg.source, cfg.source_options)
         print(f"source {cfg.source}: {found} (kind {layout})", file=sys.stderr)
+        cfg = cfg.model_copy(update={"source_kind": layout})  # detected once, not again
     report = run_map(cfg, progress=not a.quiet)
     summary = report.summary()
     failed = report.failed

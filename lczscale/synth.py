@@ -45,6 +45,7 @@ from zarr.core.array_spec import ArrayConfigParams
 from lczscale.config import CubeConfig, GridConfig
 from lczscale.errors import ConfigError
 from lczscale.grid import Window, Zone, utm_zone, utm_zone_number
+from lczscale.io.source import quantise_per_pixel
 from lczscale.synth_layout import (
     BANDS,
     MATERIALS,
@@ -295,10 +296,7 @@ def quantise(
 
     De-quantised ``codes * scale`` is within ``scale / 2`` of ``v`` in every band.
     """
-    scale = (np.abs(emb).max(axis=0) / np.float32(127.0)).astype(np.float32)
-    safe = np.where(scale > 0, scale, np.float32(1.0))
-    codes = np.rint(emb / safe).clip(-127, 127).astype(np.int8)
-    return codes, scale
+    return quantise_per_pixel(emb)
 
 
 # --------------------------------------------------------------------------------------------

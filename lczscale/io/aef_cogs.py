@@ -49,7 +49,7 @@ from rasterio.errors import RasterioIOError
 from lczscale.errors import ConfigError, NoDataError, SourceError
 from lczscale.grid import UTM_X0, UTM_Y_TOP, Window, Zone
 from lczscale.io.aef_warp import AEF_RESOLUTION, sample_nearest
-from lczscale.io.source import EmbeddingWindow
+from lczscale.io.source import EmbeddingWindow, identity
 from lczscale.io.stores import exists, filesystem, is_remote
 from lczscale.plan import Availability
 
@@ -619,11 +619,7 @@ class AefCogSource:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "layout": self.layout,
-            "url": self.url,
-            "dataset": self.dataset,
-            "dimensions": self.dimensions,
+            **identity(self),
             "index": None if self.index is None else self.index[0].rsplit("/", 1)[-1],
             "files": len(self.files),
             "years": self.years,

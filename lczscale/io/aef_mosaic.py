@@ -36,7 +36,7 @@ from lczscale.errors import ConfigError, NoDataError, SourceError, exception_cha
 from lczscale.grid import Window, Zone, global_zone
 from lczscale.io.aef_cogs import BANDS, DATASET, NODATA
 from lczscale.io.shards import inner_chunk_mask, stored_chunks
-from lczscale.io.source import EmbeddingWindow
+from lczscale.io.source import EmbeddingWindow, identity
 from lczscale.io.stores import filesystem, open_store, store_filesystem
 from lczscale.plan import Availability
 
@@ -320,11 +320,7 @@ class AefMosaicSource:
     def describe(self) -> dict[str, Any]:
         arr, transform, _ = self._info
         return {
-            "kind": self.kind,
-            "layout": self.layout,
-            "url": self.url,
-            "dataset": self.dataset,
-            "dimensions": self.dimensions,
+            **identity(self),
             "years": self.years,
             "crs": "EPSG:4326",
             "shape": list(arr.shape),

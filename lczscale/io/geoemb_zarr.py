@@ -27,7 +27,7 @@ from affine import Affine
 
 from lczscale.errors import NoDataError, SourceError
 from lczscale.grid import Window, Zone
-from lczscale.io.source import EmbeddingWindow
+from lczscale.io.source import EmbeddingWindow, quantise_per_pixel
 from lczscale.io.stores import open_store, root_attributes
 from lczscale.io.tessera_zarr import TesseraZarrSource
 from lczscale.plan import Availability
@@ -192,11 +192,8 @@ class GeoembZarrSource(TesseraZarrSource):
 def _quantised(window: Window, values: np.ndarray) -> EmbeddingWindow:
     """Per-pixel int8 quantisation of float embeddings (NaN = no data)."""
     valid = np.isfinite(values).all(axis=0)
-    peak = np.where(valid, np.nanmax(np.abs(np.where(valid, values, 0)), axis=0), 0)
-    scale = (peak / np.float32(127.0)).astype(np.float32)
-    safe = np.where(scale > 0, scale, np.float32(1.0))
-    codes = np.where(valid, np.rint(np.where(valid, values, 0) / safe), 0)
+    codes, scale = quantise_per_pixel(np.where(valid, values, 0))
     water = np.zeros_like(valid)
-    return EmbeddingWindow(window, codes.clip(-127, 127).astype(np.int8),
-                           np.where(valid, scale, 0).astype(np.float32), valid, water,
+    return EmbeddingWindow(window, codes, np.where(valid, scale, 0).astype(np.float32),
+                           valid, water,
                            "per_pixel_scale")

@@ -104,3 +104,22 @@ SIGN_SQUARE = np.array(
     [0.0 if q == -128 else np.sign(q) * (q / 127.5) ** 2 for q in range(-128, 128)],
     dtype=np.float64,
 ).astype(np.float32)
+
+
+def quantise_per_pixel(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """int8 codes and a per-pixel float32 scale ``max|v|/127`` along the band ``axis``.
+
+    TESSERA's form: ``codes · scale`` is within ``scale / 2`` of ``v`` in every band. Used by
+    the synthetic writer and by readers that must hand float or re-scaled data to the model
+    in that same form. ``values`` must be finite.
+    """
+    scale = (np.abs(values).max(axis=axis) / np.float32(127.0)).astype(np.float32)
+    safe = np.expand_dims(np.where(scale > 0, scale, np.float32(1.0)), axis)
+    codes = np.rint(values / safe).clip(-127, 127).astype(np.int8)
+    return codes, scale
+
+
+def identity(source: EmbeddingSource) -> dict[str, Any]:
+    """The fields every ``describe()`` starts with: which feature space, stored how, where."""
+    return {"kind": source.kind, "layout": source.layout, "url": source.url,
+            "dataset": source.dataset, "dimensions": source.dimensions}

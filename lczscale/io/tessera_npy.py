@@ -21,6 +21,7 @@ import numpy as np
 from fsspec import AbstractFileSystem
 
 from lczscale.errors import SourceError
+from lczscale.io.source import quantise_per_pixel
 from lczscale.io.tessera_tiles_index import BANDS, FIX
 
 
@@ -116,11 +117,9 @@ def flatten_scales(q: np.ndarray, s: np.ndarray, path: str) -> tuple[np.ndarray,
             f"{path}: per-band scales vary and include NaN, ±inf or negative values (first at "
             f"tile row {r}, col {c}): the scales file is damaged; {FIX}"
         )
-    values = q[vary].astype(np.float32) * sv
-    peak = np.abs(values).max(axis=1)
-    scale = np.where(peak > 0, peak / np.float32(127.0), sv.max(axis=1)).astype(np.float32)
-    codes = np.rint(values / np.where(scale > 0, scale, 1)[:, None]).clip(-127, 127)
+    codes, scale = quantise_per_pixel(q[vary].astype(np.float32) * sv, axis=1)
+    scale = np.where(scale > 0, scale, sv.max(axis=1)).astype(np.float32)  # all-zero codes
     q = q.copy()
-    q[vary] = codes.astype(np.int8)
+    q[vary] = codes
     out[vary] = scale
     return q, out

@@ -42,7 +42,7 @@ from fsspec import AbstractFileSystem
 
 from lczscale.errors import NoDataError, SourceError
 from lczscale.grid import Window, Zone
-from lczscale.io.source import EmbeddingWindow
+from lczscale.io.source import EmbeddingWindow, identity
 from lczscale.io.stores import filesystem
 from lczscale.io.tessera_npy import (
     NpyHeader,
@@ -462,11 +462,7 @@ class TesseraTilesSource:
     def describe(self) -> dict[str, Any]:
         c = self.catalog
         return {
-            "kind": self.kind,
-            "layout": self.layout,
-            "url": self.url,
-            "dataset": self.dataset,
-            "dimensions": self.dimensions,
+            **identity(self),
             "form": c.layout.form,
             "indexed_by": c.indexed_by,
             "tiles": {str(y): len(k) for y, k in sorted(c.index.tiles.items())},

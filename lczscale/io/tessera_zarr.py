@@ -51,7 +51,7 @@ from affine import Affine
 from lczscale.errors import NoDataError, SourceError, exception_chain
 from lczscale.grid import Window, Zone
 from lczscale.io.shards import inner_chunk_mask, stored_chunks
-from lczscale.io.source import EmbeddingWindow
+from lczscale.io.source import EmbeddingWindow, identity
 from lczscale.io.stores import open_store, root_attributes, store_filesystem
 from lczscale.plan import Availability
 
@@ -66,7 +66,7 @@ class TesseraZarrSource:
 
     kind = "tessera"
     layout = "tessera-zarr"
-    grid_kinds = ("utm",)
+    grid_kinds: tuple[str, ...] = ("utm",)
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url.rstrip("/")
@@ -372,11 +372,7 @@ class TesseraZarrSource:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "layout": self.layout,
-            "url": self.url,
-            "dataset": self.dataset,
-            "dimensions": self.dimensions,
+            **identity(self),
             "build_version": self.root.attrs.get("geoemb:build_version"),
         }
 

@@ -88,12 +88,6 @@ def top_down_tree(tmp_path_factory: pytest.TempPathFactory,
     return _write(tmp_path_factory.mktemp("aef-cogs-topdown"), world, bottom_up=False)
 
 
-@pytest.fixture
-def registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The layout registry without layouts whose modules are not written yet."""
-    present = {k: v for k, v in sources.LAYOUTS.items() if importlib.util.find_spec(v[0])}
-    monkeypatch.setattr(sources, "LAYOUTS", present)
-
 
 class TestAefCogs(SourceConformance):
     @pytest.fixture(params=[(0, 2023), (0, 2024), (2, 2024)], ids=["zurich-2023",
@@ -166,7 +160,7 @@ def test_stac_geoparquet_index(tree: Path) -> None:
 # Discovery
 
 
-def test_detected_and_described(tree: Path, registry: None) -> None:
+def test_detected_and_described(tree: Path) -> None:
     layout, found = sources.detect_layout(str(tree))
     assert layout == "aef-cogs" and "aef_index.parquet" in found
     assert "2023..2024" in found and "32N" in found and "37S" in found
@@ -178,7 +172,7 @@ def test_detected_and_described(tree: Path, registry: None) -> None:
 
 
 def test_stac_index_alone_and_index_file_urls(tree: Path, tmp_path: Path,
-                                              world: list[synth.SynthCity], registry: None) -> None:
+                                              world: list[synth.SynthCity]) -> None:
     copy = tmp_path / "stac-only"
     shutil.copytree(tree, copy)
     (copy / "aef_index.parquet").unlink()
