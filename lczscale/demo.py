@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lczscale.config import GridConfig, MapConfig, StitchConfig, TrainConfig
+from lczscale.config import GridConfig, MapConfig, StitchConfig
 from lczscale.evaluate import evaluate
 from lczscale.execute.run import run_map
-from lczscale.model.train import train
+from lczscale.model.launch import run_training
 from lczscale.plot import plot_cube
 from lczscale.synth import write_world
+from lczscale.train_config import TrainConfig, TrainJob, label_sets
 
 
 def run_demo(directory: Path, workers: int = 2, quick: bool = False) -> Path:
@@ -27,10 +28,10 @@ def run_demo(directory: Path, workers: int = 2, quick: bool = False) -> Path:
     model_dir = str(directory / "model")
 
     t = time.perf_counter()
-    train_metrics = train(
-        source, coarse, model_dir,
-        TrainConfig(steps=40 if quick else 300, batch_size=8, patch_size=64),
-    )
+    job = TrainJob(source=source, labels=label_sets([str(directory / "world" / "lcz_coarse")]),
+                   out=model_dir,
+                   train=TrainConfig(steps=40 if quick else 300, batch_size=8, patch_size=64))
+    train_metrics = run_training(job, restart=True)
     timings["train"] = time.perf_counter() - t
 
     cube = str(directory / "lcz.zarr")

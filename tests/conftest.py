@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lczscale.config import GridConfig, MapConfig, ModelConfig, StitchConfig, TrainConfig
-from lczscale.model.train import train
+from lczscale.config import GridConfig, MapConfig, ModelConfig, StitchConfig
+from lczscale.model.train import train_job
 from lczscale.synth import write_world
+from lczscale.train_config import LabelSet, TrainConfig, TrainJob
 
 TINY_MODEL = ModelConfig(widths=(8, 16, 32))
 
@@ -38,8 +39,9 @@ def _world(root: Path, cities: int, size_km: float) -> World:
     source = str(root / "world" / "embeddings.zarr")
     coarse = str(summary["coarse_labels"])
     model = str(root / "model")
-    train(source, coarse, model, TrainConfig(steps=12, batch_size=4, patch_size=64),
-          TINY_MODEL, progress=False)
+    train_job(TrainJob(source=source, labels=(LabelSet(name="coarse", path=coarse),), out=model,
+                       train=TrainConfig(steps=12, batch_size=4, patch_size=64), model=TINY_MODEL),
+              progress=False)
     return World(root, source, coarse, str(root / "world" / "truth.zarr"), model, summary)
 
 

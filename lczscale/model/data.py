@@ -1,12 +1,13 @@
-"""Training samples read through the same chunk I/O layer as inference.
+"""Training regions read through the same chunk I/O layer as inference.
 
-Regions are source windows that carry labels; patches are drawn from them class-balanced (pick a
-class, then a labelled pixel of it, then a patch around it), because LCZ maps are dominated by a
-few classes (low plants, water) and a uniform sampler never shows the model the rare built ones.
+A region is a source window of one city that carries labels, with the split of every pixel
+(spatial blocks, see ``splits``). Regions are read once and kept in memory as int8 codes; the
+sampler (``sampler``) cuts patches from them.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,150 +17,131 @@ from lczscale.config import GridConfig
 from lczscale.errors import NoDataError
 from lczscale.grid import Aoi, Window, Zone, zone_by_name
 from lczscale.io.labels import read_labels
-from lczscale.io.source import EmbeddingSource, EmbeddingWindow
+from lczscale.io.source import SIGN_SQUARE, EmbeddingSource, EmbeddingWindow
+from lczscale.model.splits import TRAIN, block_splits, boundary_mask
 from lczscale.model.unet import encode_location
+from lczscale.train_config import LabelSet, SplitConfig
+
+log = logging.getLogger(__name__)
 
 REGION_SIZE = 512
 MAX_REGION_BYTES = 4 << 30
+DEQUANTISATION = {"alphaearth": "sign_square"}  # every other family: per-pixel scale
 
 
 @dataclass
 class Region:
+    city: str
     zone: Zone
     data: EmbeddingWindow
-    labels: np.ndarray  # uint8 (h, w), 0 = unlabelled
+    labels: np.ndarray  # uint8 (h, w) as read, 0 = unlabelled or no embedding
+    target: np.ndarray  # uint8 (h, w) what the loss sees: labels of the train split, 0 = ignore
+    split: np.ndarray  # uint8 (h, w) TRAIN / VAL / TEST per pixel
     location: torch.Tensor | None  # (4F, h, w) float32
+
+
+def dequantisation(source: EmbeddingSource) -> str:
+    """How the model turns this family's int8 codes into values."""
+    return DEQUANTISATION.get(source.kind, "per_pixel_scale")
+
+
+def training_grid(source: EmbeddingSource) -> GridConfig:
+    """Train on the source's native lattice, so embeddings are never resampled."""
+    return GridConfig(kind=source.grid_kinds[0])  # type: ignore[arg-type]
+
+
+def _windows(source: EmbeddingSource, zone: Zone, year: int) -> list[Window]:
+    windows: set[Window] = set()
+    for block in source.availability(zone, year).windows():
+        for r in range(block.row, block.row_stop, REGION_SIZE):
+            for c in range(block.col, block.col_stop, REGION_SIZE):
+                windows.add(Window(r, c, min(REGION_SIZE, block.row_stop - r),
+                                   min(REGION_SIZE, block.col_stop - c)))
+    return sorted(windows)
 
 
 def load_regions(
     source: EmbeddingSource,
-    labels_path: str,
+    label_sets: tuple[LabelSet, ...],
     year: int,
-    grid: GridConfig,
+    split: SplitConfig,
     location_frequencies: int | None,
+    boundary_ignore: int = 0,
     aoi: Aoi | None = None,
 ) -> list[Region]:
-    """Read every labelled region of ``REGION_SIZE`` px that the source has data for."""
+    """Read every labelled region of the given cities that the source has data for in ``year``.
+
+    Held-out cities are the caller's business: pass only the cities to read.
+    """
+    grid = training_grid(source)
     regions: list[Region] = []
     total = 0
     for name in source.zone_names():
         zone = zone_by_name(name, grid)
-        avail = source.availability(zone, year)
-        windows: set[Window] = set()
-        for block in avail.windows():
-            for r in range(block.row, block.row_stop, REGION_SIZE):
-                for c in range(block.col, block.col_stop, REGION_SIZE):
-                    windows.add(Window(r, c, min(REGION_SIZE, block.row_stop - r),
-                                       min(REGION_SIZE, block.col_stop - c)))
         area = None if aoi is None else aoi.geometry.to_crs(zone.crs)
-        for window in sorted(windows):
+        for window in _windows(source, zone, year):
             if area is not None and (zone.window_geobox(window).extent & area).is_empty:
                 continue
-            labels = read_labels(labels_path, zone, window)
-            if not labels.any():
-                continue
-            data = source.read(zone, window, year)
-            labels[~data.valid] = 0
-            if not labels.any():
-                continue
-            total += data.nbytes
-            if total > MAX_REGION_BYTES:
-                raise NoDataError(
-                    f"the labelled area needs more than {MAX_REGION_BYTES >> 30} GiB of "
-                    "embeddings in memory; pass --bbox to train on a smaller area"
-                )
-            loc = None
-            if location_frequencies:
-                lon, lat = zone.lonlat(window)
-                loc = encode_location(
-                    torch.from_numpy(lon), torch.from_numpy(lat), location_frequencies
-                )
-            regions.append(Region(zone, data, labels, loc))
+            data: EmbeddingWindow | None = None
+            for ls in label_sets:
+                labels = read_labels(ls.path, zone, window, band=ls.band)
+                if not labels.any():
+                    continue
+                data = data or source.read(zone, window, year)
+                labels[~data.valid] = 0
+                if not labels.any():
+                    continue
+                total += data.nbytes
+                if total > MAX_REGION_BYTES:
+                    raise NoDataError(
+                        f"the labelled area needs more than {MAX_REGION_BYTES >> 30} GiB of "
+                        "embeddings in memory; pass --bbox to train on a smaller area"
+                    )
+                regions.append(_region(ls.name, zone, window, data, labels, split,
+                                       location_frequencies, boundary_ignore))
     if not regions:
+        names = ", ".join(ls.path for ls in label_sets)
         raise NoDataError(
-            f"no pixel of {labels_path} overlaps valid embeddings of {source.url} for {year}; "
+            f"no pixel of {names} overlaps valid embeddings of {source.url} for {year}; "
             "check that labels and embeddings cover the same place and year"
         )
+    log.info("read %d labelled regions (%.1f MiB)", len(regions), total / 2**20)
     return regions
 
 
-class PatchSampler:
-    """Class-balanced random patches (codes, scales, valid, location, target) from regions."""
-
-    def __init__(self, regions: list[Region], patch: int, seed: int) -> None:
-        self.regions = [r for r in regions if min(r.labels.shape) >= patch]
-        if not self.regions:
-            raise NoDataError(f"no labelled region is at least {patch}×{patch} px")
-        self.patch = patch
-        self.rng = np.random.default_rng(seed)
-        self.by_class: dict[int, list[tuple[int, np.ndarray]]] = {}
-        counts = np.zeros(18, dtype=np.int64)
-        for i, r in enumerate(self.regions):
-            counts += np.bincount(r.labels.ravel(), minlength=18)
-            for c in np.unique(r.labels):
-                if c:
-                    self.by_class.setdefault(int(c), []).append(
-                        (i, np.flatnonzero(r.labels.ravel() == c))
-                    )
-        self.counts = counts[1:]
-        self.classes = sorted(self.by_class)
-
-    def class_weights(self) -> torch.Tensor:
-        """Inverse square-root frequency, normalised to mean 1 over present classes."""
-        freq = self.counts.astype(np.float64)
-        w = np.where(freq > 0, 1.0 / np.sqrt(np.maximum(freq, 1)), 0.0)
-        w = w / w[w > 0].mean()
-        return torch.tensor(w, dtype=torch.float32)
-
-    def sample(self, batch: int) -> dict[str, torch.Tensor]:
-        p = self.patch
-        out: dict[str, list[np.ndarray | torch.Tensor]] = {
-            k: [] for k in ("codes", "scales", "valid", "target", "location")
-        }
-        for _ in range(batch):
-            cls = self.classes[self.rng.integers(len(self.classes))]
-            choices = self.by_class[cls]
-            ri, pixels = choices[self.rng.integers(len(choices))]
-            region = self.regions[ri]
-            h, w = region.labels.shape
-            y, x = divmod(int(pixels[self.rng.integers(len(pixels))]), w)
-            r0 = int(np.clip(y - self.rng.integers(p), 0, h - p))
-            c0 = int(np.clip(x - self.rng.integers(p), 0, w - p))
-            sl = (slice(r0, r0 + p), slice(c0, c0 + p))
-            k = int(self.rng.integers(4))  # random 90° rotation: LCZ have no preferred direction
-            out["codes"].append(np.rot90(region.data.codes[(slice(None), *sl)], k, (1, 2)))
-            assert region.data.scales is not None
-            out["scales"].append(np.rot90(region.data.scales[sl], k))
-            out["valid"].append(np.rot90(region.data.valid[sl], k))
-            out["target"].append(np.rot90(region.labels[sl], k).astype(np.int64) - 1)
-            if region.location is not None:
-                out["location"].append(
-                    torch.rot90(region.location[(slice(None), *sl)], k, (1, 2))
-                )
-        batch_t = {
-            k: torch.from_numpy(np.ascontiguousarray(np.stack(v)))  # type: ignore[arg-type]
-            for k, v in out.items() if v and k != "location"
-        }
-        if out["location"]:
-            batch_t["location"] = torch.stack(out["location"])  # type: ignore[arg-type]
-        return batch_t
+def _region(city: str, zone: Zone, window: Window, data: EmbeddingWindow, labels: np.ndarray,
+            split: SplitConfig, freqs: int | None, boundary_ignore: int) -> Region:
+    codes = block_splits(zone.name, window, split.block_size, split.val_fraction,
+                         split.test_fraction, split.seed)
+    target = np.where(codes == TRAIN, labels, 0).astype(np.uint8)
+    target[boundary_mask(labels, boundary_ignore)] = 0
+    loc = None
+    if freqs:
+        lon, lat = zone.lonlat(window)
+        loc = encode_location(torch.from_numpy(lon), torch.from_numpy(lat), freqs)
+    return Region(city, zone, data, labels, target, codes, loc)
 
 
 def normalisation(regions: list[Region], max_pixels: int = 200_000, seed: int = 0) -> tuple[
     list[float], list[float]
 ]:
-    """Per-dimension mean and std of de-quantised valid embeddings (a random pixel sample)."""
+    """Per-dimension mean and std of de-quantised embeddings of training pixels (a sample)."""
     rng = np.random.default_rng(seed)
     samples = []
     per = max(1, max_pixels // len(regions))
     for r in regions:
-        idx = np.flatnonzero(r.data.valid.ravel())
+        idx = np.flatnonzero((r.data.valid & (r.split == TRAIN)).ravel())
         if len(idx) == 0:
             continue
-        idx = rng.choice(idx, size=min(per, len(idx)), replace=False)
-        codes = r.data.codes.reshape(r.data.codes.shape[0], -1)[:, idx].astype(np.float32)
-        assert r.data.scales is not None
-        samples.append(codes * r.data.scales.ravel()[idx])
+        idx = np.sort(rng.choice(idx, size=min(per, len(idx)), replace=False))
+        codes = r.data.codes.reshape(r.data.codes.shape[0], -1)[:, idx]
+        if r.data.dequantisation == "sign_square":
+            samples.append(SIGN_SQUARE[codes.astype(np.int16) + 128])
+        else:
+            assert r.data.scales is not None
+            samples.append(codes.astype(np.float32) * r.data.scales.ravel()[idx])
+    if not samples:
+        raise NoDataError("no training-split pixel has an embedding; lower split.val_fraction")
     x = np.concatenate(samples, axis=1)
     std = np.maximum(x.std(axis=1), 1e-3)
     return x.mean(axis=1).astype(float).tolist(), std.astype(float).tolist()

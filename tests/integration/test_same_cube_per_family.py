@@ -4,6 +4,7 @@ global mosaic on the pixels they share. Also through the CLI (``--layout``, dete
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +93,28 @@ def test_cli_writes_a_layout_and_map_says_what_it_found(
     assert "kind tessera-tiles" in err and "TESSERA" in err
 
 
-def test_training_on_alphaearth_is_refused_clearly(world: dict[str, Any], tmp_path: Path) -> None:
-    from lczscale.errors import ConfigError
-    from lczscale.model.train import train
+def test_training_on_alphaearth_and_the_128d_model_refuses_it(world: dict[str, Any],
+                                                              tmp_path: Path) -> None:
+    """AlphaEarth trains with its sign-square de-quantisation; a model trained on 128-d TESSERA
+    refuses the 64-d AlphaEarth source with an error naming both."""
+    from lczscale.config import ModelConfig
+    from lczscale.errors import CheckpointError
+    from lczscale.model.train import train_job
+    from lczscale.train_config import LabelSet, TrainConfig, TrainJob
 
-    with pytest.raises(ConfigError, match="not yet trained on"):
-        train(str(world["dir"] / "aef"), world["summary"]["coarse_labels"], str(tmp_path / "m"),
-              progress=False)
-    assert not (tmp_path / "m").exists()
+    d: Path = world["dir"]
+    labels = (LabelSet(name="coarse", path=world["summary"]["coarse_labels"]),)
+    small = ModelConfig(widths=(8, 16), convs_per_block=1)
+    cfg = TrainConfig(steps=3, batch_size=2, patch_size=32, prefetch=0)
+    metrics = train_job(TrainJob(source=str(d / "aef"), labels=labels, out=str(tmp_path / "aef"),
+                                 train=cfg, model=small), progress=False)
+    meta = json.loads((tmp_path / "aef" / "checkpoint.json").read_text())
+    assert meta["input"]["dequantisation"] == "sign_square" and meta["model"]["in_dim"] == 64
+    assert np.isfinite(metrics["final_loss"])
+    map_source(str(d / "aef"), str(tmp_path / "aef"), str(tmp_path / "aef.zarr"))
+
+    train_job(TrainJob(source=str(d / "embeddings.zarr"), labels=labels,
+                       out=str(tmp_path / "tessera"), train=cfg, model=small), progress=False)
+    with pytest.raises(CheckpointError, match=r"128-d tessera.*64-d alphaearth"):
+        map_source(str(d / "aef"), str(tmp_path / "tessera"), str(tmp_path / "refused.zarr"))
+    assert not (tmp_path / "refused.zarr").exists()
