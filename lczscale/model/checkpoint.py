@@ -87,6 +87,10 @@ class CheckpointMeta(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     step: int = 0
     lczscale_version: str
+    weights_sha256: str = Field(
+        "", description="sha256 of model.safetensors, set by save_checkpoint; a mismatch on load "
+        "means the weights were altered or belong to another save"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> CheckpointMeta:
@@ -180,9 +184,10 @@ def save_checkpoint(directory: str | Path, model: LczUNet, meta: CheckpointMeta)
         )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    meta_bytes = (meta.model_dump_json(indent=2) + "\n").encode()
+    body = _meta_body(meta)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    weights = save_safetensors(tensors, metadata={_PAIRING_KEY: _sha256(meta_bytes)})
+    weights = save_safetensors(tensors, metadata={_PAIRING_KEY: _sha256(body)})
+    meta_bytes = _meta_bytes(meta.model_copy(update={"weights_sha256": _sha256(weights)}))
     _write_atomic(directory / WEIGHTS_FILE, weights)
     _write_atomic(directory / META_FILE, meta_bytes)
     try:  # make the renames durable too
@@ -199,6 +204,16 @@ def save_checkpoint(directory: str | Path, model: LczUNet, meta: CheckpointMeta)
 # --------------------------------------------------------------------------------------------
 # Load
 # --------------------------------------------------------------------------------------------
+
+
+def _meta_bytes(meta: CheckpointMeta) -> bytes:
+    return (meta.model_dump_json(indent=2) + "\n").encode()
+
+
+def _meta_body(meta: CheckpointMeta) -> bytes:
+    """The JSON without its weights hash: what the weights file's pairing key hashes (the two
+    files each vouch for the other without a circular hash)."""
+    return _meta_bytes(meta.model_copy(update={"weights_sha256": ""}))
 
 
 def _read_files(directory: str | Path) -> tuple[Path, bytes, bytes]:
@@ -261,7 +276,13 @@ def _safetensors_metadata(weights: bytes) -> dict[str, str]:
     return {str(k): str(v) for k, v in meta.items()}
 
 
-def _parse_weights(path: Path, weights: bytes, meta_bytes: bytes) -> dict[str, torch.Tensor]:
+def _parse_weights(path: Path, weights: bytes, meta: CheckpointMeta) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file that belongs to ``meta``.
+
+    A file written by save_checkpoint carries the pairing key, and its JSON the file's sha256:
+    both must match (another save's JSON; altered weights). Hand-converted weights (a plain
+    safetensors file and a JSON without a hash) are taken as they are.
+    """
     weights_path = path / WEIGHTS_FILE
     try:
         tensors = load_safetensors(weights)
@@ -270,11 +291,17 @@ def _parse_weights(path: Path, weights: bytes, meta_bytes: bytes) -> dict[str, t
         raise CheckpointError(
             f"{weights_path} is not a valid safetensors file ({exc}); re-save the checkpoint"
         ) from exc
-    if pairing is not None and pairing != _sha256(meta_bytes):
+    if pairing is not None and pairing != _sha256(_meta_body(meta)):
         raise CheckpointError(
             f"{weights_path} was saved with a different {META_FILE} than the one beside it "
             f"(an interrupted save, or files copied from two checkpoints); copy both files from "
             f"the same checkpoint, or re-save with save_checkpoint"
+        )
+    if (pairing is not None or meta.weights_sha256) and meta.weights_sha256 != _sha256(weights):
+        raise CheckpointError(
+            f"{weights_path} does not have the sha256 recorded in {META_FILE} "
+            f"({meta.weights_sha256[:12] or 'none recorded'}): the weights were altered or "
+            "corrupted after saving; use an untouched copy of the checkpoint"
         )
     return tensors
 
@@ -313,7 +340,7 @@ def load_checkpoint(
     """
     path, weights, meta_bytes = _read_files(directory)
     meta = _parse_meta(path, meta_bytes)
-    tensors = _parse_weights(path, weights, meta_bytes)
+    tensors = _parse_weights(path, weights, meta)
     model = LczUNet(meta.model)
     _check_state(path, model, tensors)
     model.load_state_dict(tensors, strict=True)

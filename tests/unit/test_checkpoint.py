@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import shutil
@@ -65,7 +66,9 @@ def test_round_trip(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["checkpoint.json", "model.safetensors"]
     loaded, meta2, digest2 = load_checkpoint(tmp_path / "ckpt")
     assert digest2 == digest == model_hash(tmp_path / "ckpt") and len(digest) == 64
-    assert meta2 == meta and not loaded.training
+    assert meta2.model_copy(update={"weights_sha256": ""}) == meta and not loaded.training
+    assert meta2.weights_sha256 == hashlib.sha256(
+        (tmp_path / "ckpt" / "model.safetensors").read_bytes()).hexdigest()
     x = torch.randn(2, loaded.in_channels, 16, 16)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
@@ -151,6 +154,22 @@ def test_files_from_two_checkpoints_refused(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "b", make_model(), other)
     shutil.copy(tmp_path / "b" / "checkpoint.json", tmp_path / "a" / "checkpoint.json")
     with pytest.raises(CheckpointError, match=r"saved with a different checkpoint\.json"):
+        load_checkpoint(tmp_path / "a")
+
+
+def test_tampered_weights_refused(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "a", make_model(), make_meta())
+    load_checkpoint(tmp_path / "a")
+    raw = bytearray((tmp_path / "a" / "model.safetensors").read_bytes())
+    raw[-3] ^= 0x01  # one bit of one weight: still a valid safetensors file
+    (tmp_path / "a" / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"does not have the sha256 recorded.*altered"):
+        load_checkpoint(tmp_path / "a")
+    # removing the recorded hash from the JSON does not get the altered weights through
+    meta = json.loads((tmp_path / "a" / "checkpoint.json").read_text())
+    meta["weights_sha256"] = ""
+    (tmp_path / "a" / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"none recorded"):
         load_checkpoint(tmp_path / "a")
 
 
