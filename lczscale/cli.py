@@ -39,18 +39,35 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from lczscale.config import ModelConfig, TrainConfig, load_yaml
-    from lczscale.model.train import train
+    from lczscale.model.launch import run_training
+
+    job = train_job_from_args(a)
+    metrics = run_training(job, nproc=a.nproc, progress=not a.quiet, restart=a.restart)
+    _print_json({k: v for k, v in metrics.items() if k != "history"} | {"model": a.out})
+    return 0
+
+
+def train_job_from_args(a: argparse.Namespace) -> Any:
+    """A TrainJob from ``lczscale train`` arguments (a --config YAML gives the defaults)."""
+    from pydantic import ValidationError
+
+    from lczscale.config import ModelConfig, load_yaml
+    from lczscale.errors import ConfigError
+    from lczscale.train_config import TrainConfig, TrainJob, label_sets
 
     cfg = load_yaml(a.config, TrainConfig) if a.config else TrainConfig()
     updates = {k: v for k, v in {"steps": a.steps, "year": a.year, "seed": a.seed,
-                                 "batch_size": a.batch_size}.items() if v is not None}
-    cfg = cfg.model_copy(update=updates)
-    model_cfg = ModelConfig(location=not a.no_location)
-    metrics = train(a.source, a.labels, a.out, cfg, model_cfg, bbox=a.bbox, device=a.device,
-                    progress=not a.quiet)
-    _print_json({k: v for k, v in metrics.items() if k != "history"} | {"model": a.out})
-    return 0
+                                 "batch_size": a.batch_size, "device": a.device}.items()
+               if v is not None}
+    try:
+        if a.holdout_city:
+            split = cfg.split.model_copy(update={"holdout_cities": tuple(a.holdout_city)})
+            updates["split"] = split
+        cfg = TrainConfig.model_validate(cfg.model_dump() | updates)
+        return TrainJob(source=a.source, labels=label_sets(a.labels), out=a.out, train=cfg,
+                        model=ModelConfig(location=not a.no_location), bbox=a.bbox)
+    except (ValidationError, ValueError) as exc:
+        raise ConfigError(f"invalid training settings: {exc}") from exc
 
 
 def map_config(a: argparse.Namespace) -> Any:
@@ -116,7 +133,13 @@ def cmd_map(a: argparse.Namespace) -> int:
 def cmd_eval(a: argparse.Namespace) -> int:
     from lczscale.evaluate import evaluate
 
-    result = evaluate(a.cube, a.truth, year=a.year, baseline=a.baseline)
+    result = evaluate(a.cube, a.truth, year=a.year, baseline=a.baseline, bbox=a.bbox)
+    if a.report:
+        from lczscale.eval_report import write_eval_report
+
+        files = write_eval_report(result, a.report)
+        if not a.json:  # --json: stdout holds the one JSON object and nothing else
+            print(f"report: {files['report.md']}")
     if a.json:
         print(json.dumps(result))
         return 0
@@ -125,6 +148,14 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if "baseline_miou" in result:
         print(f"baseline (upsampled coarse labels): mIoU {result['baseline_miou']:.3f}  "
               f"OA {result['baseline_oa']:.3f}")
+    agree = result.get("agreement_100m")
+    if agree is not None:
+        if agree["cells"]:
+            print(f"agreement at 100 m with {agree['reference']}: OA {agree['oa']:.3f}  "
+                  f"mIoU {agree['miou']:.3f}  ({agree['cells']} cells)")
+        else:
+            print(f"agreement at 100 m with {agree['reference']}: no cell where both have a "
+                  "class")
     for label, iou in result["per_class_iou"].items():
         print(f"  LCZ {label:>2}: IoU {iou:.3f}")
     return 0
@@ -177,8 +208,16 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train the attention U-Net on labelled embeddings")
     t.add_argument("--source", required=True)
-    t.add_argument("--labels", required=True, help="LCZ label raster (e.g. 100 m GeoTIFF)")
-    t.add_argument("--out", required=True, help="model directory (safetensors + JSON)")
+    t.add_argument("--labels", required=True, action="extend", nargs="+",
+                   help="label sources, one per city: FILE (named by its stem), NAME=FILE, or a "
+                   "directory of label files (e.g. the synthetic world's lcz_coarse/)")
+    t.add_argument("--out", required=True, help="model directory (safetensors + JSON); a run "
+                   "finding resumable state of the same job there continues from it")
+    t.add_argument("--nproc", type=int, default=1, help="data-parallel ranks on this machine "
+                   "(torchrun: gloo on CPU, NCCL on GPUs)")
+    t.add_argument("--holdout-city", action="append", help="leave this city (label set name) "
+                   "out of training, for transfer tests (repeatable)")
+    t.add_argument("--restart", action="store_true", help="discard resumable state in --out")
     t.add_argument("--config", help="TrainConfig YAML")
     t.add_argument("--steps", type=int)
     t.add_argument("--batch-size", type=int)
@@ -186,7 +225,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--bbox", type=_bbox)
     t.add_argument("--no-location", action="store_true", help="ablation: no lat/lon input")
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -216,10 +255,15 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="score a cube against a reference cube")
     e.add_argument("cube")
-    e.add_argument("--truth", required=True)
-    e.add_argument("--baseline", help="coarse label raster to score as the naive baseline")
+    e.add_argument("--truth", required=True, help="reference lczscale cube (e.g. truth.zarr)")
+    e.add_argument("--baseline", help="coarse label raster to score as the naive baseline; "
+                   "also the reference of the 100 m agreement")
+    e.add_argument("--bbox", type=_bbox, metavar="MINLON,MINLAT,MAXLON,MAXLAT",
+                   help="score only reference pixels inside this lon/lat box (one held-out city)")
     e.add_argument("--year", type=int)
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--report", metavar="DIR",
+                   help="write report.json, report.md and confusion PNGs to DIR")
+    e.add_argument("--json", action="store_true", help="print the result as one JSON object")
     e.set_defaults(func=cmd_eval)
 
     st = sub.add_parser("status", help="done / stale / remaining tiles of a cube")

@@ -1,7 +1,9 @@
-"""A PNG of a cube region with the official LCZ colours and a legend of the classes present."""
+"""PNGs: a cube region with the official LCZ colours and a legend of the classes present, and
+a confusion matrix of an evaluation."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -95,3 +97,56 @@ def plot_cube(
     name = ds.attrs.get("lczscale:zone", {}).get("name") or zone or ""
     title = f"LCZ {name} {int(ds['time'].values[-1])}"
     return plot_lcz(lcz, out, title=title, extent=extent)
+
+
+def plot_confusion(
+    confusion: np.ndarray | Sequence[Sequence[int]],
+    out: str | Path,
+    labels: Sequence[str] | None = None,
+    title: str = "",
+) -> Path:
+    """A row-normalised confusion matrix (rows = reference, columns = prediction) with counts.
+
+    ``confusion``: counts as ``evaluate`` reports them — 17 rows (reference classes 1–17) by
+    18 columns (prediction 0–17, 0 = no class) — or the full 18×18 with row 0 = nodata.
+    ``labels``: names of classes 1–17 (default: the official "1"–"10", "A"–"G"). Only classes
+    present in the reference or the prediction are drawn; a "none" column appears when some
+    reference pixels got no class. Colour = share of the row (the class's reference pixels),
+    text = pixel count.
+    """
+    cm = np.asarray(confusion, dtype=np.int64)
+    if cm.shape == (18, 18):
+        cm = cm[1:]
+    if cm.shape != (17, 18):
+        raise ValueError(f"confusion must be 17×18 or 18×18 counts, got shape {cm.shape}")
+    names = list(labels) if labels is not None else list(classes.LCZ_LABELS)
+    if len(names) != 17:
+        raise ValueError(f"labels must name the 17 LCZ classes, got {len(names)}")
+    present = [c for c in range(1, 18) if cm[c - 1].sum() > 0 or cm[:, c].sum() > 0]
+    if not present:
+        raise NoDataError("the confusion matrix holds no pixel; nothing to plot")
+    rows = cm[[c - 1 for c in present]]
+    cols = present if cm[:, 0].sum() == 0 else [0, *present]
+    m = rows[:, cols]
+    totals = rows.sum(axis=1, keepdims=True)  # every prediction of the class's pixels
+    share = np.divide(m, totals, out=np.zeros(m.shape, dtype=np.float64), where=totals > 0)
+    side = 2.5 + 0.5 * len(cols)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=110)
+    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if m[i, j]:
+                ax.text(j, i, f"{m[i, j]}", ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(cols)), ["none" if c == 0 else names[c - 1] for c in cols])
+    ax.set_yticks(range(len(present)), [names[c - 1] for c in present])
+    ax.set_xlabel("predicted LCZ")
+    ax.set_ylabel("reference LCZ")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of reference pixels")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

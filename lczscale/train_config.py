@@ -23,6 +23,9 @@ class LabelSet(_Strict):
     name: str = Field(min_length=1)
     path: str
     band: int | None = Field(None, ge=1, description="raster band; None = the source's default")
+    bbox: tuple[float, float, float, float] | None = Field(
+        None, description="use only labels inside this lon/lat box (one city of a larger map)"
+    )
 
     @field_validator("path")
     @classmethod
@@ -88,6 +91,15 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(1, ge=1, description="torch intra-op threads per rank")
     prefetch: int = Field(2, ge=0, description="batches assembled ahead in a thread")
+
+    @model_validator(mode="after")
+    def _cells_fit(self) -> TrainConfig:
+        if self.loss.consistency_weight and self.patch_size < self.loss.consistency_cell:
+            raise ValueError(
+                f"patch_size {self.patch_size} is smaller than loss.consistency_cell "
+                f"{self.loss.consistency_cell}: no whole cell fits in a patch"
+            )
+        return self
 
 
 class TrainJob(_Strict):

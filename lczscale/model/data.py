@@ -84,7 +84,11 @@ def load_regions(
                 continue
             data: EmbeddingWindow | None = None
             for ls in label_sets:
+                if ls.bbox is not None and not _overlaps(zone, window, ls.bbox):
+                    continue
                 labels = read_labels(ls.path, zone, window, band=ls.band)
+                if ls.bbox is not None:
+                    labels[~inside_bbox(zone, window, ls.bbox)] = 0
                 if not labels.any():
                     continue
                 data = data or source.read(zone, window, year)
@@ -107,6 +111,21 @@ def load_regions(
         )
     log.info("read %d labelled regions (%.1f MiB)", len(regions), total / 2**20)
     return regions
+
+
+def _overlaps(zone: Zone, window: Window, bbox: tuple[float, float, float, float]) -> bool:
+    area = Aoi.from_bbox(bbox).geometry.to_crs(zone.crs)
+    return not (zone.window_geobox(window).extent & area).is_empty
+
+
+def inside_bbox(zone: Zone, window: Window,
+                bbox: tuple[float, float, float, float]) -> np.ndarray:
+    """(h, w) True where the pixel centre lies in the lon/lat box."""
+    lon, lat = zone.lonlat(window)
+    minlon, minlat, maxlon, maxlat = bbox
+    in_lon = (lon >= minlon) & (lon <= maxlon) if minlon <= maxlon else (lon >= minlon) | (
+        lon <= maxlon)
+    return np.asarray(in_lon & (lat >= minlat) & (lat <= maxlat))
 
 
 def _region(city: str, zone: Zone, window: Window, data: EmbeddingWindow, labels: np.ndarray,

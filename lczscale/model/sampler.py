@@ -24,6 +24,12 @@ from lczscale.model.data import Region
 from lczscale.model.splits import TRAIN
 
 
+def rank_indices(step: int, batch: int, rank: int, world: int) -> range:
+    """Global sample indices of ``rank`` at (1-based) ``step`` with ``batch`` samples per rank."""
+    first = (step - 1) * batch * world + rank * batch
+    return range(first, first + batch)
+
+
 class PatchSampler:
     """Patches (codes, scales, valid, location, target) from in-memory regions."""
 

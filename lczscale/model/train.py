@@ -38,7 +38,7 @@ from lczscale.model.data import Region, dequantisation, load_regions, normalisat
 from lczscale.model.features import model_input
 from lczscale.model.global_norm import use_global_batchnorm
 from lczscale.model.losses import segmentation_loss
-from lczscale.model.sampler import PatchSampler
+from lczscale.model.sampler import PatchSampler, rank_indices
 from lczscale.model.splits import VAL
 from lczscale.model.train_state import clear_state, latest_state, load_state, save_state
 from lczscale.model.unet import LczUNet, size_multiple
@@ -108,11 +108,9 @@ def train_job(job: TrainJob, ranks: dist_.Ranks | None = None, progress: bool = 
             log.warning("resuming %s from step %d", job.out, start)
 
     global_batch = cfg.batch_size * ranks.world
-    lo = ranks.rank * cfg.batch_size
 
     def batch_of(step: int) -> dict[str, torch.Tensor]:
-        first = (step - 1) * global_batch + lo
-        b = sampler.batch(range(first, first + cfg.batch_size))
+        b = sampler.batch(rank_indices(step, cfg.batch_size, ranks.rank, ranks.world))
         if dev.type == "cuda":
             b = {k: v.pin_memory() for k, v in b.items()}
         return b

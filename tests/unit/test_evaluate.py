@@ -1,0 +1,280 @@
+"""Evaluation: bbox restriction, 100 m agreement on the zone lattice, report files and the CLI.
+
+The map scored is the synthetic truth with a known perturbation, written as a cube, so every
+expected number is computed here by hand from the arrays (``confusion`` / ``scores`` on the
+cities' windows), not by the code under test reading the cubes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pyproj import Transformer
+
+from lczscale.aggregate import block_counts, block_majority, complete, majority, merge
+from lczscale.cli import main
+from lczscale.config import CubeConfig, GridConfig
+from lczscale.errors import CubeError
+from lczscale.eval_report import write_eval_report
+from lczscale.evaluate import confusion, evaluate, scores
+from lczscale.io.cube import create_cube, write_tile
+from lczscale.io.labels import read_labels
+from lczscale.synth import SynthCity, make_world, write_world
+
+YEAR = 2024
+SCORE_KEYS = ("miou", "oa", "kappa", "per_class_iou", "pixels")
+
+
+@dataclass(frozen=True)
+class EvalWorld:
+    truth: str
+    truth64: str  # the same truth in 64 px chunks: 100 m cells straddle chunk edges
+    coarse: str
+    pred: str
+    cities: list[SynthCity]
+    preds: dict[str, np.ndarray]
+
+
+def _cube(url: str, cities: list[SynthCity], tile: int, arrays: dict[str, np.ndarray]) -> str:
+    zones = sorted({c.zone.name: c.zone for c in cities}.items())
+    create_cube(url, [z for _, z in zones], [YEAR], GridConfig(tile_size=tile), CubeConfig(), {})
+    for c in cities:
+        a = arrays[c.city.name]
+        write_tile(url, c.zone, YEAR, c.window, a, np.where(a > 0, 200, 0).astype(np.uint8))
+    return url
+
+
+@pytest.fixture(scope="module")
+def ew(tmp_path_factory: pytest.TempPathFactory) -> EvalWorld:
+    """Zurich and Basel (utm32), 1 km each, windows off the 10 px lattice; a map that is the
+    truth with 30 % of pixels set to random classes and 2 % to nodata."""
+    root = tmp_path_factory.mktemp("evalworld")
+    summary = write_world(root, cities=2, size_km=1.0, seed=0, years=(YEAR,))
+    cities = make_world(cities=2, size_km=1.0, seed=0, years=())
+    assert any(c.window.row % 10 and c.window.col % 10 for c in cities)
+    rng = np.random.default_rng(7)
+    preds = {}
+    for c in cities:
+        p = c.truth.copy()
+        flip = rng.random(p.shape) < 0.3
+        p[flip] = rng.integers(1, 18, int(flip.sum()))
+        p[rng.random(p.shape) < 0.02] = 0
+        preds[c.city.name] = p
+    truths = {c.city.name: c.truth for c in cities}
+    return EvalWorld(
+        truth=str(summary["truth"]),
+        truth64=_cube(str(root / "truth64.zarr"), cities, 64, truths),
+        coarse=str(summary["coarse_labels"]),
+        pred=_cube(str(root / "pred.zarr"), cities, 128, preds),
+        cities=cities, preds=preds,
+    )
+
+
+def _same_scores(got: dict, cm: np.ndarray) -> None:
+    exp = scores(cm)
+    assert {k: got[k] for k in SCORE_KEYS} == {k: exp[k] for k in SCORE_KEYS}
+    assert got["confusion"] == cm[1:].tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# Block majority on the zone lattice (hand-made arrays)
+
+HAND = np.array([
+    [3, 5, 0, 0],
+    [5, 3, 0, 7],
+    [0, 0, 17, 17],
+    [0, 0, 2, 0],
+], dtype=np.uint8)
+
+
+def test_block_majority_ties_and_nodata() -> None:
+    grid, first = block_majority(HAND, (0, 0), factor=2)
+    # tie 3/5 → lower code; three nodata and one 7 → 7; all nodata → 0; 17,17,2 → 17
+    assert first == (0, 0)
+    assert grid.tolist() == [[3, 7], [0, 17]]
+    assert majority(np.array([[0, 0, 0, 0, 2, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0],
+                              [9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]])
+                    ).tolist() == [4, 0]
+
+
+def test_block_majority_follows_the_zone_lattice_not_the_array() -> None:
+    grid, first = block_majority(HAND, (1, 1), factor=2)  # same pixels, one pixel further on
+    assert first == (0, 0) and grid.shape == (3, 3)
+    assert grid[0, 0] == 3  # cell rows 0–1, cols 0–1 holds only HAND[0, 0]
+    assert grid[1, 1] == 3  # HAND[1:3, 1:3] = [[3, 0], [0, 17]]: tie → 3
+    assert grid[2, 2] == 0  # HAND[3, 3] only
+    assert grid[0, 2] == 0 and grid[1, 2] == 7  # HAND[0, 3] = 0; HAND[1:3, 3] = [7, 17]
+    grid, first = block_majority(HAND, (-3, 5), factor=2)  # negative rows floor down
+    assert first == (-2, 2) and grid.shape == (3, 3)
+
+
+def test_counts_do_not_depend_on_how_a_region_is_cut() -> None:
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 18, (57, 63)).astype(np.uint8)
+    origin = (13, 26)
+    whole = block_counts(codes, origin, 10)
+    cuts = [(slice(0, 21), slice(0, 40)), (slice(0, 21), slice(40, 63)),
+            (slice(21, 57), slice(0, 17)), (slice(21, 57), slice(17, 63))]
+    parts = [block_counts(codes[rs, cs], (origin[0] + rs.start, origin[1] + cs.start), 10)
+             for rs, cs in cuts]
+    merged = merge(parts)
+    order = np.lexsort((whole.cols, whole.rows))
+    assert np.array_equal(merged.rows, whole.rows[order])
+    assert np.array_equal(merged.cols, whole.cols[order])
+    assert np.array_equal(merged.counts, whole.counts[order])
+    assert whole.counts.sum() == codes.size
+    # rows 13..69 → cells 1..6, complete 2..6; cols 26..88 → cells 2..8, complete 3..7
+    done = complete(whole, 10)
+    assert set(zip(whole.rows[done].tolist(), whole.cols[done].tolist(), strict=True)) == {
+        (r, c) for r in range(2, 7) for c in range(3, 8)
+    }
+    with pytest.raises(ValueError, match=r"0\.\.17"):
+        block_counts(np.full((2, 2), 18), (0, 0), 10)
+
+
+# --------------------------------------------------------------------------------------------
+# bbox
+
+
+def test_bbox_scores_exactly_one_city(ew: EvalWorld) -> None:
+    per_city = []
+    for c in ew.cities:
+        got = evaluate(ew.pred, ew.truth, bbox=c.bbox_lonlat)
+        _same_scores(got, confusion(ew.preds[c.city.name], c.truth))
+        assert got["bbox"] == list(c.bbox_lonlat)
+        per_city.append(got)
+    whole = evaluate(ew.pred, ew.truth)
+    assert whole["pixels"] == sum(r["pixels"] for r in per_city)
+    assert all(whole["miou"] != r["miou"] for r in per_city)
+
+
+def test_bbox_cuts_through_a_city_at_pixel_centres(ew: EvalWorld) -> None:
+    c = ew.cities[0]
+    minlon, minlat, maxlon, maxlat = c.bbox_lonlat
+    mid = (minlon + maxlon) / 2
+    got = evaluate(ew.pred, ew.truth, bbox=(minlon - 0.01, minlat - 0.01, mid, maxlat + 0.01))
+    a, w = c.zone.affine, c.window
+    cols, rows = np.meshgrid(np.arange(w.col, w.col_stop) + 0.5, np.arange(w.row, w.row_stop) + 0.5)
+    lon, _ = Transformer.from_crs(c.zone.crs, "EPSG:4326", always_xy=True).transform(
+        a.c + a.a * cols, a.f + a.e * rows)
+    west = lon <= mid
+    assert 0.3 < west.mean() < 0.7
+    _same_scores(got, confusion(ew.preds[c.city.name][west], c.truth[west]))
+
+
+@pytest.mark.parametrize("bbox", [(0.0, 0.0, 1.0, 1.0), (9.5, 47.0, 9.6, 47.1)])
+def test_bbox_without_labelled_pixels_is_an_error(ew: EvalWorld, bbox: tuple) -> None:
+    with pytest.raises(CubeError, match=rf"bbox \({bbox[0]}, {bbox[1]}.*covers no labelled"):
+        evaluate(ew.pred, ew.truth, bbox=bbox)
+
+
+# --------------------------------------------------------------------------------------------
+# 100 m agreement
+
+
+def _cells(c: SynthCity) -> int:
+    """Lattice cells (10 px) holding a labelled truth pixel."""
+    r, q = np.nonzero(c.truth)
+    return len({(a, b) for a, b in zip((r + c.window.row) // 10, (q + c.window.col) // 10,
+                                       strict=True)})
+
+
+def test_agreement_of_the_truth_with_itself_and_with_its_coarse_map(ew: EvalWorld) -> None:
+    cells = sum(_cells(c) for c in ew.cities)
+    own = evaluate(ew.truth, ew.truth, coarse_reference=ew.truth)["agreement_100m"]
+    assert own["cells"] == cells and own["oa"] == 1.0 and own["miou"] == 1.0
+    coarse = evaluate(ew.truth, ew.truth, baseline=ew.coarse)["agreement_100m"]
+    assert coarse["reference"] == ew.coarse
+    assert 0.9 * cells < coarse["cells"] <= cells
+    assert 0.6 < coarse["oa"] < 1.0 and coarse["miou"] < 1.0
+
+
+def test_agreement_equals_the_majority_of_each_whole_city(ew: EvalWorld) -> None:
+    cm = np.zeros((18, 18), dtype=np.int64)
+    for c in ew.cities:
+        scored = c.truth > 0
+        ref = read_labels(ew.coarse, c.zone, c.window)
+        origin = (c.window.row, c.window.col)
+        gp, _ = block_majority(np.where(scored, ew.preds[c.city.name], 0), origin)
+        gr, _ = block_majority(np.where(scored, ref, 0), origin)
+        keep = (gp > 0) & (gr > 0)
+        cm += confusion(gp[keep], gr[keep])
+    exp = scores(cm)
+    got = evaluate(ew.pred, ew.truth, baseline=ew.coarse)
+    agree = got["agreement_100m"]
+    assert (agree["cells"], agree["oa"], agree["miou"], agree["kappa"]) == (
+        exp["pixels"], exp["oa"], exp["miou"], exp["kappa"])
+    # the same truth cut into 64 px chunks (cells straddle chunk edges): identical result
+    got64 = evaluate(ew.pred, ew.truth64, baseline=ew.coarse)
+    assert {k: v for k, v in got64.items() if k != "truth"} == {
+        k: v for k, v in got.items() if k != "truth"}
+    base_cm = np.zeros((18, 18), dtype=np.int64)
+    for c in ew.cities:
+        base_cm += confusion(read_labels(ew.coarse, c.zone, c.window), c.truth)
+    assert got["baseline_confusion"] == base_cm[1:].tolist()
+
+
+def test_no_coarse_reference_no_agreement(ew: EvalWorld) -> None:
+    got = evaluate(ew.pred, ew.truth)
+    assert got["agreement_100m"] is None and "baseline_confusion" not in got
+
+
+# --------------------------------------------------------------------------------------------
+# Report and CLI
+
+
+def _png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_report_files(ew: EvalWorld, tmp_path: Path) -> None:
+    result = evaluate(ew.pred, ew.truth, baseline=ew.coarse)
+    files = write_eval_report(result, tmp_path / "rep")
+    assert sorted(files) == ["confusion.png", "confusion_baseline.png", "report.json",
+                             "report.md"]
+    assert json.loads(files["report.json"].read_text()) == result
+    md = files["report.md"].read_text()
+    assert f"| model | {result['miou']:.3f} | {result['oa']:.3f} | {result['kappa']:.3f} |" in md
+    assert f"| baseline | {result['baseline_miou']:.3f} |" in md
+    agree = result["agreement_100m"]
+    assert f"| {agree['cells']} | {agree['oa']:.3f} |" in md
+    iou_g = result["per_class_iou"]["G"]
+    assert f"| G | Water | {iou_g:.3f} | {result['baseline_per_class_iou']['G']:.3f} |" in md
+    for name in ("confusion.png", "confusion_baseline.png"):
+        img = _png(files[name])
+        assert min(img.shape[:2]) > 300
+        assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50  # cells, text, colour bar
+    model, base = _png(files["confusion.png"]), _png(files["confusion_baseline.png"])
+    assert model.shape != base.shape or not np.array_equal(model, base)
+
+
+def test_cli_eval_json_prints_one_object_and_writes_the_report(
+    ew: EvalWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = ew.cities[1]
+    rep = tmp_path / "report"
+    code = main(["eval", ew.pred, "--truth", ew.truth, "--baseline", ew.coarse, "--bbox",
+                 ",".join(map(str, c.bbox_lonlat)), "--year", str(YEAR), "--report", str(rep),
+                 "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    result = json.loads(out)  # the whole of stdout: one JSON object
+    assert {"miou", "oa", "kappa", "per_class_iou", "baseline_miou", "agreement_100m"} <= set(
+        result)
+    _same_scores(result, confusion(ew.preds[c.city.name], c.truth))
+    assert json.loads((rep / "report.json").read_text()) == result
+    assert (rep / "confusion.png").stat().st_size > 10_000
+
+
+def test_cli_eval_text_and_bad_bbox(ew: EvalWorld, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", ew.pred, "--truth", ew.truth, "--baseline", ew.coarse]) == 0
+    out = capsys.readouterr().out
+    assert "agreement at 100 m" in out and "baseline" in out
+    assert main(["eval", ew.pred, "--truth", ew.truth, "--bbox", "0,0,1,1"]) == 2
+    assert "covers no labelled pixel" in capsys.readouterr().err
