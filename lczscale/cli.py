@@ -1,4 +1,4 @@
-"""``lczscale`` command line: synth | train | map | eval | status | plot | demo."""
+"""``lczscale`` command line: synth | train | map | eval | status | plot | experiment | demo."""
 
 from __future__ import annotations
 
@@ -181,6 +181,40 @@ def cmd_plot(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(a: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from lczscale.config import load_yaml
+    from lczscale.errors import ConfigError
+    from lczscale.experiment import ExperimentConfig, from_world, run_experiment
+    from lczscale.train_config import TrainConfig
+
+    overrides: dict[str, Any] = {k: v for k, v in {
+        "holdout": tuple(a.holdout) if a.holdout else None, "nproc": a.nproc}.items()
+        if v is not None}
+    if a.train_config:
+        overrides["train"] = load_yaml(a.train_config, TrainConfig)
+    if a.steps is not None:
+        overrides["train"] = overrides.get("train", TrainConfig()).model_copy(
+            update={"steps": a.steps})
+    try:
+        if a.config:
+            cfg = load_yaml(a.config, ExperimentConfig).model_copy(
+                update=overrides | {"kind": a.kind})
+        elif a.world:
+            cfg = from_world(a.world, a.kind, **overrides)
+        else:
+            raise ConfigError("give --world DIR (a synthetic world) or --config EXPERIMENT.yaml")
+    except (ValidationError, ValueError) as exc:
+        raise ConfigError(f"invalid experiment settings: {exc}") from exc
+    report = run_experiment(cfg, a.out, progress=not a.quiet)
+    if a.json:
+        _print_json(report)
+    else:
+        print((Path(a.out) / "report.md").read_text())
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from lczscale.demo import run_demo
 
@@ -278,6 +312,22 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--zone")
     pl.add_argument("--year", type=int)
     pl.set_defaults(func=cmd_plot)
+
+    x = sub.add_parser("experiment", help="the studies' experiments: transfer to a held-out "
+                       "city, coarse vs fine reference labels, year-to-year transfer")
+    x.add_argument("kind", choices=["transfer", "reference", "year"])
+    x.add_argument("--world", help="a synthetic world written by `lczscale synth`")
+    x.add_argument("--config", help="ExperimentConfig YAML (source, coarse/fine label sets per "
+                   "city with bbox, truth cube, …)")
+    x.add_argument("--out", required=True, help="directory for models, cubes and report")
+    x.add_argument("--holdout", action="append", help="city to test on (repeatable; default: "
+                   "the last city)")
+    x.add_argument("--steps", type=int)
+    x.add_argument("--train-config", help="TrainConfig YAML for every training of the run")
+    x.add_argument("--nproc", type=int, help="data-parallel ranks per training")
+    x.add_argument("--json", action="store_true")
+    x.add_argument("--quiet", action="store_true")
+    x.set_defaults(func=cmd_experiment)
 
     d = sub.add_parser("demo", help="synthetic world → train → map → cube → picture + report")
     d.add_argument("--dir", default="lczscale-demo")

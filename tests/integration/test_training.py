@@ -31,7 +31,7 @@ SMALL = ModelConfig(widths=(8, 16), convs_per_block=1)
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("train-world")
-    summary = write_world(root / "w", cities=3, size_km=1.28, seed=1, years=(2024,))
+    summary = write_world(root / "w", cities=3, size_km=1.28, seed=1, years=(2023, 2024))
     return {"root": root, "summary": summary, "source": str(root / "w" / "embeddings.zarr"),
             "coarse": str(root / "w" / "lcz_coarse")}
 
@@ -129,3 +129,36 @@ def test_cli_holdout_city(world: dict[str, Any], tmp_path: Path,
     err = capsys.readouterr().err
     assert code == 2 and "bern" in err and "not among the label sets" in err
     assert not (tmp_path / "m2").exists()
+
+
+@pytest.mark.parametrize("kind", ["reference", "year"])
+def test_experiment_end_to_end(world: dict[str, Any], tmp_path: Path, kind: str,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Each run trains without the held-out city, maps it, and is scored on the same pixels as
+    the coarse baseline and the per-pixel logistic regression."""
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump({"steps": 3, "batch_size": 2,
+                                                     "patch_size": 32, "prefetch": 0}))
+    code = main(["experiment", kind, "--world", str(world["root"] / "w"), "--out",
+                 str(tmp_path / "x"), "--train-config", str(tmp_path / "t.yaml"), "--holdout",
+                 "basel", "--json", "--quiet"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    report = json.loads(out.out)
+    (city,) = report["cities"]
+    runs = {"reference": ["coarse", "fine"], "year": ["trained 2023", "trained 2024"]}[kind]
+    assert city["city"] == "basel" and list(city["evaluate"]) == runs
+    land = city["land_pixels"]
+    assert set(land) == {*runs, "baseline", "logistic (fine labels, per pixel)"}
+    pixels = {s["pixels"] for s in land.values()}
+    assert len(pixels) == 1 and pixels.pop() > 10_000  # every method scored on the same pixels
+    for s in land.values():
+        assert 0 <= s["miou"] <= 1
+    assert land["baseline"]["miou"] > 0.5  # coarse labels of the same world are informative
+    for label in runs:
+        meta = json.loads((tmp_path / "x" / "basel" / label / "model" / "checkpoint.json")
+                          .read_text())
+        assert "basel" not in meta["train"]["cities"]
+        assert meta["train"]["year"] == (2023 if label == "trained 2023" else 2024)
+        assert city["evaluate"][label]["bbox"] is not None
+    md = (tmp_path / "x" / "report.md").read_text()
+    assert "held-out city: basel" in md and "logistic" in md
