@@ -189,3 +189,19 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     assert sched2.state_dict() == sched.state_dict()
     with pytest.raises(CheckpointError, match=r"other settings.*--restart"):
         load_state(state, net2, opt2, sched2, "other")
+
+
+def test_ranks_from_torchrun_slurm_or_nothing() -> None:
+    from lczscale.model.distributed import Ranks, from_environment, slurm_rendezvous
+
+    assert from_environment({}) == Ranks(0, 1, 0)
+    torchrun = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "SLURM_PROCID": "0",
+                "SLURM_NTASKS": "8"}
+    assert from_environment(torchrun) == Ranks(3, 4, 1)  # torchrun's variables win
+    srun = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
+            "SLURM_LAUNCH_NODE_IPADDR": "10.0.0.7", "SLURM_JOB_ID": "4242"}
+    ranks = from_environment(srun)
+    assert ranks == Ranks(5, 8, 1) and not ranks.main
+    slurm_rendezvous(srun)
+    assert srun["MASTER_ADDR"] == "10.0.0.7" and srun["MASTER_PORT"] == str(29500 + 4242 % 2000)
+    assert from_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == Ranks(0, 1, 0)
