@@ -120,19 +120,6 @@ class ModelConfig(_Strict):
         return v
 
 
-class TrainConfig(_Strict):
-    """Single-process training loop settings (data-parallel training builds on this)."""
-
-    steps: int = Field(300, ge=1)
-    batch_size: int = Field(8, ge=1)
-    patch_size: int = Field(64, ge=16)
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    seed: int = 0
-    year: int | None = None
-    log_every: int = Field(25, ge=1)
-
-
 class MapConfig(_Strict):
     """Everything that decides a map run; stored in the cube's attributes."""
 
