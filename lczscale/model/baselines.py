@@ -10,22 +10,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lczscale.model.data import Region
+from lczscale.model.data import Region, pixel_values
 from lczscale.model.splits import TRAIN
 from lczscale.model.train import N
 
 
 def _features(region: Region, mean: np.ndarray, std: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    d = region.data
-    codes = d.codes.reshape(d.codes.shape[0], -1)[:, idx]
-    if d.dequantisation == "sign_square":
-        from lczscale.io.source import SIGN_SQUARE
-
-        x = SIGN_SQUARE[codes.astype(np.int16) + 128]
-    else:
-        assert d.scales is not None
-        x = codes.astype(np.float32) * d.scales.ravel()[idx]
-    return ((x.T - mean) / std).astype(np.float32)
+    return ((pixel_values(region.data, idx).T - mean) / std).astype(np.float32)
 
 
 def fit_logistic(regions: list[Region], per_class: int = 4000, steps: int = 300,
@@ -41,7 +32,7 @@ def fit_logistic(regions: list[Region], per_class: int = 4000, steps: int = 300,
     all_idx = {i: np.flatnonzero(((r.split == TRAIN) & r.data.valid).ravel())
                for i, r in enumerate(regions)}
     sample = np.concatenate([
-        _raw(regions[i], rng.choice(ix, min(2000, len(ix)), replace=False))
+        pixel_values(regions[i].data, rng.choice(ix, min(2000, len(ix)), replace=False)).T
         for i, ix in all_idx.items() if len(ix)])
     mean, std = sample.mean(0), np.maximum(sample.std(0), 1e-3)
     for c, pool in sorted(pools.items()):
@@ -66,10 +57,6 @@ def fit_logistic(regions: list[Region], per_class: int = 4000, steps: int = 300,
 
     opt.step(closure)  # type: ignore[arg-type]
     return model, mean, std
-
-
-def _raw(region: Region, idx: np.ndarray) -> np.ndarray:
-    return _features(region, np.zeros(1, np.float32), np.ones(1, np.float32), idx)
 
 
 @torch.no_grad()

@@ -141,6 +141,16 @@ def _region(city: str, zone: Zone, window: Window, data: EmbeddingWindow, labels
     return Region(city, zone, data, labels, target, codes, loc)
 
 
+def pixel_values(data: EmbeddingWindow, idx: np.ndarray) -> np.ndarray:
+    """(band, n) float32 de-quantised values of the pixels at flat indices ``idx`` (only those
+    columns are de-quantised, not the whole window)."""
+    codes = data.codes.reshape(data.codes.shape[0], -1)[:, idx]
+    if data.dequantisation == "sign_square":
+        return SIGN_SQUARE[codes.astype(np.int16) + 128]
+    assert data.scales is not None
+    return codes.astype(np.float32) * data.scales.ravel()[idx]
+
+
 def normalisation(regions: list[Region], max_pixels: int = 200_000, seed: int = 0) -> tuple[
     list[float], list[float]
 ]:
@@ -153,12 +163,7 @@ def normalisation(regions: list[Region], max_pixels: int = 200_000, seed: int = 
         if len(idx) == 0:
             continue
         idx = np.sort(rng.choice(idx, size=min(per, len(idx)), replace=False))
-        codes = r.data.codes.reshape(r.data.codes.shape[0], -1)[:, idx]
-        if r.data.dequantisation == "sign_square":
-            samples.append(SIGN_SQUARE[codes.astype(np.int16) + 128])
-        else:
-            assert r.data.scales is not None
-            samples.append(codes.astype(np.float32) * r.data.scales.ravel()[idx])
+        samples.append(pixel_values(r.data, idx))
     if not samples:
         raise NoDataError("no training-split pixel has an embedding; lower split.val_fraction")
     x = np.concatenate(samples, axis=1)
