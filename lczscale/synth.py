@@ -6,7 +6,8 @@
   group per zone, int8 codes + per-pixel float32 scales, NaN = water, +inf = no data yet);
 - ``lcz_coarse/{city}.tif`` (+ ``lcz_coarse.tif`` or ``lcz_coarse.vrt``) — 100 m labels in the
   format of the global LCZ map (EPSG:4326, 0.000898315284120° pixels, 1..17, 0 = nodata,
-  embedded palette), made by majority vote of the 10 m truth, the way coarse references are;
+  embedded palette), made the way the global map's ``LCZ_Filter`` band is: majority vote of
+  the 10 m truth per cell, then a Gaussian-weighted majority filter;
 - ``truth.zarr`` — the 10 m truth as an lczscale cube, to score maps against;
 - ``world.json`` — what was written where.
 
@@ -42,6 +43,7 @@ from rasterio.warp import reproject
 from zarr.codecs import BloscCodec
 from zarr.core.array_spec import ArrayConfigParams
 
+from lczscale.aggregate import gaussian_mode_filter
 from lczscale.config import CubeConfig, GridConfig
 from lczscale.errors import ConfigError
 from lczscale.grid import Window, Zone, utm_zone, utm_zone_number
@@ -76,6 +78,7 @@ BUILD_VERSION = "lczscale-synth-0.1"
 LCZ_COARSE_RES = 0.000898315284120  # degrees: the Demuzere et al. (2022) global map's pixel
 MAX_COARSE_PIXELS = 20_000_000
 NODATA_STRIP_FRACTION = 0.03
+COARSE_FILTER_SIGMA = 1.0  # cells: the global LCZ map's Gaussian post-classification filter
 INNER_CHUNK = 32  # TESSERA's inner chunk (1, 128, 32, 32)
 
 # The "official" palette embedded in the global LCZ GeoTIFF (Demuzere readme), classes 1..17.
@@ -444,6 +447,14 @@ def _write_lcz_tif(path: Path, data: npt.NDArray[np.uint8], row0: int, col0: int
 
 
 def coarse_labels(c: SynthCity) -> tuple[npt.NDArray[np.uint8], int, int]:
+    """The city's 100 m reference, made as the global LCZ map's recommended ``LCZ_Filter`` band
+    is: the mode of the 10 m truth in each cell (``coarse_mode``), then a Gaussian-weighted
+    majority filter (σ = 1 cell). Like the real product it loses features under ~200 m."""
+    mode, row0, col0 = coarse_mode(c)
+    return gaussian_mode_filter(mode, sigma=COARSE_FILTER_SIGMA), row0, col0
+
+
+def coarse_mode(c: SynthCity) -> tuple[npt.NDArray[np.uint8], int, int]:
     """The city's truth as 100 m EPSG:4326 labels (mode of 10 m pixels), with (row0, col0)."""
     row0, col0, h, w = _coarse_grid(c.bbox_lonlat)
     dst = np.zeros((h, w), dtype=np.uint8)

@@ -323,10 +323,15 @@ def _land(
 
 
 def _fields(ctx: _Ctx, idx: npt.NDArray[np.intp], cls: int) -> tuple[U8, npt.NDArray[np.uint64]]:
-    """Farmland: rectangular fields, some ploughed, some separated by hedgerows."""
+    """Farmland: rectangular fields, some ploughed, some separated by hedgerows.
+
+    An annual embedding sees a ploughed field bare for only part of the year, so its pixels are
+    a patchy mix of crop and soil, never the all-year bare soil of LCZ F.
+    """
     g = _blocks(ctx, idx, cls, 30, 1)
     ploughed = ctx.uniform(cls, 1, g.iu, g.iv) < 0.15
-    mat = np.where(ploughed, M["bare_soil_sand"], M["low_plants"]).astype(np.uint8)
+    furrows = _pick(ctx.fine[idx], (("bare_soil_sand", 0.5), ("low_plants", 0.5)))
+    mat = np.where(ploughed, furrows, M["low_plants"]).astype(np.uint8)
     hedge_u = ctx.uniform(cls, 2, g.iu, g.iv) < 0.35
     hedge_v = ctx.uniform(cls, 3, g.iu, g.iv) < 0.35
     mat[(g.street_u & hedge_u) | (g.street_v & hedge_v)] = M["bush"]
