@@ -21,7 +21,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from lczscale.config import GridConfig, MapConfig, ModelConfig, StitchConfig, _Strict
+from lczscale.config import (
+    GridConfig,
+    MapConfig,
+    ModelConfig,
+    StitchConfig,
+    _Strict,
+    auto_overlap,
+)
 from lczscale.errors import ConfigError
 from lczscale.evaluate import confusion, evaluate, scores
 from lczscale.execute.run import run_map
@@ -31,6 +38,7 @@ from lczscale.io.sources import open_source
 from lczscale.model.baselines import fit_logistic, logistic_confusion
 from lczscale.model.data import load_regions
 from lczscale.model.launch import run_training
+from lczscale.model.unet import receptive_field
 from lczscale.train_config import LabelSet, SplitConfig, TrainConfig, TrainJob
 
 Kind = Literal["transfer", "reference", "year"]
@@ -49,7 +57,8 @@ class ExperimentConfig(_Strict):
     model: ModelConfig = ModelConfig()
     nproc: int = Field(1, ge=1)
     tile_size: int = Field(512, ge=64)
-    patch_size: int = Field(128, ge=16)
+    patch_size: int = Field(
+        128, ge=16, description="mapping patch; raised to fit the model's receptive field")
     logistic: bool = True
 
 
@@ -129,9 +138,16 @@ def _map(cfg: ExperimentConfig, model: str, cube: str, year: int,
     report = run_map(MapConfig(
         source=cfg.source, model=model, out=cube, bbox=bbox, year=year, executor="serial",
         grid=GridConfig(tile_size=cfg.tile_size),
-        stitch=StitchConfig(patch_size=cfg.patch_size, batch_size=4)), progress=False)
+        stitch=StitchConfig(patch_size=_map_patch(cfg), batch_size=4)), progress=False)
     if report.failed:
         raise ConfigError(f"mapping {cube} failed on {report.failed} tiles; see lczscale status")
+
+
+def _map_patch(cfg: ExperimentConfig) -> int:
+    """The mapping patch: ``cfg.patch_size``, or the smallest multiple of 32 that leaves a
+    stride for the model's overlap (a deeper U-Net needs larger patches)."""
+    need = 2 * auto_overlap(receptive_field(cfg.model))
+    return max(cfg.patch_size, -(-need // 32) * 32)
 
 
 def _score(cfg: ExperimentConfig, city: str, year: int, rows: dict[str, Any],

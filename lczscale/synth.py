@@ -57,6 +57,7 @@ from lczscale.synth_layout import (
     lcz_layout,
     render_embedding,
     render_materials,
+    smooth_noise,
     year_drift,
 )
 
@@ -79,6 +80,7 @@ LCZ_COARSE_RES = 0.000898315284120  # degrees: the Demuzere et al. (2022) global
 MAX_COARSE_PIXELS = 20_000_000
 NODATA_STRIP_FRACTION = 0.03
 COARSE_FILTER_SIGMA = 1.0  # cells: the global LCZ map's Gaussian post-classification filter
+REFERENCE_ERROR_RATE = 0.10  # cells of the coarse reference misclassified (real map: ~0.23)
 INNER_CHUNK = 32  # TESSERA's inner chunk (1, 128, 32, 32)
 
 # The "official" palette embedded in the global LCZ GeoTIFF (Demuzere readme), classes 1..17.
@@ -155,7 +157,7 @@ LAYOUT_WRITERS: dict[str, str] = {
 LAYOUT_PRODUCTS = ("tiles", "aef", "aef-mosaic.zarr")
 
 # Purposes of the random streams (spawn keys); never reorder, or every world changes.
-_SPACE, _LAYOUT, _MATERIALS, _MIX, _STRIP, _YEAR, _PIXELS = range(7)
+_SPACE, _LAYOUT, _MATERIALS, _MIX, _STRIP, _YEAR, _PIXELS, _REFERENCE = range(8)
 
 
 @functools.cache
@@ -198,6 +200,7 @@ class SynthCity:
     water: npt.NDArray[np.bool_]  # (H, W) truth is water: scale NaN in the store
     nodata: npt.NDArray[np.bool_]  # (H, W) land without data yet: scale +inf in the store
     embeddings: dict[int, npt.NDArray[np.float32]] = field(default_factory=dict)
+    seed: int = 0  # the world's seed: the coarse reference's errors are drawn from it
 
     @property
     def bbox_lonlat(self) -> tuple[float, float, float, float]:
@@ -263,7 +266,7 @@ def _build_city(site: int, n: int, seed: int, strip: bool) -> SynthCity:
         nodata[:, c0 : c0 + width] = True
         nodata &= ~water
     return SynthCity(city, site, zone, window, truth, material, other, share, objects, water,
-                     nodata)
+                     nodata, seed=seed)
 
 
 def _render(c: SynthCity, seed: int, year: int, space: WorldSpace) -> npt.NDArray[np.float32]:
@@ -448,10 +451,38 @@ def _write_lcz_tif(path: Path, data: npt.NDArray[np.uint8], row0: int, col0: int
 
 def coarse_labels(c: SynthCity) -> tuple[npt.NDArray[np.uint8], int, int]:
     """The city's 100 m reference, made as the global LCZ map's recommended ``LCZ_Filter`` band
-    is: the mode of the 10 m truth in each cell (``coarse_mode``), then a Gaussian-weighted
-    majority filter (σ = 1 cell). Like the real product it loses features under ~200 m."""
+    is, with (row0, col0).
+
+    The mode of the 10 m truth in each cell (``coarse_mode``) stands for what a perfect 100 m
+    classifier would say; the real map's random forest is wrong on about a quarter of its cells
+    (reported OA ≈ 0.77), mostly between neighbouring types and in patches, so
+    ``REFERENCE_ERROR_RATE`` of the cells, in patches, take the type they are most often
+    confused with (``reference_errors``); then the Gaussian-weighted majority filter (σ = 1
+    cell). Like the real product it loses features under ~200 m.
+    """
     mode, row0, col0 = coarse_mode(c)
-    return gaussian_mode_filter(mode, sigma=COARSE_FILTER_SIGMA), row0, col0
+    noisy = reference_errors(mode, _rng(c.seed, c.site, _REFERENCE))
+    return gaussian_mode_filter(noisy, sigma=COARSE_FILTER_SIGMA), row0, col0
+
+
+# The LCZ type a 100 m classifier most often takes each type for: the next denser or sparser
+# type of the same family (compact ↔ compact, open → sparser, trees ↔ scattered trees, …).
+CONFUSED_WITH = np.array([0, 2, 3, 2, 5, 6, 9, 3, 10, 6, 8, 12, 11, 14, 13, 16, 15, 17],
+                         dtype=np.uint8)
+
+
+def reference_errors(
+    mode: npt.NDArray[np.uint8], rng: np.random.Generator, rate: float | None = None
+) -> npt.NDArray[np.uint8]:
+    """``mode`` with ``rate`` of its labelled cells, in patches of a few cells (a smooth random
+    field above its quantile), relabelled as the type they are most often confused with."""
+    rate = REFERENCE_ERROR_RATE if rate is None else rate
+    field_ = smooth_noise(rng, mode.shape, 1.0)
+    labelled = mode > 0
+    if rate <= 0 or not labelled.any():
+        return mode.copy()
+    wrong = labelled & (field_ > np.quantile(field_[labelled], 1.0 - rate))
+    return np.where(wrong, CONFUSED_WITH[mode], mode).astype(np.uint8)
 
 
 def coarse_mode(c: SynthCity) -> tuple[npt.NDArray[np.uint8], int, int]:

@@ -274,26 +274,36 @@ def test_coarse_labels_format(world3: tuple, tmp_path: Path) -> None:
     _check_lcz_geotiff(small["coarse_labels"])
 
 
-def test_coarse_labels_are_the_filtered_mode_of_the_truth(world3: tuple) -> None:
-    """The written reference is the Gaussian-filtered mode map, like the global map's
-    LCZ_Filter; the mode map before filtering is the mode of the 10 m truth in each cell."""
+def test_coarse_labels_are_the_filtered_mode_of_the_truth_with_errors(world3: tuple) -> None:
+    """The written reference is the mode of the 10 m truth per cell, with a tenth of the cells
+    in patches taken for a neighbouring type, then Gaussian-filtered like the global map's
+    LCZ_Filter band."""
     _, summary, world = world3
     for c in world:
         with rasterio.open(summary["coarse_per_city"][c.city.name]) as ds:
             written, t = ds.read(1), ds.transform
-        data, r0, c0 = synth.coarse_mode(c)
+        mode, r0, c0 = synth.coarse_mode(c)
         assert (r0, c0) == (round((90.0 - t.f) / -t.e), round((t.c + 180.0) / t.a))
-        np.testing.assert_array_equal(written, gaussian_mode_filter(data, sigma=1.0))
-        assert 0 < (written != data).mean() < 0.2  # filtering changes some cells, not most
+        noisy = synth.reference_errors(mode, np.random.default_rng(0), rate=0.1)
+        labelled = mode > 0
+        changed = (noisy != mode)[labelled].mean()
+        assert 0.05 < changed <= 0.1  # a type confused with itself (water) stays
+        assert set(zip(mode[noisy != mode].tolist(), noisy[noisy != mode].tolist(),
+                       strict=True)) <= {(a, int(synth.CONFUSED_WITH[a])) for a in range(1, 18)}
+        np.testing.assert_array_equal(synth.reference_errors(mode, np.random.default_rng(0),
+                                                             rate=0.0), mode)
+        filtered = gaussian_mode_filter(mode, sigma=1.0)
+        assert 0 < (written != filtered)[labelled].mean() < 0.2  # errors survive the filter
+        assert (written == filtered)[labelled].mean() > 0.8
         lon, lat = c.zone.lonlat(c.window)
         col = np.floor((lon - t.c) / t.a).astype(np.int64)
         row = np.floor((lat - t.f) / t.e).astype(np.int64)
-        cell = (row * data.shape[1] + col).ravel()
-        counts = np.bincount(cell * 18 + c.truth.ravel(), minlength=data.size * 18)
-        counts = counts.reshape(data.size, 18)
+        cell = (row * mode.shape[1] + col).ravel()
+        counts = np.bincount(cell * 18 + c.truth.ravel(), minlength=mode.size * 18)
+        counts = counts.reshape(mode.size, 18)
         total = counts.sum(axis=1)
         full = total >= 0.9 * total.max()  # cells wholly inside the city window
-        mode_ok = counts[np.arange(data.size), data.ravel()] == counts.max(axis=1)
+        mode_ok = counts[np.arange(mode.size), mode.ravel()] == counts.max(axis=1)
         assert mode_ok[full].mean() > 0.9, c.city.name
 
 
