@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import psutil
-from common import emit
+from common import emit, random_model
 from distributed import Client, LocalCluster
-from throughput import random_model
 
 from lczscale.config import GridConfig, MapConfig, ModelConfig, StitchConfig
 from lczscale.execute.run import run_map

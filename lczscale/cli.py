@@ -1,4 +1,5 @@
-"""``lczscale`` command line: synth | train | map | eval | status | plot | experiment | demo."""
+"""``lczscale`` command line: synth | train | map | eval | status | plot | experiment | demo |
+deploy."""
 
 from __future__ import annotations
 
@@ -80,8 +81,10 @@ def map_config(a: argparse.Namespace) -> Any:
         "source": a.source, "model": a.model, "out": a.out, "bbox": a.bbox,
         "geojson": a.geojson, "year": a.year, "executor": a.executor, "workers": a.workers,
         "device": a.device, "scheduler_address": a.scheduler, "source_kind": a.source_kind,
-        "stac_collection": a.collection,
+        "stac_collection": a.collection, "cluster": a.cluster,
     }.items() if v is not None})
+    if bool(a.cluster) != bool(a.scheduler):  # a flag says where to run; the YAML's goes
+        base["scheduler_address" if a.cluster else "cluster"] = None
     if a.stac:
         base.update(source=a.stac, source_kind="stac")
     if a.grid is not None:
@@ -223,6 +226,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy_kubernetes(a: argparse.Namespace) -> int:
+    from lczscale.execute.kubernetes import write_manifests
+
+    for path in write_manifests(a.cluster, a.map, a.out, a.train, a.ranks):
+        print(path)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lczscale", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -283,6 +294,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--executor", choices=["serial", "dask"])
     m.add_argument("--workers", type=int)
     m.add_argument("--scheduler", help="address of a running Dask scheduler")
+    m.add_argument("--cluster", help="cluster YAML: kind local, slurm, kubernetes or address "
+                   "(see deploy/*/cluster.yaml); --workers then does not apply")
     m.add_argument("--device", choices=["auto", "cpu", "cuda"])
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=cmd_map)
@@ -334,6 +347,19 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--quick", action="store_true", help="smaller world and training (tests)")
     d.set_defaults(func=cmd_demo)
+
+    dp = sub.add_parser("deploy", help="render deployment files for a platform")
+    dsub = dp.add_subparsers(dest="platform", required=True)
+    k = dsub.add_parser("kubernetes", help="DaskJob (map), Indexed Job (DDP training) and "
+                        "DaskCluster manifests with kustomizations: OUT/{map,train,cluster}/")
+    k.add_argument("--cluster", required=True, help="cluster YAML with kind: kubernetes")
+    k.add_argument("--map", required=True, help="MapConfig YAML the DaskJob's client runs")
+    k.add_argument("--train", help="TrainJob JSON (e.g. MODEL_DIR/train_job.json) for the "
+                   "training Job")
+    k.add_argument("--ranks", type=int, help="data-parallel ranks (pods, one GPU each) of the "
+                   "training Job; default: the cluster's workers")
+    k.add_argument("--out", required=True, help="directory for the manifests")
+    k.set_defaults(func=cmd_deploy_kubernetes)
     return p
 
 

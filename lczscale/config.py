@@ -7,7 +7,7 @@ traced back to the exact settings that produced it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -44,7 +44,9 @@ class StitchConfig(_Strict):
     overlap: int | None = Field(
         None, ge=0, description="patch overlap in px; None = from the model's receptive field"
     )
-    batch_size: int = Field(8, ge=1, le=1024)
+    batch_size: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
+        8, description="patches per forward pass; 'auto' = from free GPU memory (8 on a CPU)"
+    )
 
     def stride(self, receptive_field: int) -> int:
         """Patch stride: patch size minus overlap, the overlap covering the receptive radius.
@@ -78,6 +80,31 @@ def auto_overlap(receptive_field: int) -> int:
     """
     radius = receptive_field // 2
     return max(16, -(-2 * radius // 16) * 16)
+
+
+class InferenceConfig(_Strict):
+    """How the model runs on its device. The defaults give the reference cube; dtype,
+    channels_last and compile change the arithmetic (bf16/fp16 visibly, the others in the last
+    bits), so a run that sets them records them in the cube's provenance."""
+
+    dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast precision of the forward pass; fp16 needs CUDA"
+    )
+    channels_last: bool = Field(False, description="NHWC memory format for the U-Net")
+    compile: bool = Field(False, description="torch.compile the model once per worker")
+    read_ahead: bool = Field(
+        True, description="read a tile in row bands on a background thread while the model "
+        "runs on the bands already read (the same cube, I/O hidden behind compute)"
+    )
+    band_rows: int = Field(
+        256, ge=32, le=16384, description="rows per background read (zone-aligned multiples)"
+    )
+
+    def numerics(self) -> dict[str, Any]:
+        """The settings that change the cube's bytes; empty for the reference settings."""
+        changed = self.model_dump(include={"dtype", "channels_last", "compile"},
+                                  exclude_defaults=True)
+        return dict(changed)
 
 
 class CubeConfig(_Strict):
@@ -142,6 +169,7 @@ class MapConfig(_Strict):
     year: int | None = None
     grid: GridConfig = GridConfig()
     stitch: StitchConfig = StitchConfig()
+    inference: InferenceConfig = InferenceConfig()
     cube: CubeConfig = CubeConfig()
     executor: Literal["serial", "dask"] = "dask"
     workers: int = Field(2, ge=1)
@@ -150,6 +178,10 @@ class MapConfig(_Strict):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     scheduler_address: str | None = None
+    cluster: str | None = Field(
+        None, description="cluster YAML (kind local, slurm, kubernetes or address; see deploy/)"
+        "; where the work runs never changes the cube, so it is not part of the provenance"
+    )
     wave_size: int | None = Field(None, ge=1, description="tasks in flight; None = 2 x workers")
     faults: FaultConfig = FaultConfig()
 

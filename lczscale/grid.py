@@ -135,6 +135,12 @@ class Zone:
         over 80 m the projection is linear to ~1e-10°, it costs 1/step² of the transforms, and
         because the nodes sit at fixed zone positions a pixel gets the same value in any window.
         """
+        nodes = self.lonlat_nodes(window, step)
+        return nodes.interpolate(nodes.lon), nodes.interpolate(nodes.lat)
+
+    def lonlat_nodes(self, window: Window, step: int = 8) -> LonLatNodes:
+        """The projected nodes around a window and each pixel's place between them, so that
+        the per-pixel interpolation can also run elsewhere (e.g. on a GPU)."""
         a = self.affine
         rn = np.arange(window.row // step, (window.row_stop - 1) // step + 2) * step
         cn = np.arange(window.col // step, (window.col_stop - 1) // step + 2) * step
@@ -145,13 +151,7 @@ class Zone:
         cols = np.arange(window.col, window.col_stop)
         i, fy = (rows - rn[0]) // step, ((rows - rn[0]) % step / step)[:, None]
         j, fx = (cols - cn[0]) // step, ((cols - cn[0]) % step / step)[None, :]
-
-        def interp(v: np.ndarray) -> np.ndarray:
-            top = v[i][:, j] * (1 - fx) + v[i][:, j + 1] * fx
-            bottom = v[i + 1][:, j] * (1 - fx) + v[i + 1][:, j + 1] * fx
-            return top * (1 - fy) + bottom * fy
-
-        return interp(xx), interp(yy)
+        return LonLatNodes(xx, yy, i, fy, j, fx)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -171,6 +171,25 @@ class Zone:
             shape=(int(d["shape"][0]), int(d["shape"][1])),
             lon_band=(float(d["lon_band"][0]), float(d["lon_band"][1])),
         )
+
+
+@dataclass(frozen=True)
+class LonLatNodes:
+    """Projected lon/lat at nodes (rows × cols) and, per pixel row/column, the node before it
+    (``i``, ``j``) and the fraction of the way to the next (``fy`` (h, 1), ``fx`` (1, w))."""
+
+    lon: np.ndarray
+    lat: np.ndarray
+    i: np.ndarray
+    fy: np.ndarray
+    j: np.ndarray
+    fx: np.ndarray
+
+    def interpolate(self, v: np.ndarray) -> np.ndarray:
+        """Bilinear values of node array ``v`` at every pixel, along columns on the node rows
+        first: the same products and sums per pixel as from its four nodes, 1/step the work."""
+        across = v[:, self.j] * (1 - self.fx) + v[:, self.j + 1] * self.fx
+        return across[self.i] * (1 - self.fy) + across[self.i + 1] * self.fy
 
 
 _TRANSFORMERS: dict[str, Transformer] = {}

@@ -151,6 +151,28 @@ def plan_tasks(
     return tasks
 
 
+def read_amplification(tasks: list[TileTask]) -> float:
+    """Pixels read ÷ pixels written over ``tasks`` (≥ 1): what the halos cost in input.
+
+    A tile reads every lattice patch that overlaps its core, whole, so its read window reaches
+    up to one patch beyond the core on each side; neighbouring tiles read those halos again.
+    """
+    core = sum(t.core.size for t in tasks)
+    if core == 0:
+        raise ValueError("no tasks: the amplification of an empty plan is undefined")
+    return sum(t.read.size for t in tasks) / core
+
+
+def patch_amplification(tasks: list[TileTask], lattice: Lattice) -> float:
+    """Patch pixels evaluated ÷ pixels written when every lattice patch over each core runs:
+    the model's overlap ((patch/stride)² inside a tile) plus patches shared by two tiles."""
+    core = sum(t.core.size for t in tasks)
+    if core == 0:
+        raise ValueError("no tasks: the amplification of an empty plan is undefined")
+    patches = sum(len(lattice.origins(t.core)) for t in tasks)
+    return patches * lattice.patch**2 / core
+
+
 def check_disjoint_writes(tasks: list[TileTask], block: tuple[int, int],
                           zone_shapes: dict[str, tuple[int, int]]) -> None:
     """Refuse a plan in which two tasks would write into the same stored chunk (or shard).

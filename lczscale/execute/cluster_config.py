@@ -108,6 +108,9 @@ class SlurmClusterConfig(_ClusterBase):
     local_directory: str | None = None
     log_directory: str | None = None
     python: str | None = Field(None, description="python on the compute nodes")
+    start_timeout: str = Field(
+        "1h", description="how long to wait for the first worker job to start (queue time)"
+    )
 
     @model_validator(mode="after")
     def _gpus(self) -> SlurmClusterConfig:
@@ -151,6 +154,12 @@ class KubernetesClusterConfig(_ClusterBase):
         default_factory=dict, description="plain, non-secret environment (AWS_ENDPOINT_URL …)"
     )
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    volume_claim: str | None = Field(
+        None, description="a PersistentVolumeClaim (ReadWriteMany when pods span nodes) mounted "
+        "at volume_mount in workers, the map client and training ranks: model checkpoints, "
+        "training output and local cubes live there (pods' own disks vanish with them)"
+    )
+    volume_mount: str = Field("/data", pattern=r"^/[^:]*[^/:]$")
 
 
 class AddressClusterConfig(_ClusterBase):

@@ -12,19 +12,20 @@ reruns it elsewhere, up to ``allowed_failures`` times; a tile that kills more wo
 from __future__ import annotations
 
 import logging
+import os
+import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import dask
-from distributed import Client, Future, LocalCluster, WorkerPlugin, as_completed, get_worker
+from distributed import Client, Future, WorkerPlugin, as_completed, get_worker
 
 from lczscale.execute.tile import MapContext, TileResult, TileRunner, record_failure
 from lczscale.plan import TileTask
 
 log = logging.getLogger(__name__)
 PLUGIN_NAME = "lczscale-tile-runner"
+WAVE_RESIZE_S = 5.0
 
 
 class TileRunnerPlugin(WorkerPlugin):
@@ -42,61 +43,27 @@ class TileRunnerPlugin(WorkerPlugin):
             import torch
 
             if torch.cuda.is_available():
-                index = worker.name if isinstance(worker.name, int) else 0
-                device = f"cuda:{index % torch.cuda.device_count()}"
+                device = f"cuda:{cuda_index(worker.name, torch.cuda.device_count())}"
         self.runner = TileRunner(self.ctx, device=device)
 
     def teardown(self, worker: Any) -> None:
         self.runner = None
 
 
+def cuda_index(name: object, count: int, pinned: str | None = None) -> int:
+    """The GPU a worker uses. A pinned worker (``CUDA_VISIBLE_DEVICES`` set for it: by
+    lczscale's clusters, dask-cuda or SLURM) uses the first it sees, its own; an unpinned one
+    on a multi-GPU machine picks by its integer name."""
+    pinned = os.environ.get("CUDA_VISIBLE_DEVICES") if pinned is None else pinned
+    if pinned:
+        return 0
+    return name % count if isinstance(name, int) else 0
+
+
 def _run_on_worker(task: TileTask) -> TileResult:
     plugin = get_worker().plugins[PLUGIN_NAME]
     assert isinstance(plugin, TileRunnerPlugin) and plugin.runner is not None
     return plugin.runner.run(task)
-
-
-def gpu_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        return 0
-
-
-@contextmanager
-def dask_client(
-    workers: int,
-    threads_per_worker: int = 1,
-    address: str | None = None,
-    device: str = "auto",
-    allowed_failures: int = 3,
-) -> Iterator[Client]:
-    """A client to ``address``, or to a LocalCluster of separate worker processes.
-
-    ``allowed_failures`` is a scheduler setting: it applies to the LocalCluster made here; a
-    scheduler started elsewhere takes it from its own configuration
-    (``distributed.scheduler.allowed-failures``).
-    """
-    if address:
-        with Client(address) as client:
-            yield client
-        return
-    gpus = gpu_count() if device != "cpu" else 0
-    resources = {"GPU": 1} if gpus else None
-    n = min(workers, gpus) if gpus else workers
-    failures = {"distributed.scheduler.allowed-failures": allowed_failures}
-    with dask.config.set(failures), LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        resources=resources,
-        dashboard_address=":0",
-        memory_limit="auto",
-        env={"OMP_NUM_THREADS": str(threads_per_worker)},
-    ) as cluster, Client(cluster) as client:
-        yield client
 
 
 def run_dask(
@@ -106,13 +73,16 @@ def run_dask(
     wave: int | None = None,
     on_result: Callable[[TileResult], None] | None = None,
 ) -> list[TileResult]:
-    """Run tasks on the cluster, at most ``wave`` in flight (default 2 per worker)."""
+    """Run tasks on the cluster, at most ``wave`` in flight (default 2 per worker now)."""
     client.register_plugin(TileRunnerPlugin(ctx), name=PLUGIN_NAME)
     info = client.scheduler_info()
     workers = info.get("workers", {})
+    # Inference goes only to GPU workers when there are any (whatever device they compute on:
+    # the device decides the bytes, the resource only where tasks run).
     has_gpu = any(w.get("resources", {}).get("GPU") for w in workers.values())
-    resources = {"GPU": 1} if has_gpu and ctx.device != "cpu" else None
+    resources = {"GPU": 1} if has_gpu else None
     limit = wave or max(2, 2 * len(workers))
+    sized = time.monotonic()
     pending = iter(tasks)
     results: list[TileResult] = []
     futures = as_completed()
@@ -128,15 +98,26 @@ def run_dask(
         futures.add(future)
         return True
 
-    for _ in range(limit):
-        if not submit_next():
-            break
+    def top_up() -> None:
+        # Workers come and go (SLURM jobs leave the queue, adaptive scaling, lifetimes): the
+        # default wave follows their number, looked up at most every few seconds.
+        nonlocal limit, sized
+        if wave is None and time.monotonic() - sized > WAVE_RESIZE_S:
+            limit = max(2, 2 * len(client.scheduler_info().get("workers", {})))
+            sized = time.monotonic()
+        while len(submitted) < limit and submit_next():
+            pass
+
+    top_up()
     for future in futures:
         result = _result(future, submitted.pop(future.key), ctx)
+        # Forget the result on its worker now, not when the loop variable moves on: a worker
+        # holding it cannot retire gracefully (lifetime) while no other worker can take it.
+        future.release()
         results.append(result)
         if on_result:
             on_result(result)
-        submit_next()
+        top_up()
     return results
 
 

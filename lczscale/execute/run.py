@@ -149,6 +149,9 @@ def prepare(cfg: MapConfig) -> MapPlan:
         "device_type": device_type,
         "lczscale_version": lczscale.__version__,
     }
+    numerics = inference_numerics(cfg, device_type)
+    if numerics:  # only when set: the reference settings keep existing cubes' hashes
+        provenance["inference"] = numerics
     phash = _hash(provenance)
     parts = {k: _hash(v)[:16] for k, v in provenance.items()}
     entries = ledger.read_all(cfg.out) if exists(cfg.out) else {}
@@ -181,6 +184,15 @@ def prepare(cfg: MapConfig) -> MapPlan:
     todo = [t for t in planned if t.key not in done]
     return MapPlan(cfg, source, year, lattice, provenance, phash, parts, tile_bytes, planned,
                    todo, entries)
+
+
+def inference_numerics(cfg: MapConfig, device_type: str) -> dict[str, Any]:
+    """The inference settings that change the cube's bytes (dtype, channels-last, compile, and
+    on a GPU a batch size chosen from free memory); empty for the reference settings."""
+    numerics = cfg.inference.numerics()
+    if device_type == "cuda" and cfg.stitch.batch_size == "auto":
+        numerics["batch_size"] = "auto"
+    return numerics
 
 
 def _hash(obj: Any) -> str:
@@ -222,6 +234,7 @@ def map_context(plan: MapPlan) -> MapContext:
         provenance_hash=plan.provenance_hash,
         provenance_parts=plan.provenance_parts,
         faults=cfg.faults,
+        inference=cfg.inference,
     )
 
 
@@ -289,11 +302,12 @@ def _executor(
             check_memory(plan, [psutil.virtual_memory().total], "this machine has")
             client = None
         else:
-            from lczscale.execute.dask import dask_client, worker_memory_limits
+            from lczscale.execute.clusters import cluster_for_map, open_cluster
+            from lczscale.execute.dask import worker_memory_limits
 
-            client = stack.enter_context(dask_client(
-                cfg.workers, cfg.threads_per_worker, cfg.scheduler_address, cfg.device,
-                cfg.faults.allowed_failures,
+            client = stack.enter_context(open_cluster(
+                cluster_for_map(cfg), cfg.device, cfg.faults.allowed_failures,
+                cfg.threads_per_worker,
             ))
             check_memory(plan, worker_memory_limits(client), "the smallest Dask worker has")
 

@@ -16,16 +16,20 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
-from lczscale.config import FaultConfig, GridConfig, StitchConfig
+from lczscale.config import FaultConfig, GridConfig, InferenceConfig, StitchConfig
 from lczscale.execute.faults import describe, is_transient, with_retries
 from lczscale.grid import Zone, zone_by_name
 from lczscale.io import ledger
 from lczscale.io.cube import write_tile
 from lczscale.io.source import EmbeddingSource
-from lczscale.model.predict import Predictor
+from lczscale.model.predict import Predictor, TilePrediction
+from lczscale.model.tile_input import TileInput, row_bands
 from lczscale.plan import TileTask
 
 T = TypeVar("T")
@@ -46,10 +50,14 @@ class MapContext:
     provenance_hash: str
     provenance_parts: dict[str, str] = field(default_factory=dict)
     faults: FaultConfig = field(default_factory=FaultConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
 @dataclass(frozen=True)
 class TileResult:
+    """One tile's outcome. ``read_s`` is the time the model waited for input (with read-ahead,
+    the first band and any stall; without, the whole read); ``predict_s`` the rest."""
+
     key: str
     valid_pixels: int
     core_pixels: int
@@ -78,8 +86,11 @@ class TileRunner:
         self.ctx = ctx
         self.source: EmbeddingSource = ctx.source
         self.predictor = Predictor.from_checkpoint(
-            ctx.model_dir, ctx.stitch, device or ctx.device, ctx.threads
+            ctx.model_dir, ctx.stitch, device or ctx.device, ctx.threads, ctx.inference
         )
+        # One reader thread per runner: it reads the next bands of a tile while the model
+        # runs on the bands already in (see model.tile_input).
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="lczscale-read")
         self._zones: dict[str, Zone] = {}
         self._attempts = 0
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -110,12 +121,36 @@ class TileRunner:
 
         return with_retries(counted, self.ctx.faults)
 
+    def _predict(self, zone: Zone, task: TileTask) -> tuple[TilePrediction, float]:
+        """The tile's prediction and the seconds the model waited for its input."""
+        if not self.ctx.inference.read_ahead:
+            t0 = time.perf_counter()
+            data = self._retry(lambda: self.source.read(zone, task.read, task.year))
+            waited = time.perf_counter() - t0
+            return self.predictor.predict(zone, task.core, data), waited
+        tile = self.predictor.start_tile(zone, task.read)
+        reading = self._reader.submit(self._read_bands, zone, task, tile)
+        try:
+            pred = self.predictor.predict_tile(task.core, tile)
+        finally:
+            tile.cancel()  # a no-op once every band is in; stops the reader after a failure
+            wait_for([reading])  # never two tiles' reads at once
+        return pred, tile.waited_s
+
+    def _read_bands(self, zone: Zone, task: TileTask, tile: TileInput) -> None:
+        """Reader thread: the read window band by band, each read retried on its own."""
+        try:
+            for band in row_bands(task.read, self.ctx.inference.band_rows):
+                if tile.cancelled:
+                    return
+                tile.put(self._retry(partial(self.source.read, zone, band, task.year)))
+        except BaseException as exc:  # handed to the model thread, which raises it
+            tile.fail(exc)
+
     def _run(self, task: TileTask) -> TileResult:
         zone = self.zone(task.zone)
-        t0 = time.perf_counter()
-        data = self._retry(lambda: self.source.read(zone, task.read, task.year))
         t1 = time.perf_counter()
-        pred = self.predictor.predict(zone, task.core, data)
+        pred, waited = self._predict(zone, task)
         t2 = time.perf_counter()
         self._retry(lambda: write_tile(
             self.ctx.cube_url, zone, task.year, task.core, pred.lcz, pred.confidence
@@ -129,8 +164,8 @@ class TileRunner:
         self._retry(lambda: ledger.record(self.ctx.cube_url, task.key, entry))
         t3 = time.perf_counter()
         return TileResult(
-            task.key, pred.valid_pixels, task.core.size, pred.patches, t1 - t0, t2 - t1, t3 - t2,
-            self.name, attempts=self._attempts,
+            task.key, pred.valid_pixels, task.core.size, pred.patches, waited,
+            t2 - t1 - waited, t3 - t2, self.name, attempts=self._attempts,
         )
 
 

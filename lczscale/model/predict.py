@@ -10,18 +10,20 @@ the result is bit-identical whatever the tile size, worker count or task order.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from lczscale.config import ModelConfig, StitchConfig
-from lczscale.grid import Window, Zone
+from lczscale.config import InferenceConfig, ModelConfig, StitchConfig
+from lczscale.errors import ConfigError
+from lczscale.grid import LonLatNodes, Window, Zone
 from lczscale.io.source import EmbeddingWindow
 from lczscale.model.checkpoint import CheckpointMeta, load_checkpoint
 from lczscale.model.features import model_input
-from lczscale.model.unet import LczUNet, encode_location, receptive_field
+from lczscale.model.tile_input import TileInput
+from lczscale.model.unet import LczUNet, encode_location, location_channels, receptive_field
 from lczscale.stitch import Lattice, blend_window, patch_overlap
 
 WATER_CLASS = 17
@@ -62,12 +64,25 @@ class Predictor:
         stitch: StitchConfig,
         device: torch.device,
         threads: int = 1,
+        inference: InferenceConfig | None = None,
     ) -> None:
+        self.inference = inference = inference or InferenceConfig()
+        if inference.dtype == "fp16" and device.type != "cuda":
+            raise ConfigError(
+                f"inference.dtype fp16 needs a CUDA device, this worker has {device}; use bf16 "
+                "(or fp32, the reference) on a CPU"
+            )
         self.model = model.to(device).eval()
         self.meta = meta
         self.device = device
         self.threads = threads
-        self.batch_size = stitch.batch_size
+        if inference.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        # torch.compile traces lazily, on the first batch; the eager module stays available.
+        self.network: Callable[[torch.Tensor], torch.Tensor] = (
+            torch.compile(self.model) if inference.compile else self.model  # type: ignore[assignment]
+        )
+        self.amp_dtype = AMP_DTYPES[inference.dtype]
         rf = receptive_field(meta.model)
         self.lattice = Lattice(stitch.patch_size, stitch.stride(rf))
         multiple = 2 ** (len(meta.model.widths) - 1)
@@ -76,6 +91,8 @@ class Predictor:
                 f"patch_size {stitch.patch_size} must be a multiple of {multiple} for a U-Net "
                 f"with {len(meta.model.widths)} levels"
             )
+        self.batch_size = resolve_batch_size(stitch.batch_size, meta.model, stitch.patch_size,
+                                             device, inference.dtype)
         self.window = torch.from_numpy(blend_window(stitch.patch_size)).to(device)
         norm = meta.normalisation
         self.mean = torch.tensor(norm.mean, dtype=torch.float32, device=device)
@@ -86,94 +103,183 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, directory: str, stitch: StitchConfig, device: str = "auto", threads: int = 1
+        cls, directory: str, stitch: StitchConfig, device: str = "auto", threads: int = 1,
+        inference: InferenceConfig | None = None,
     ) -> Predictor:
         dev = pick_device(device)
         model, meta, _ = load_checkpoint(directory, device=str(dev))
-        return cls(model, meta, stitch, dev, threads)
+        return cls(model, meta, stitch, dev, threads, inference)
+
+    def start_tile(self, zone: Zone, read: Window) -> TileInput:
+        """An empty read window for a reader thread to fill (``put``) band by band."""
+        return TileInput(read, self.device, lambda w: self.location(zone, w),
+                         location_channels(self.meta.model))
+
+    def location(self, zone: Zone, window: Window) -> torch.Tensor:
+        """Location channels of a window on the device; computed per pixel, so a band's
+        channels equal the same rows of the whole window's.
+
+        Off a CPU only the projected nodes (1/64 of the pixels) cross to the device, and the
+        interpolation and sin/cos run there in float64: 16 bytes per pixel the host neither
+        computes nor sends."""
+        nodes = zone.lonlat_nodes(window)
+        if self.device.type == "cpu":
+            lon, lat = torch.from_numpy(nodes.interpolate(nodes.lon)), torch.from_numpy(
+                nodes.interpolate(nodes.lat))
+        else:
+            lon, lat = (_interpolate_on(self.device, v, nodes) for v in (nodes.lon, nodes.lat))
+        return encode_location(lon, lat, self.meta.model.location_frequencies)
 
     def predict(self, zone: Zone, core: Window, data: EmbeddingWindow) -> TilePrediction:
         """Class and confidence for ``core``; ``data`` must cover ``lattice.read_window(core)``."""
-        read = data.window
+        tile = TileInput.whole(data, self.device, lambda w: self.location(zone, w),
+                               location_channels(self.meta.model))
+        return self.predict_tile(core, tile)
+
+    def predict_tile(self, core: Window, tile: TileInput) -> TilePrediction:
+        """Like ``predict``, on a read window that may still be arriving: each batch waits only
+        for the rows its patches need. The patches evaluated, their batches and the order of
+        their addition are those of a whole read, so the result is the same bit for bit."""
+        read = tile.window
         need = self.lattice.read_window(core)
         if need.intersection(read) != need:
             raise ValueError(f"read window {read} does not cover the halo {need} of {core}")
-        p = self.lattice.patch
-        core_valid = data.valid[core.relative_to(read)]
-        jobs = []
-        for origin in self.lattice.origins(core):
-            overlap = patch_overlap(origin, p, core)
-            assert overlap is not None
-            if core_valid[overlap[1]].any():  # a patch with no valid core pixel changes nothing
-                jobs.append((origin, overlap))
-        water = data.water[core.relative_to(read)]
-        lcz = np.zeros((core.height, core.width), dtype=np.uint8)
-        conf = np.zeros_like(lcz)
-        lcz[water] = WATER_CLASS
-        conf[water] = 255
-        if not jobs:
-            return TilePrediction(lcz, conf, 0, 0)
-        acc = torch.zeros((self.meta.model.num_classes, core.height, core.width),
-                          dtype=torch.float32, device=self.device)
-        wsum = torch.zeros((core.height, core.width), dtype=torch.float32, device=self.device)
-        location = self._location(zone, read) if self.meta.model.location else None
+        rel = core.relative_to(read)
+        acc: torch.Tensor | None = None
+        wsum: torch.Tensor | None = None
+        patches = 0
         with pinned_threads(self.threads), torch.inference_mode():
-            for start in range(0, len(jobs), self.batch_size):
-                batch = jobs[start : start + self.batch_size]
-                probs = self._forward(data, location, [o for o, _ in batch])
+            for batch in _batches(self._jobs(core, tile), self.batch_size):
+                if acc is None:
+                    acc = torch.zeros((self.meta.model.num_classes, core.height, core.width),
+                                      dtype=torch.float32, device=self.device)
+                    wsum = torch.zeros((core.height, core.width), dtype=torch.float32,
+                                       device=self.device)
+                assert wsum is not None
+                probs = self._forward(tile, [o for o, _ in batch])
                 for i, (_, (ps, cs)) in enumerate(batch):
                     w = self.window[ps]
                     acc[(slice(None), *cs)] += probs[(i, slice(None), *ps)] * w
                     wsum[cs] += w
-        prob = acc / wsum.clamp_min(1e-12)
-        best, idx = prob.max(dim=0)
-        codes = (idx + 1).to(torch.uint8).cpu().numpy()
-        score = torch.round(best * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()
+                patches += len(batch)
+            tile.wait(read.height)  # every band in: the masks below cover the whole core
+            core_valid = tile.valid[rel]
+            water = tile.water[rel]
+            lcz = np.zeros((core.height, core.width), dtype=np.uint8)
+            conf = np.zeros_like(lcz)
+            lcz[water] = WATER_CLASS
+            conf[water] = 255
+            if acc is None or wsum is None:
+                return TilePrediction(lcz, conf, 0, 0)
+            prob = acc / wsum.clamp_min(1e-12)
+            best, idx = prob.max(dim=0)
+            codes = (idx + 1).to(torch.uint8).cpu().numpy()
+            score = torch.round(best * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()
         lcz[core_valid] = codes[core_valid]
         conf[core_valid] = score[core_valid]
-        return TilePrediction(lcz, conf, len(jobs), int(core_valid.sum()))
+        return TilePrediction(lcz, conf, patches, int(core_valid.sum()))
 
-    def _location(self, zone: Zone, read: Window) -> torch.Tensor:
-        lon, lat = zone.lonlat(read)
-        loc = encode_location(
-            torch.from_numpy(lon), torch.from_numpy(lat), self.meta.model.location_frequencies
-        )
-        return loc
+    def _jobs(self, core: Window, tile: TileInput) -> Iterator[Job]:
+        """Row-major lattice patches over ``core`` that touch a valid core pixel, each yielded
+        once the rows it reads have arrived (a patch with no valid core pixel changes nothing)."""
+        p = self.lattice.patch
+        read = tile.window
+        for origin in self.lattice.origins(core):
+            overlap = patch_overlap(origin, p, core)
+            assert overlap is not None
+            tile.wait(origin[0] + p - read.row)
+            cs = overlap[1]
+            rows = slice(cs[0].start + core.row - read.row, cs[0].stop + core.row - read.row)
+            cols = slice(cs[1].start + core.col - read.col, cs[1].stop + core.col - read.col)
+            if tile.valid[rows, cols].any():
+                yield origin, overlap
 
-    def _forward(
-        self, data: EmbeddingWindow, location: torch.Tensor | None, origins: list[tuple[int, int]]
-    ) -> torch.Tensor:
+    def _forward(self, tile: TileInput, origins: list[tuple[int, int]]) -> torch.Tensor:
         """Softmax probabilities (B, C, P, P) for a batch padded to the fixed batch size."""
+        assert tile.codes is not None and tile.valid_t is not None
         p = self.lattice.patch
         # cuDNN may choose kernels by batch size, so GPU batches are padded to a fixed size;
         # the CPU model runs each sample alone (see LczUNet.forward), so padding is waste there.
         n = self.batch_size if self.device.type == "cuda" else len(origins)
-        d = data.codes.shape[0]
-        codes = np.zeros((n, d, p, p), dtype=np.int8)
-        scales = np.zeros((n, p, p), dtype=np.float32)
-        valid = np.zeros((n, p, p), dtype=bool)
-        loc = None if location is None else torch.zeros((n, location.shape[0], p, p))
-        for i, (r, c) in enumerate(origins):
-            sl = Window(r, c, p, p).relative_to(data.window)
-            codes[i] = data.codes[(slice(None), *sl)]
-            valid[i] = data.valid[sl]
-            if data.scales is not None:
-                scales[i] = data.scales[sl]
-            if loc is not None and location is not None:
-                loc[i] = location[(slice(None), *sl)]
-        dev = self.device
-        nb = dev.type == "cuda"
+        at = [Window(r, c, p, p).relative_to(tile.window) for r, c in origins]
         x = model_input(
-            torch.from_numpy(codes).to(dev, non_blocking=nb),
-            torch.from_numpy(scales).to(dev, non_blocking=nb)
-            if data.scales is not None else None,
-            torch.from_numpy(valid).to(dev, non_blocking=nb),
-            None if loc is None else loc.to(dev, non_blocking=nb),
+            _gather(tile.codes, at, n),
+            None if tile.scales is None else _gather(tile.scales, at, n),
+            _gather(tile.valid_t, at, n),
+            None if tile.location is None else _gather(tile.location, at, n),
             self.mean,
             self.std,
-            data.dequantisation,
+            tile.dequantisation,
         )
-        return torch.softmax(self.model(x), dim=1)
+        if self.inference.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.amp_dtype is None:
+            logits = self.network(x)
+        else:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype):
+                logits = self.network(x)
+        return torch.softmax(logits.float(), dim=1)
+
+
+Job = tuple[tuple[int, int], tuple[tuple[slice, slice], tuple[slice, slice]]]
+AMP_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16,
+}
+
+
+def _batches(jobs: Iterator[Job], size: int) -> Iterator[list[Job]]:
+    """Consecutive runs of ``size`` jobs (the last may be shorter), pulled lazily."""
+    batch: list[Job] = []
+    for job in jobs:
+        batch.append(job)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _interpolate_on(device: torch.device, v: np.ndarray, nodes: LonLatNodes) -> torch.Tensor:
+    """``nodes.interpolate(v)`` on ``device``: the same float64 operations, one per kernel."""
+    def put(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    vt, i, j, fy, fx = put(v), put(nodes.i), put(nodes.j), put(nodes.fy), put(nodes.fx)
+    across = vt[:, j] * (1 - fx) + vt[:, j + 1] * fx
+    return across[i] * (1 - fy) + across[i + 1] * fy
+
+
+def _gather(t: torch.Tensor, at: list[tuple[slice, slice]], n: int) -> torch.Tensor:
+    """(n, ..., P, P) stack of the windows ``at`` of ``t`` (..., H, W); zeros past ``len(at)``."""
+    first = t[(..., *at[0])]
+    out = t.new_zeros((n, *first.shape))
+    for i, sl in enumerate(at):
+        out[i] = t[(..., *sl)]
+    return out
+
+
+def resolve_batch_size(
+    wanted: int | str, model: ModelConfig, patch: int, device: torch.device, dtype: str = "fp32"
+) -> int:
+    """``wanted``, or for ``"auto"`` the largest power of two whose activations fit in half of
+    the free GPU memory (8 on a CPU, where patches run one at a time anyway)."""
+    if isinstance(wanted, int):
+        return wanted
+    if device.type != "cuda":
+        return 8
+    free, _ = torch.cuda.mem_get_info(device)
+    per_patch = patch_activation_bytes(model, patch, 4 if dtype == "fp32" else 2)
+    fits = max(1, int(0.5 * free // per_patch))
+    return min(1024, 2 ** (fits.bit_length() - 1))
+
+
+def patch_activation_bytes(model: ModelConfig, patch: int, element_bytes: int = 4) -> int:
+    """Device memory one patch needs in a forward pass: the float32 input, and ~8 live maps
+    per level (conv, norm, the attention gate's maps, the decoder's concatenation) plus the
+    class maps — a deliberate over-estimate, since running out of memory costs a tile."""
+    levels = sum(w * (patch >> i) ** 2 for i, w in enumerate(model.widths))
+    inputs = (model.in_dim + location_channels(model)) * patch * patch * 4
+    return int(inputs + 8 * levels * element_bytes + 3 * model.num_classes * patch * patch * 4)
 
 
 def tile_memory_bytes(
@@ -192,7 +298,8 @@ def tile_memory_bytes(
     classes = meta_model.num_classes
     reading = px_read * (2 * dimensions + 4 + 2) + px_read * loc * 4
     accumulate = px_core * (2 * classes + 2) * 4 + px_core * 2
-    p, b = stitch.patch_size, stitch.batch_size
+    p = stitch.patch_size
+    b = stitch.batch_size if isinstance(stitch.batch_size, int) else 8
     batch_in = b * p * p * (dimensions + 1 + 4 + loc * 4)
     levels = sum(w * (p >> i) ** 2 for i, w in enumerate(meta_model.widths))
     activations = (1 if device_type == "cpu" else 0) * 6 * 4 * levels + b * classes * p * p * 8

@@ -55,15 +55,15 @@ def encode_location(
         )
     lon_rad = torch.deg2rad(lon64)
     lat_rad = torch.deg2rad(lat64)
-    channels: list[torch.Tensor] = []
+    # Each float64 channel is rounded straight into the float32 output (no float64 stack).
+    out = torch.empty((*lon64.shape[:-2], 4 * frequencies, *lon64.shape[-2:]),
+                      dtype=torch.float32, device=lon64.device)
     for k in range(1, frequencies + 1):
-        channels += [
-            torch.sin(k * lat_rad),
-            torch.cos(k * lat_rad),
-            torch.sin(k * lon_rad),
-            torch.cos(k * lon_rad),
-        ]
-    return torch.stack(channels, dim=-3).to(torch.float32)
+        lat_k, lon_k = k * lat_rad, k * lon_rad
+        for c, value in enumerate((torch.sin(lat_k), torch.cos(lat_k), torch.sin(lon_k),
+                                   torch.cos(lon_k))):
+            out.select(-3, 4 * (k - 1) + c).copy_(value)
+    return out
 
 
 # --------------------------------------------------------------------------------------------

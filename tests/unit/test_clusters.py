@@ -1,0 +1,237 @@
+"""Cluster configs, rendered SLURM job scripts and GPU pinning, without starting anything."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from lczscale.cli import map_config, parser
+from lczscale.config import MapConfig
+from lczscale.errors import ConfigError
+from lczscale.execute import gpu_pin
+from lczscale.execute.cluster_config import (
+    AddressClusterConfig,
+    LocalClusterConfig,
+    SecurityConfig,
+    SlurmClusterConfig,
+    load_cluster_config,
+    parse_cluster_config,
+)
+from lczscale.execute.clusters import (
+    cluster_for_map,
+    local_worker_specs,
+    security,
+    slurm_job_kwargs,
+    slurm_job_script,
+    slurm_seconds,
+    visible_gpus,
+)
+from lczscale.execute.dask import cuda_index
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "lczscale-unit-secret-5d1e"
+
+
+@pytest.fixture
+def pem(tmp_path: Path) -> SecurityConfig:
+    """TLS settings pointing at (dummy) PEM files that exist."""
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("-----BEGIN CERTIFICATE-----\n")
+    return SecurityConfig(tls=True, ca_file=str(tmp_path / "ca.pem"),
+                          cert_file=str(tmp_path / "cert.pem"), key_file=str(tmp_path / "key.pem"))
+
+
+# -- config -----------------------------------------------------------------------------------
+
+
+def test_the_example_slurm_config_parses() -> None:
+    cfg = load_cluster_config(REPO / "deploy" / "slurm" / "cluster.yaml")
+    assert isinstance(cfg, SlurmClusterConfig)
+    slurm_job_kwargs(cfg)  # lifetime fits the walltime, and so on
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    ({"workers": 2}, "needs a `kind:`"),
+    ({"kind": "pbs"}, "invalid pbs cluster"),
+    ({"kind": "slurm", "partitions": "gpu"}, "partitions"),
+    ({"kind": "slurm", "gpus_per_job": 4, "processes": 1}, "processes=4"),
+    ({"kind": "local", "security": {"tls": True}}, "ca_file, cert_file and key_file"),
+    ({"kind": "slurm", "adaptive": {"minimum": 3, "maximum": 2}}, "minimum 3 > "),
+])
+def test_bad_cluster_configs_say_what_is_wrong(data: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_cluster_config(data)
+
+
+def test_a_missing_cluster_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_cluster_config(tmp_path / "nope.yaml")
+
+
+def test_tls_files_must_exist(tmp_path: Path) -> None:
+    cfg = SecurityConfig(tls=True, ca_file=str(tmp_path / "ca.pem"),
+                         cert_file=str(tmp_path / "c.pem"), key_file=str(tmp_path / "k.pem"))
+    with pytest.raises(ConfigError, match=r"missing here: ca_file=.*ca\.pem"):
+        security(cfg)
+    assert security(SecurityConfig()) is None
+
+
+def test_security_requires_encryption_for_every_role(pem: SecurityConfig) -> None:
+    sec = security(pem)
+    assert sec is not None and sec.require_encryption
+    for role in ("client", "scheduler", "worker"):
+        tls = sec.get_tls_config_for_role(role)
+        assert tls["ca_file"] == pem.ca_file and tls["cert"] == pem.cert_file
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30", 1800), ("30:15", 1815), ("01:00:00", 3600), ("1-00", 86400),
+    ("1-02:30", 95400), ("2-00:00:10", 172810),
+])
+def test_slurm_walltimes(text: str, seconds: int) -> None:
+    assert slurm_seconds(text) == seconds
+
+
+def test_lifetime_must_end_before_the_walltime() -> None:
+    with pytest.raises(ConfigError, match="workers would be killed"):
+        slurm_job_kwargs(SlurmClusterConfig(walltime="00:30:00", worker_lifetime="28m",
+                                            lifetime_stagger="4m"))
+    with pytest.raises(ConfigError, match="not a SLURM time"):
+        slurm_job_kwargs(SlurmClusterConfig(walltime="1h"))
+
+
+# -- which cluster a map runs on --------------------------------------------------------------
+
+
+def _map(**kw: object) -> MapConfig:
+    return MapConfig.model_validate({"source": "e.zarr", "model": "m", "out": "o.zarr"} | kw)
+
+
+def test_workers_and_scheduler_become_local_and_address_clusters() -> None:
+    local = cluster_for_map(_map(workers=3, threads_per_worker=2))
+    assert local == LocalClusterConfig(workers=3, threads_per_worker=2)
+    address = cluster_for_map(_map(scheduler_address="tcp://10.0.0.1:8786"))
+    assert address == AddressClusterConfig(address="tcp://10.0.0.1:8786")
+
+
+def test_cluster_file_wins_and_conflicts_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"kind": "slurm", "partition": "gpu"}))
+    assert cluster_for_map(_map(cluster=str(path))).partition == "gpu"
+    with pytest.raises(ConfigError, match="not both"):
+        cluster_for_map(_map(cluster=str(path), scheduler_address="tcp://h:1"))
+    path.write_text(yaml.safe_dump({"kind": "local", "threads_per_worker": 4}))
+    with pytest.raises(ConfigError, match="decides the cube's bytes"):
+        cluster_for_map(_map(cluster=str(path)))
+
+
+def test_cli_cluster_flag(tmp_path: Path) -> None:
+    base = ["map", "--source", "e.zarr", "--model", "m", "--out", "o.zarr"]
+    assert map_config(parser().parse_args([*base, "--cluster", "c.yaml"])).cluster == "c.yaml"
+    config = tmp_path / "map.yaml"
+    config.write_text(yaml.safe_dump({"source": "e.zarr", "model": "m", "out": "o.zarr",
+                                      "cluster": "c.yaml"}))
+    cfg = map_config(parser().parse_args(["map", "--config", str(config), "--scheduler",
+                                          "tcp://h:1"]))
+    assert cfg.cluster is None and cfg.scheduler_address == "tcp://h:1"
+
+
+# -- SLURM job scripts ------------------------------------------------------------------------
+
+
+def test_job_script_carries_the_slurm_settings(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", SECRET + "-id")
+    cfg = SlurmClusterConfig(
+        partition="gpu-a100", account="proj42", walltime="02:00:00", cores=16, memory="64GiB",
+        processes=4, gpus_per_job=4, worker_lifetime="110m", lifetime_stagger="5m",
+        job_extra_directives=("--constraint=a100",), log_directory=str(tmp_path / "logs"),
+        job_script_prologue=("module load cuda",), interface="ib0",
+    )
+    script = slurm_job_script(cfg, threads=4)
+    for expected in ("#SBATCH -p gpu-a100", "#SBATCH -A proj42", "#SBATCH -t 02:00:00",
+                     "#SBATCH --cpus-per-task=16", "#SBATCH --mem=64G",
+                     "#SBATCH --gres=gpu:4", "#SBATCH --constraint=a100",
+                     "#SBATCH -J lczscale-worker", f"-e {tmp_path}/logs/",
+                     "export OMP_NUM_THREADS=4", "module load cuda",
+                     f"{sys.executable} -m distributed.cli.dask_worker",
+                     "--nthreads 1", "--nworkers 4", "--lifetime 110m",
+                     "--lifetime-stagger 5m", "--resources GPU=1",
+                     "--preload-nanny lczscale.execute.gpu_pin", "--interface ib0"):
+        assert expected in script, expected
+    assert "--lifetime-restart" not in script  # the job ends; the cluster submits a new one
+    assert SECRET not in script and "AWS_" not in script
+
+
+def test_cpu_job_script_has_no_gpu_settings() -> None:
+    script = slurm_job_script(SlurmClusterConfig(cores=2, worker_lifetime=None))
+    assert "--gres" not in script and "GPU" not in script and "preload" not in script
+    assert "--lifetime" not in script and "-p " not in script and "--nthreads 1" in script
+
+
+def test_one_gpu_jobs_need_no_pinning_preload() -> None:
+    script = slurm_job_script(SlurmClusterConfig(gpus_per_job=1, processes=1))
+    assert "--gres=gpu:1" in script and "--resources GPU=1" in script
+    assert "preload" not in script  # SLURM gives the job exactly its one GPU
+
+
+def test_tls_job_script(pem: SecurityConfig) -> None:
+    script = slurm_job_script(SlurmClusterConfig(security=pem), scheduler="tcp://head:8786")
+    assert "tls://head:8786" in script and "--protocol tls://" in script
+    for flag, path in (("--tls-ca-file", pem.ca_file), ("--tls-cert", pem.cert_file),
+                       ("--tls-key", pem.key_file)):
+        assert f"{flag} {path}" in script
+    plain = slurm_job_script(SlurmClusterConfig())
+    assert "tls" not in plain
+
+
+# -- GPU pinning ------------------------------------------------------------------------------
+
+
+def test_local_gpu_workers_each_see_one_gpu() -> None:
+    specs = local_worker_specs(LocalClusterConfig(workers=7), threads=1,
+                               gpus=visible_gpus(2, "4,6"))
+    assert list(specs) == [0, 1]
+    for i, gpu in enumerate(("4", "6")):
+        options = specs[i]["options"]
+        assert options["env"] == {"CUDA_VISIBLE_DEVICES": gpu, "OMP_NUM_THREADS": "1"}
+        assert options["resources"] == {"GPU": 1} and options["nthreads"] == 1
+    assert visible_gpus(2, None) == ["0", "1"]
+
+
+def test_local_cpu_workers() -> None:
+    cfg = LocalClusterConfig(workers=3, worker_lifetime="10m", lifetime_stagger="1m",
+                             memory_limit="2GiB")
+    specs = local_worker_specs(cfg, threads=2, gpus=[])
+    assert len(specs) == 3
+    options = specs[2]["options"]
+    assert options["env"] == {"OMP_NUM_THREADS": "2"} and "resources" not in options
+    assert options["nthreads"] == 1 and options["memory_limit"] == "2GiB"
+    assert options["lifetime"] == "10m" and options["lifetime_stagger"] == "1m"
+    assert options["lifetime_restart"] is True and options["protocol"] == "tcp://"
+
+
+def test_slurm_workers_are_pinned_by_their_process_index() -> None:
+    assert gpu_pin.worker_index("SLURMCluster-12-3") == 3
+    assert gpu_pin.pinned_gpu(3, "0,1,2,3") == "3"
+    assert gpu_pin.pinned_gpu(1, "GPU-aa, GPU-bb") == "GPU-bb"
+    assert gpu_pin.pinned_gpu(2, "") == "2"
+    with pytest.raises(ValueError, match="only 2 visible"):
+        gpu_pin.pinned_gpu(2, "0,1")
+    with pytest.raises(ValueError, match="does not end in -<index>"):
+        gpu_pin.worker_index("worker")
+    nanny = SimpleNamespace(name="SLURMCluster-0-1", env={"OMP_NUM_THREADS": "1"})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+        gpu_pin.dask_setup(nanny)
+    assert nanny.env == {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "7"}
+
+
+def test_pinned_workers_use_their_first_visible_gpu() -> None:
+    assert cuda_index(3, 4, pinned="2") == 0
+    assert cuda_index(3, 4, pinned="") == 3 and cuda_index(5, 4, pinned="") == 1
+    assert cuda_index("SLURMCluster-1", 2, pinned="") == 0
