@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import zarr
 from affine import Affine
+from zarr.core.sync import sync
 
 from lczscale.errors import NoDataError, SourceError, exception_chain
 from lczscale.grid import Window, Zone
@@ -58,6 +59,14 @@ from lczscale.plan import Availability
 # A de-quantised value beyond this is corrupt input (a real v1 tile had -161,685 from a bad
 # scales file; normal values lie within about -10..41). A read that meets one raises.
 MAX_ABS_VALUE = 1000.0
+READ_TIMEOUT_S = 180.0  # one array read (a tile's band); a TimeoutError is retried
+def read_array(arr: zarr.Array, sel: tuple[Any, ...]) -> Any:
+    """``arr[sel]`` with a deadline. zarr's synchronous ``arr[sel]`` waits on its I/O loop with
+    none; on Dask workers that wait was seen to hang for many minutes with the loop idle (a
+    lost wake-up). The deadline turns it into a TimeoutError, which a tile's read retries."""
+    return sync(arr.async_array.getitem(sel), timeout=READ_TIMEOUT_S)
+
+
 FIX = "re-download or rebuild that TESSERA tile in the store, or leave the area out of the run"
 
 
@@ -317,7 +326,7 @@ class TesseraZarrSource:
         data (and those shards are named); anything else propagates unchanged.
         """
         try:
-            return arr[sel]
+            return read_array(arr, sel)
         except (ValueError, RuntimeError) as exc:
             if any(isinstance(e, OSError) for e in exception_chain(exc)):
                 raise  # an I/O failure underneath: transient perhaps, the caller may retry
@@ -347,7 +356,7 @@ class TesseraZarrSource:
                 y1 = min(ys.stop, (r + 1) * block[-2])
                 x1 = min(xs.stop, (c + 1) * block[-1])
                 try:
-                    arr[(*sel[:-2], slice(y0, y1), slice(x0, x1))]
+                    read_array(arr, (*sel[:-2], slice(y0, y1), slice(x0, x1)))
                 except (ValueError, RuntimeError):
                     coords = (*lead, *([0] * (arr.ndim - 2 - len(lead))), r, c)
                     bad.append(f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}")

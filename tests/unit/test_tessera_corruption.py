@@ -272,20 +272,20 @@ def test_io_errors_are_not_turned_into_source_errors(
     src = TesseraZarrSource(str(path))
     src.read(ZONE, window, YEAR)  # open the store before breaking reads
 
-    def refuse(self: zarr.Array, sel: Any) -> Any:
+    async def refuse(self: zarr.AsyncArray, sel: Any) -> Any:
         raise ConnectionResetError(104, "connection reset by peer")
 
-    monkeypatch.setattr(zarr.Array, "__getitem__", refuse)
+    monkeypatch.setattr(zarr.AsyncArray, "getitem", refuse)
     with pytest.raises(ConnectionResetError):
         src.read(ZONE, window, YEAR)
 
-    def wrapped(self: zarr.Array, sel: Any) -> Any:
+    async def wrapped(self: zarr.AsyncArray, sel: Any) -> Any:
         try:
             raise TimeoutError("read timed out")
         except TimeoutError as exc:
             raise ValueError("decode failed") from exc
 
-    monkeypatch.setattr(zarr.Array, "__getitem__", wrapped)
+    monkeypatch.setattr(zarr.AsyncArray, "getitem", wrapped)
     with pytest.raises(ValueError, match="decode failed"):
         src.read(ZONE, window, YEAR)
 
@@ -333,16 +333,40 @@ def test_a_failure_that_does_not_recur_is_not_blamed_on_the_data(
     path, window = pristine
     src = TesseraZarrSource(str(path))
     src.read(ZONE, window, YEAR)
-    original = zarr.Array.__getitem__
+    original = zarr.AsyncArray.getitem
     calls = {"n": 0}
 
-    def once(self: zarr.Array, sel: Any) -> Any:
+    async def once(self: zarr.AsyncArray, sel: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("Event loop is closed")
-        return original(self, sel)
+        return await original(self, sel)
 
-    monkeypatch.setattr(zarr.Array, "__getitem__", once)
+    monkeypatch.setattr(zarr.AsyncArray, "getitem", once)
     with pytest.raises(RuntimeError, match="Event loop is closed"):
         src.read(ZONE, window, YEAR)
     assert calls["n"] > 1, "the shards were re-read one by one"
+
+
+def test_a_stalled_read_times_out_as_a_transient_error(
+    pristine: tuple[Path, Window], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that never finishes becomes a TimeoutError (which the tile's read retries)
+    instead of hanging the worker."""
+    import asyncio
+
+    from lczscale.io import tessera_zarr
+    from lczscale.io.retry import is_transient
+
+    path, window = pristine
+    src = TesseraZarrSource(str(path))
+    src.read(ZONE, window, YEAR)
+
+    async def stall(self: zarr.AsyncArray, sel: Any) -> Any:
+        await asyncio.sleep(30)
+
+    monkeypatch.setattr(zarr.AsyncArray, "getitem", stall)
+    monkeypatch.setattr(tessera_zarr, "READ_TIMEOUT_S", 0.2)
+    with pytest.raises(TimeoutError) as info:
+        src.read(ZONE, window, YEAR)
+    assert is_transient(info.value)
