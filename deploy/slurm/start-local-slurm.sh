@@ -64,7 +64,7 @@ start() {
   chmod 700 "$dir/munge"
   host=$(hostname -s)
   user=$(id -un)
-  cpus=$(nproc)
+  cpus=$(getconf _NPROCESSORS_ONLN)  # not nproc: it obeys OMP_NUM_THREADS, which tests set
   mem=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024 ))
   limit=$(cat /sys/fs/cgroup/memory.max 2>/dev/null || echo max)
   [[ $limit =~ ^[0-9]+$ ]] && (( limit / 1048576 < mem )) && mem=$(( limit / 1048576 ))
