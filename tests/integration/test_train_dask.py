@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from distributed import Client, LocalCluster
 
 from lczscale.config import ModelConfig
@@ -63,7 +62,11 @@ def test_two_ranks_on_dask_train_the_weights_of_one_process(world_dir: Path, cli
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
     for k, v in sa.items():
-        assert torch.allclose(v.float(), sb[k].float(), atol=1e-4), k
+        # Adam divides by the gradient's running RMS, so a weight whose gradient is ~0 moves by
+        # up to lr per step on summation-order noise alone: bound the worst weight by a fraction
+        # of one step (lr 2e-3) and the typical one tightly.
+        diff = (v.float() - sb[k].float()).abs()
+        assert diff.max() < 5e-4 and diff.median() < 1e-5, (k, float(diff.max()))
     assert len(metrics["history"]) == len(ref["history"]) == 4
     for ra, rb in zip(metrics["history"], ref["history"], strict=True):
         assert ra["step"] == rb["step"]
