@@ -191,7 +191,8 @@ def test_agreement_of_the_truth_with_itself_and_with_its_coarse_map(ew: EvalWorl
     coarse = evaluate(ew.truth, ew.truth, baseline=ew.coarse)["agreement_100m"]
     assert coarse["reference"] == ew.coarse
     assert 0.9 * cells < coarse["cells"] <= cells
-    assert 0.6 < coarse["oa"] < 1.0 and coarse["miou"] < 1.0
+    # the reference is the truth's cell mode with ~10 % confusions, then filtered (synth)
+    assert 0.4 < coarse["oa"] < 1.0 and coarse["miou"] < 1.0
 
 
 def test_agreement_equals_the_majority_of_each_whole_city(ew: EvalWorld) -> None:
