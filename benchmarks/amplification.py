@@ -17,12 +17,11 @@ on average. That is what the cube's independence from tiling costs; larger tiles
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Any
 
-from common import YEAR, emit, record, shared_world
+from common import YEAR, main_quick, record, shared_world
 
 from lczscale.config import GridConfig, ModelConfig, StitchConfig
 from lczscale.grid import Window, zone_by_name
@@ -146,7 +145,4 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    for line in run(ap.parse_args().quick):
-        emit(line)
+    main_quick(run, __doc__)

@@ -4,6 +4,7 @@ random-weight models (throughput does not depend on the weights' values)."""
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import functools
 import json
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,14 @@ def record(name: str, **fields: Any) -> dict[str, Any]:
 
 def emit(line: dict[str, Any]) -> None:
     print(json.dumps(line if "context" in line else line | {"context": context()}), flush=True)
+
+
+def main_quick(run: Callable[[bool], list[dict[str, Any]]], doc: str | None) -> None:
+    """The command line of a benchmark whose only option is ``--quick``: print its lines."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--quick", action="store_true")
+    for line in run(ap.parse_args().quick):
+        emit(line)
 
 
 # ---- one work directory per run ---------------------------------------------------------------

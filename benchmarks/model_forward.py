@@ -13,14 +13,13 @@ CPU runs use one torch thread, as a map worker does by default (``threads_per_wo
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from common import emit, model_summary, record
+from common import main_quick, model_summary, record
 from torch.utils.flop_counter import FlopCounterMode
 
 from lczscale.config import ModelConfig
@@ -164,7 +163,4 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    for line in run(ap.parse_args().quick):
-        emit(line)
+    main_quick(run, __doc__)

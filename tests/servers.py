@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -14,6 +13,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from lczscale.execute.train_dask import environment as environment  # re-exported for tests
 
 # Credentials for the loopback endpoint only; tests check they never reach a pickle or a cube.
 S3_KEY_ID = "lczscale-test-key-id"
@@ -124,18 +125,3 @@ def stac_api(hrefs: list[Path], log_dir: Path) -> Iterator[str]:
     cmd = [exe, "serve", "--addr", addr, *[str(h) for h in hrefs]]
     with process(cmd, port, "rustac serve", log_dir / "rustac.log"):
         yield f"http://{addr}"
-
-
-@contextlib.contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the block (child processes started inside inherit them)."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v

@@ -204,7 +204,8 @@ def _device_slots(workers: list[str], local_ranks: list[int],
 
 
 @contextlib.contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (child processes started inside inherit them)."""
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -227,7 +228,7 @@ def _rank_task(payload: str, env: dict[str, str], device_slot: int,
 
     job = TrainJob.model_validate_json(payload)
     threads = torch.get_num_threads()
-    with _environ({k: env[k] for k in RANK_VARIABLES}):
+    with environment({k: env[k] for k in RANK_VARIABLES}):
         found = dist_.from_environment()
         ranks = dist_.Ranks(found.rank, found.world, device_slot)
         try:
