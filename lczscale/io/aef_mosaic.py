@@ -34,6 +34,7 @@ from pyproj.exceptions import CRSError
 from lczscale.config import GridConfig
 from lczscale.errors import ConfigError, NoDataError, SourceError, exception_chain
 from lczscale.grid import Window, Zone, global_zone
+from lczscale.io import zarr_calls
 from lczscale.io.aef_cogs import BANDS, DATASET, NODATA
 from lczscale.io.shards import inner_chunk_mask, stored_chunks
 from lczscale.io.source import EmbeddingWindow, identity
@@ -306,7 +307,7 @@ class AefMosaicSource:
     def _fetch(self, arr: zarr.Array, sel: tuple[Any, ...], year: int, inner: Window) -> Any:
         """``arr[sel]``; undecodable stored bytes become a SourceError naming the window."""
         try:
-            return arr[sel]
+            return zarr_calls.getitem(arr, sel)
         except (ValueError, RuntimeError) as exc:
             if any(isinstance(e, OSError) for e in exception_chain(exc)):
                 raise  # an I/O failure underneath: the caller may retry

@@ -27,6 +27,7 @@ from affine import Affine
 
 from lczscale.errors import NoDataError, SourceError
 from lczscale.grid import Window, Zone
+from lczscale.io import zarr_calls
 from lczscale.io.source import EmbeddingWindow, quantise_per_pixel
 from lczscale.io.stores import open_store, root_attributes
 from lczscale.io.tessera_zarr import TesseraZarrSource
@@ -169,7 +170,7 @@ class GeoembZarrSource(TesseraZarrSource):
         if inner is not None:
             src = (slice(inner.row - r_off, inner.row_stop - r_off),
                    slice(inner.col - c_off, inner.col_stop - c_off))
-            raw = np.asarray(emb[(t, slice(None), *src)])
+            raw = np.asarray(zarr_calls.getitem(emb, (t, slice(None), *src)))
             values[(slice(None), *inner.relative_to(window))] = self._decode(raw)
         return _quantised(window, values)
 

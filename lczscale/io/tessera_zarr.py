@@ -47,10 +47,10 @@ from typing import Any
 import numpy as np
 import zarr
 from affine import Affine
-from zarr.core.sync import sync
 
 from lczscale.errors import NoDataError, SourceError, exception_chain
 from lczscale.grid import Window, Zone
+from lczscale.io import zarr_calls
 from lczscale.io.shards import inner_chunk_mask, stored_chunks
 from lczscale.io.source import EmbeddingWindow, identity
 from lczscale.io.stores import open_store, root_attributes, store_filesystem
@@ -59,12 +59,12 @@ from lczscale.plan import Availability
 # A de-quantised value beyond this is corrupt input (a real v1 tile had -161,685 from a bad
 # scales file; normal values lie within about -10..41). A read that meets one raises.
 MAX_ABS_VALUE = 1000.0
-READ_TIMEOUT_S = 180.0  # one array read (a tile's band); a TimeoutError is retried
+READ_TIMEOUT_S = zarr_calls.TIMEOUT_S  # one array read (a tile's band); a TimeoutError is retried
+
+
 def read_array(arr: zarr.Array, sel: tuple[Any, ...]) -> Any:
-    """``arr[sel]`` with a deadline. zarr's synchronous ``arr[sel]`` waits on its I/O loop with
-    none; on Dask workers that wait was seen to hang for many minutes with the loop idle (a
-    lost wake-up). The deadline turns it into a TimeoutError, which a tile's read retries."""
-    return sync(arr.async_array.getitem(sel), timeout=READ_TIMEOUT_S)
+    """``arr[sel]`` with a deadline and a fresh zarr I/O loop after a stall (see zarr_calls)."""
+    return zarr_calls.getitem(arr, sel, READ_TIMEOUT_S)
 
 
 FIX = "re-download or rebuild that TESSERA tile in the store, or leave the area out of the run"

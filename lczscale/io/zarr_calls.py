@@ -1,0 +1,88 @@
+"""zarr's synchronous reads and writes with a deadline, and a fresh I/O loop after a stall.
+
+zarr's ``arr[sel]`` / ``arr[sel] = v`` run a coroutine on zarr's one I/O loop thread and wait
+with no deadline. On Dask workers that wait was seen to last forever with the loop thread idle
+in ``epoll`` (no timers, only its self-pipe registered) and the executor threads idle: a lost
+wake-up, so every later call on that loop hangs too. A deadline alone turns the first hang
+into a ``TimeoutError`` but the retry meets the same dead loop; so on a timeout the stalled
+loop is abandoned (left to its daemon thread) and zarr makes a new one on the next call.
+The cause is not known; the warning logged on a stall records the loop's wake-up sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import zarr
+import zarr.core.sync as zsync
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+TIMEOUT_S = 180.0  # one call (a tile's band, a tile's chunk); a TimeoutError is retried
+stalls = 0  # how many loops this process has abandoned (for tests and logs)
+
+
+def getitem(arr: zarr.Array, sel: tuple[Any, ...], timeout: float = TIMEOUT_S) -> Any:
+    """``arr[sel]`` within ``timeout`` seconds."""
+    return run(arr.async_array.getitem(sel), timeout)
+
+
+def setitem(arr: zarr.Array, sel: tuple[Any, ...], value: Any,
+            timeout: float = TIMEOUT_S) -> None:
+    """``arr[sel] = value`` within ``timeout`` seconds."""
+    run(arr.async_array.setitem(sel, value), timeout)
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float) -> T:
+    """Run ``coro`` on zarr's I/O loop; on a timeout, retire that loop and raise."""
+    loop = zsync._get_loop()
+    try:
+        return zsync.sync(coro, loop=loop, timeout=timeout)
+    except TimeoutError:
+        _retire(loop, timeout)
+        raise
+
+
+def _retire(loop: Any, timeout: float) -> None:
+    """Make zarr start a new loop (and executor) on its next call, unless another thread
+    already did. The old loop is not stopped: a slow but live call on it may still finish."""
+    global stalls
+    with zsync._get_lock():
+        if zsync.loop[0] is not loop:
+            return
+        log.warning(
+            "zarr call made no progress in %.0f s (thread %s, pid %d); its I/O loop is "
+            "retired and the call retried on a new one. Loop state: %s",
+            timeout, threading.current_thread().name, os.getpid(), _describe(loop),
+        )
+        zsync.loop[0] = None
+        zsync.iothread[0] = None
+        zsync._executor = None
+        stalls += 1
+
+
+def _describe(loop: Any) -> str:
+    """The loop's wake-up socket pair and pending tasks, best effort (for the log)."""
+    parts = []
+    for name in ("_ssock", "_csock"):
+        sock = getattr(loop, name, None)
+        fd = sock.fileno() if sock is not None else -1
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}") if fd >= 0 else "closed"
+        except OSError as exc:
+            target = f"unreadable ({exc.strerror})"
+        parts.append(f"{name}=fd {fd} -> {target}")
+    try:
+        import asyncio
+
+        tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        parts.append(f"{len(tasks)} pending task(s): "
+                     + "; ".join(repr(t.get_coro())[:160] for t in tasks[:4]))
+    except RuntimeError as exc:  # the task set changed while it was read
+        parts.append(f"tasks unreadable ({exc})")
+    return ", ".join(parts)
