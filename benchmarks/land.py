@@ -171,12 +171,12 @@ def is_land(lon: np.ndarray, lat: np.ndarray, fractions: np.ndarray) -> np.ndarr
 
 
 def zone_availability(zone: Zone, fractions: np.ndarray, samples: int = 8,
-                      all_masks: bool = True) -> Availability:
+                      all_masks: bool = False) -> Availability:
     """What a TESSERA Zarr source of the stand-in land reports for ``zone`` (no AOI): its
     4096 px shards holding land in the zone's longitude band, each with its inner-chunk grid
     (land sampled on ``samples``² points per shard, bilinear lon/lat between exact corners).
-    ``all_masks``: keep a grid for every shard, as the source does today; else only for the
-    shards that are not all land (the same availability, less memory)."""
+    Like the source, only shards that are not all land carry a grid (a full one needs none);
+    ``all_masks`` keeps one for every shard (the same availability, about 3× the memory)."""
     h, w = zone.shape
     nr, nc = -(-h // SHARD), -(-w // SHARD)
     a = zone.affine

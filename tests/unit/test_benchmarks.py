@@ -86,13 +86,13 @@ def test_land_inside_a_cell_is_a_square_of_its_fraction() -> None:
 def test_zone_availability_holds_the_zones_land() -> None:
     f = land.land_fractions()
     zone = utm_zone(32)  # 6°E–12°E
-    avail = land.zone_availability(zone, f)
+    avail = land.zone_availability(zone, f, all_masks=True)
     px = sum(m.mean() for m in avail.cells.values()) * land.SHARD**2
     expected = (f[:, 186:192] * land.cell_areas_km2()[:, 186:192]).sum() * 1e4  # px of 100 m²
     assert px == pytest.approx(expected, rel=0.05)
     assert avail.block == (4096, 4096) and avail.cell == (32, 32)
     assert set(avail.cells) == set(avail.blocks)
-    lean = land.zone_availability(zone, f, all_masks=False)
+    lean = land.zone_availability(zone, f)
     assert lean.blocks == avail.blocks and len(lean.cells) < len(avail.cells)
     assert all(not m.all() for m in lean.cells.values())
 

@@ -98,7 +98,7 @@ def test_undamaged_store_reads_and_plans(pristine: tuple[Path, Window]) -> None:
     assert not data.codes[:, ~data.valid].any() and not data.scales[~data.valid].any()
     assert np.isposinf(scales).any()  # the no-data strip is there, and reads fine
     avail = src.availability(ZONE, YEAR)
-    assert avail.cells and avail.cell == (SHARD, SHARD), "inner-chunk masks are used"
+    assert avail.blocks and not avail.cells, "full blocks carry no inner-chunk mask"
     year0 = path / ZONE.name / "embeddings" / "c" / "0" / "0"
     stored = {tuple(int(v) for v in p.relative_to(year0).parts)
               for p in year0.rglob("*") if p.is_file()}
@@ -321,7 +321,8 @@ def test_scales_with_another_layout_still_plan_lost_embeddings(
             assert after.intersects(w) == before.intersects(w), (r, c)
     assert after.intersects(shard_window(window))
     if shards == (1, 32, 32):  # same shards, finer scales chunks: the lost block's scales
-        assert after.cell == (16, 16) and after.cells[BAD].shape == (2, 2)  # mask, 16 px cells
+        # chunks all stored, so it is planned whole, without a mask
+        assert BAD in after.blocks and BAD not in after.cells
     assert "all-zero embeddings" in read_error(path, window)
 
 
