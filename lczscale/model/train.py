@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -120,7 +121,8 @@ def train_job(job: TrainJob, ranks: dist_.Ranks | None = None, progress: bool = 
     t0 = time.perf_counter()
     columns = (TextColumn("[bold]train[/bold]"), BarColumn(), TextColumn("{task.completed}/"
                "{task.total} steps"), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, disable=not (progress and ranks.main)) as bar:
+    with Progress(*columns, disable=not (progress and ranks.main),
+                  console=Console(stderr=True)) as bar:  # stdout is for results
         job_bar = bar.add_task("", total=cfg.steps, completed=start)
         model.train()
         for step, batch in _prefetched(batch_of, range(start + 1, cfg.steps + 1), cfg.prefetch):
