@@ -13,7 +13,10 @@ if TYPE_CHECKING:  # pragma: no cover
 def open_cube(
     url: str, bbox: tuple[float, float, float, float] | None = None, **kwargs: Any
 ) -> xr.Dataset:
-    """Open an LCZ cube (or a lon/lat bbox of it) as an xarray Dataset with its CRS."""
+    """Open an LCZ cube (or a lon/lat bbox of it) as an xarray Dataset with its CRS and the
+    ``ds.lcz`` accessor; with ``crs=`` (and optional ``resolution=``, ``resampling=``) the
+    zones the bbox touches are warped onto one grid and stitched. See
+    ``lczscale.io.cube.open_cube``."""
     from lczscale.io.cube import open_cube as _open
 
     return _open(url, bbox, **kwargs)

@@ -1,5 +1,5 @@
 """``lczscale`` command line: synth | train | map | eval | status | plot | experiment | demo |
-deploy."""
+pyramid | serve | stac | export | deploy."""
 
 from __future__ import annotations
 
@@ -95,6 +95,9 @@ def map_config(a: argparse.Namespace) -> Any:
         base["stitch"] = dict(base.get("stitch") or {}) | {"patch_size": a.patch_size}
     if a.sharding:
         base["cube"] = dict(base.get("cube") or {}) | {"sharding": True}
+    for flag in ("probabilities", "fractions"):  # on only: a cube's outputs stay on anyway
+        if getattr(a, flag, False):
+            base["outputs"] = dict(base.get("outputs") or {}) | {flag: True}
     missing = [k for k in ("source", "model", "out") if not base.get(k)]
     if missing:
         raise LczscaleError(f"map needs --{' --'.join(missing)} (or a --config that sets them)")
@@ -129,8 +132,12 @@ def cmd_map(a: argparse.Namespace) -> int:
         print(f"  failed {result.key}: {result.error}", file=sys.stderr)
     if len(failed) > 20:
         print(f"  … and {len(failed) - 20} more: `lczscale status {report.cube}`", file=sys.stderr)
+    products = summary.get("products") or {}
+    if products:
+        print(f"100 m products: computed {products['computed']} blocks, skipped "
+              f"{products['skipped']}, {products['failed']} failed", file=sys.stderr)
     _print_json(summary)
-    return 1 if failed else 0
+    return 1 if failed or products.get("failed") else 0
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -177,9 +184,30 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_plot(a: argparse.Namespace) -> int:
-    from lczscale.plot import plot_cube
+    from lczscale.plot import plot_confusion_file, plot_cube, plot_cube_fractions
 
-    path = plot_cube(a.cube, a.out, bbox=a.bbox, zone=a.zone, year=a.year)
+    if a.confusion:
+        if a.cube or a.fractions:
+            raise LczscaleError("plot --confusion EVAL.json draws an evaluation, not a cube: "
+                                "give either CUBE (map or --fractions) or --confusion")
+        path = plot_confusion_file(a.confusion, a.out, baseline=a.baseline)
+    elif not a.cube:
+        raise LczscaleError("plot needs CUBE (a map, or --fractions) or --confusion EVAL.json")
+    elif a.fractions:
+        path = plot_cube_fractions(a.cube, a.out, bbox=a.bbox, zone=a.zone, year=a.year,
+                                   res=a.res)
+    else:
+        path = plot_cube(a.cube, a.out, bbox=a.bbox, zone=a.zone, year=a.year)
+    print(path)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from lczscale.export import export
+
+    path = export(a.cube, a.bbox, a.out, a.format, zone=a.zone, year=a.year, crs=a.crs,
+                  resolution=a.resolution, resampling=a.resampling, blocksize=a.blocksize,
+                  overwrite=a.overwrite)
     print(path)
     return 0
 
@@ -231,6 +259,35 @@ def cmd_deploy_kubernetes(a: argparse.Namespace) -> int:
 
     for path in write_manifests(a.cluster, a.map, a.out, a.train, a.ranks):
         print(path)
+    return 0
+
+
+def cmd_pyramid(a: argparse.Namespace) -> int:
+    from lczscale.io.pyramid import build_pyramid
+
+    def progress(zone: str, level: int, chunks: int) -> None:
+        if not a.quiet:
+            print(f"{zone}: level {level}: {chunks} chunks", file=sys.stderr)
+
+    _print_json(build_pyramid(a.cube, a.zone, threads=a.threads, on_level=progress))
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from lczscale.serve import export_static, serve
+
+    if a.static:
+        _print_json(export_static(a.cube, a.static, max_zoom=a.max_zoom, min_zoom=a.min_zoom,
+                                  year=a.year))
+        return 0
+    serve(a.cube, host=a.host, port=a.port)
+    return 0
+
+
+def cmd_stac(a: argparse.Namespace) -> int:
+    from lczscale.stac_export import write_stac
+
+    _print_json(write_stac(a.cube, a.out, collection_id=a.id, href=a.href))
     return 0
 
 
@@ -291,6 +348,11 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--tile-size", type=int)
     m.add_argument("--patch-size", type=int)
     m.add_argument("--sharding", action="store_true")
+    m.add_argument("--probabilities", action="store_true",
+                   help="also write per-class probabilities (uint8, class x y x x)")
+    m.add_argument("--fractions", action="store_true",
+                   help="also make 100 m LCZ fractions, majority and filtered LCZ, and the "
+                   "per-tile seam-quality layer (an aggregation pass after the tiles)")
     m.add_argument("--executor", choices=["serial", "dask"])
     m.add_argument("--workers", type=int)
     m.add_argument("--scheduler", help="address of a running Dask scheduler")
@@ -318,13 +380,40 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
 
-    pl = sub.add_parser("plot", help="PNG of a cube region with the LCZ legend")
-    pl.add_argument("cube")
+    pl = sub.add_parser("plot", help="PNG of a cube region with the LCZ legend, of its class "
+                        "fractions (--fractions), or of an evaluation's confusion matrix")
+    pl.add_argument("cube", nargs="?", help="the cube (not with --confusion)")
     pl.add_argument("--out", required=True)
     pl.add_argument("--bbox", type=_bbox)
     pl.add_argument("--zone")
     pl.add_argument("--year", type=int)
+    pl.add_argument("--fractions", action="store_true", help="small multiples of the class "
+                    "fractions in --res cells instead of the map")
+    pl.add_argument("--res", type=float, default=100.0, help="cell size of --fractions in the "
+                    "zone's units (default 100 m)")
+    pl.add_argument("--confusion", metavar="EVAL.json", help="draw the confusion matrix of an "
+                    "evaluation (`lczscale eval --json` output or --report's report.json)")
+    pl.add_argument("--baseline", action="store_true", help="with --confusion: the baseline's "
+                    "matrix instead of the model's")
     pl.set_defaults(func=cmd_plot)
+
+    ex = sub.add_parser("export", help="cut a bbox of the cube to a COG / GeoTIFF (LCZ colour "
+                        "table embedded) or CF NetCDF")
+    ex.add_argument("cube")
+    ex.add_argument("--bbox", type=_bbox, required=True, metavar="MINLON,MINLAT,MAXLON,MAXLAT")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--format", choices=["cog", "geotiff", "netcdf"], default="cog")
+    ex.add_argument("--zone", help="zone group (default: the one the bbox falls in)")
+    ex.add_argument("--year", type=int, help="default: the cube's latest year")
+    ex.add_argument("--crs", help="warp to this CRS (e.g. EPSG:4326), stitching every zone the "
+                    "bbox touches; default: the zone's native grid")
+    ex.add_argument("--resolution", type=float, help="pixel size with --crs, in its units "
+                    "(default: 10 m, or its equivalent in degrees)")
+    ex.add_argument("--resampling", choices=["nearest", "mode"], default="nearest",
+                    help="with --crs: nearest (keeps 10 m detail) or mode (coarser targets)")
+    ex.add_argument("--blocksize", type=int, default=512, help="GeoTIFF tile side")
+    ex.add_argument("--overwrite", action="store_true")
+    ex.set_defaults(func=cmd_export)
 
     x = sub.add_parser("experiment", help="the studies' experiments: transfer to a held-out "
                        "city, coarse vs fine reference labels, year-to-year transfer")
@@ -347,6 +436,33 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--quick", action="store_true", help="smaller world and training (tests)")
     d.set_defaults(func=cmd_demo)
+
+    py = sub.add_parser("pyramid", help="mode-downsampled overviews of lcz (browsing "
+                        "pyramid, resumable): ZONE/overviews/K/lcz")
+    py.add_argument("cube")
+    py.add_argument("--zone", action="append", help="only this zone (repeatable)")
+    py.add_argument("--threads", type=int, default=4)
+    py.add_argument("--quiet", action="store_true")
+    py.set_defaults(func=cmd_pyramid)
+
+    sv = sub.add_parser("serve", help="web map of a cube (slippy map, legend, class on click)")
+    sv.add_argument("cube")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--static", metavar="DIR", help="write a static web map (page + tiles "
+                    "over the data) to DIR instead of serving")
+    sv.add_argument("--max-zoom", type=int, default=15, help="deepest zoom of --static")
+    sv.add_argument("--min-zoom", type=int, default=0, help="shallowest zoom of --static")
+    sv.add_argument("--year", type=int, help="year of --static (default: the latest)")
+    sv.set_defaults(func=cmd_serve)
+
+    sc = sub.add_parser("stac", help="STAC Collection + Items describing the cube")
+    sc.add_argument("cube")
+    sc.add_argument("--out", required=True, help="directory for collection.json and items")
+    sc.add_argument("--id", default="lczscale-lcz", help="collection id")
+    sc.add_argument("--href", help="URL of the cube as STAC users will reach it (default: "
+                    "the CUBE argument)")
+    sc.set_defaults(func=cmd_stac)
 
     dp = sub.add_parser("deploy", help="render deployment files for a platform")
     dsub = dp.add_subparsers(dest="platform", required=True)

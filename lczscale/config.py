@@ -115,6 +115,34 @@ class CubeConfig(_Strict):
     compression_level: int = Field(3, ge=1, le=22)
 
 
+class OutputsConfig(_Strict):
+    """Optional outputs a map run adds to the cube beside ``lcz`` and ``confidence``.
+
+    Once a cube holds an output, later runs keep it current (the cube's outputs are the union
+    of every run's), so a recomputed tile never leaves stale probabilities or 100 m products.
+    """
+
+    probabilities: bool = Field(
+        False, description="per-class blended probabilities, uint8 round(p*255), (class, y, x)"
+    )
+    fractions: bool = Field(
+        False, description="100 m class fractions, majority and filtered LCZ, and the per-tile "
+        "seam-quality layer, made in an aggregation pass after the 10 m tiles"
+    )
+    block_cells: int = Field(
+        512, ge=16, le=8192, description="100 m cells per side of one aggregation block/chunk"
+    )
+
+    def union(self, asked: OutputsConfig) -> OutputsConfig:
+        """The outputs of a cube holding ``self`` after a run that asks for ``asked``; the
+        block size of 100 m arrays that already exist cannot change (it is their chunking)."""
+        return OutputsConfig(
+            probabilities=self.probabilities or asked.probabilities,
+            fractions=self.fractions or asked.fractions,
+            block_cells=self.block_cells if self.fractions else asked.block_cells,
+        )
+
+
 class FaultConfig(_Strict):
     """How a run meets failures: retries for transient I/O, tolerance for lost workers."""
 
@@ -171,6 +199,7 @@ class MapConfig(_Strict):
     stitch: StitchConfig = StitchConfig()
     inference: InferenceConfig = InferenceConfig()
     cube: CubeConfig = CubeConfig()
+    outputs: OutputsConfig = OutputsConfig()
     executor: Literal["serial", "dask"] = "dask"
     workers: int = Field(2, ge=1)
     threads_per_worker: int = Field(

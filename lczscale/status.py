@@ -4,7 +4,9 @@ The recorded run is re-planned (same config, the model and source as they are no
 is *done* when its ledger entry is done with the provenance the run would give it today,
 *stale* when it was made with another provenance (the reasons name the parts that changed:
 model, input, grid, code, …), *failed* when its last attempt failed (with the error), and
-*remaining* when it has no entry yet.
+*remaining* when it has no entry yet. A cube with 100 m products also reports the aggregation
+pass's blocks done and failed (``products_100m``; their ledger entries are counted in
+``ledger_entries`` too).
 """
 
 from __future__ import annotations
@@ -62,7 +64,15 @@ def cube_status(url: str) -> dict[str, Any]:
         "failures": failures,
         "year": plan.year,
         "provenance_hash": plan.provenance_hash,
-    }
+    } | _products(entries)
+
+
+def _products(entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The 100 m aggregation pass's blocks, when the cube has run it."""
+    from lczscale.execute.aggregate_pass import products_status
+
+    found = products_status(entries)
+    return {} if found is None else {"products_100m": found}
 
 
 def _stale_reason(entry: dict[str, Any], now: dict[str, str]) -> str:

@@ -20,15 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import psutil
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import lczscale
-from lczscale.config import MapConfig
+from lczscale.config import MapConfig, OutputsConfig
 from lczscale.errors import ConfigError, NoDataError
 from lczscale.execute.tile import MapContext, TileResult
 from lczscale.grid import Aoi, Window, zone_by_name, zones_for_aoi
 from lczscale.io import ledger
-from lczscale.io.cube import create_cube, stored_block
+from lczscale.io.cube import create_cube, cube_attrs, stored_block
 from lczscale.io.source import EmbeddingSource
 from lczscale.io.sources import open_source
 from lczscale.io.stores import exists
@@ -50,6 +51,7 @@ class MapReport:
     seconds: float
     zones: list[str]
     results: list[TileResult]
+    products: dict[str, Any] | None = None  # the aggregation pass's summary, when it ran
 
     @property
     def failed(self) -> list[TileResult]:
@@ -70,7 +72,7 @@ class MapReport:
                 round(self.core_pixels / self.seconds, 1) if self.seconds else None
             ),
             "zones": self.zones,
-        }
+        } | ({"products": self.products} if self.products is not None else {})
 
 
 @dataclass
@@ -123,6 +125,7 @@ def _open_source(cfg: MapConfig, aoi: Aoi | None) -> EmbeddingSource:
 def prepare(cfg: MapConfig) -> MapPlan:
     """Everything up to (not including) the first write: checks, plan, provenance."""
     aoi = _aoi(cfg)
+    cfg = with_cube_outputs(cfg)
     source = _open_source(cfg, aoi)
     _, meta, model_hash = load_checkpoint(cfg.model)
     check_input(meta, source.dimensions, source.kind, source.dataset)
@@ -156,7 +159,8 @@ def prepare(cfg: MapConfig) -> MapPlan:
     parts = {k: _hash(v)[:16] for k, v in provenance.items()}
     entries = ledger.read_all(cfg.out) if exists(cfg.out) else {}
     done = {k for k, e in entries.items()
-            if e.get("provenance_hash") == phash and ledger.state(e) == ledger.DONE}
+            if e.get("provenance_hash") == phash and ledger.state(e) == ledger.DONE
+            and (not cfg.outputs.probabilities or "probability" in e.get("outputs", ()))}
     within: dict[str, Window | None] = {}
     if aoi is not None:
         within = {z.name: z.bounding_window(part) for z, part in zones_for_aoi(aoi, cfg.grid)}
@@ -184,6 +188,19 @@ def prepare(cfg: MapConfig) -> MapPlan:
     todo = [t for t in planned if t.key not in done]
     return MapPlan(cfg, source, year, lattice, provenance, phash, parts, tile_bytes, planned,
                    todo, entries)
+
+
+def with_cube_outputs(cfg: MapConfig) -> MapConfig:
+    """``cfg`` with the outputs the cube at ``cfg.out`` already holds added: a tile or block
+    recomputed by a later run must not leave stale probabilities or 100 m products behind.
+    Outputs never change ``lcz``, so they are not part of the provenance."""
+    if not exists(cfg.out):
+        return cfg
+    stored = cube_attrs(cfg.out).get("lczscale:outputs")
+    if not stored:
+        return cfg
+    merged = OutputsConfig.model_validate(stored).union(cfg.outputs)
+    return cfg if merged == cfg.outputs else cfg.model_copy(update={"outputs": merged})
 
 
 def inference_numerics(cfg: MapConfig, device_type: str) -> dict[str, Any]:
@@ -235,6 +252,7 @@ def map_context(plan: MapPlan) -> MapContext:
         provenance_parts=plan.provenance_parts,
         faults=cfg.faults,
         inference=cfg.inference,
+        outputs=cfg.outputs,
     )
 
 
@@ -249,9 +267,11 @@ def run_map(
     still makes every other tile. ``on_result`` is called in this process as each tile ends.
     """
     plan = prepare(cfg)
+    cfg = plan.cfg  # with the outputs the cube already holds
     zones = sorted({t.zone for t in plan.tasks})
     ctx = map_context(plan)
-    with _executor(cfg, plan, progress, on_result) as execute:
+    products: dict[str, Any] | None = None
+    with _executor(cfg, plan, progress, on_result) as (execute, client):
         create_cube(
             cfg.out,
             [zone_by_name(z, cfg.grid) for z in zones],
@@ -263,10 +283,16 @@ def run_map(
                 "lczscale:provenance": plan.provenance,
                 "lczscale:provenance_hash": plan.provenance_hash,
             },
+            # Off, the cube is exactly what it was before outputs existed (no attribute either).
+            outputs=cfg.outputs if cfg.outputs.probabilities or cfg.outputs.fractions else None,
         )
         t0 = time.perf_counter()
         results = execute(plan.tasks, ctx)
         seconds = time.perf_counter() - t0
+        if cfg.outputs.fractions:
+            from lczscale.execute.aggregate_pass import run_products_for_plan
+
+            products = run_products_for_plan(plan, client, progress)
     return MapReport(
         cube=cfg.out,
         year=plan.year,
@@ -277,6 +303,7 @@ def run_map(
         seconds=seconds,
         zones=zones,
         results=results,
+        products=products,
     )
 
 
@@ -286,9 +313,9 @@ Execute = Callable[[list[TileTask], MapContext], list[TileResult]]
 @contextmanager
 def _executor(
     cfg: MapConfig, plan: MapPlan, show: bool, on_result: Callable[[TileResult], None] | None
-) -> Iterator[Execute]:
+) -> Iterator[tuple[Execute, Any]]:
     """Start the executor (a Dask client or nothing), check the plan fits it, and yield a
-    function that runs tasks with a progress bar."""
+    function that runs tasks with a progress bar, with the client (None: in-process)."""
     columns = (
         TextColumn("[bold]map[/bold] {task.description}"),
         BarColumn(),
@@ -314,7 +341,8 @@ def _executor(
         def execute(tasks: list[TileTask], ctx: MapContext) -> list[TileResult]:
             if not tasks:
                 return []
-            with Progress(*columns, disable=not show, transient=False) as bar:
+            with Progress(*columns, disable=not show, transient=False,
+                          console=Console(stderr=True)) as bar:  # stdout is for the report
                 job = bar.add_task(cfg.executor, total=len(tasks), failed=0)
                 failed = 0
 
@@ -335,4 +363,4 @@ def _executor(
                     bar.console.print(f"dask dashboard: {client.dashboard_link}")
                 return run_dask(tasks, ctx, client, cfg.wave_size, on_result=advance)
 
-        yield execute
+        yield execute, client

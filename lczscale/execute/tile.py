@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-from lczscale.config import FaultConfig, GridConfig, InferenceConfig, StitchConfig
+from lczscale.config import (
+    FaultConfig,
+    GridConfig,
+    InferenceConfig,
+    OutputsConfig,
+    StitchConfig,
+)
 from lczscale.execute.faults import describe, is_transient, with_retries
 from lczscale.grid import Zone, zone_by_name
 from lczscale.io import ledger
@@ -51,6 +57,7 @@ class MapContext:
     provenance_parts: dict[str, str] = field(default_factory=dict)
     faults: FaultConfig = field(default_factory=FaultConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    outputs: OutputsConfig = field(default_factory=OutputsConfig)
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,10 @@ class TileRunner:
         self._attempts = 0
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
+    @property
+    def _probabilities(self) -> bool:
+        return self.ctx.outputs.probabilities
+
     def zone(self, name: str) -> Zone:
         if name not in self._zones:
             self._zones[name] = zone_by_name(name, self.ctx.grid)
@@ -127,11 +138,11 @@ class TileRunner:
             t0 = time.perf_counter()
             data = self._retry(lambda: self.source.read(zone, task.read, task.year))
             waited = time.perf_counter() - t0
-            return self.predictor.predict(zone, task.core, data), waited
+            return self.predictor.predict(zone, task.core, data, self._probabilities), waited
         tile = self.predictor.start_tile(zone, task.read)
         reading = self._reader.submit(self._read_bands, zone, task, tile)
         try:
-            pred = self.predictor.predict_tile(task.core, tile)
+            pred = self.predictor.predict_tile(task.core, tile, self._probabilities)
         finally:
             tile.cancel()  # a no-op once every band is in; stops the reader after a failure
             wait_for([reading])  # never two tiles' reads at once
@@ -153,13 +164,16 @@ class TileRunner:
         pred, waited = self._predict(zone, task)
         t2 = time.perf_counter()
         self._retry(lambda: write_tile(
-            self.ctx.cube_url, zone, task.year, task.core, pred.lcz, pred.confidence
+            self.ctx.cube_url, zone, task.year, task.core, pred.lcz, pred.confidence,
+            probability=pred.probability,
         ))
         entry = tile_entry(self.ctx, task, self.name) | {
             "valid_pixels": pred.valid_pixels,
             "patches": pred.patches,
             "finished_at": time.time(),
         }
+        if pred.probability is not None:  # what else the tile wrote (a resume checks it)
+            entry["outputs"] = ["probability"]
         # Only after the chunk is written: a crash in between leaves the tile not done.
         self._retry(lambda: ledger.record(self.ctx.cube_url, task.key, entry))
         t3 = time.perf_counter()

@@ -20,10 +20,12 @@ from odc.geo import geom
 from pyproj import CRS
 from zarr.codecs import ZstdCodec
 
+import lczscale.accessor  # noqa: F401  (registers the .lcz accessor on what open_cube returns)
 from lczscale import classes
-from lczscale.config import CubeConfig, GridConfig
+from lczscale.config import CubeConfig, GridConfig, OutputsConfig
 from lczscale.errors import CubeError, NoDataError
 from lczscale.grid import Window, Zone
+from lczscale.io import cube_outputs, zarr_calls
 from lczscale.io.stores import child_url, exists, open_store
 
 CUBE_FORMAT = "lczscale-cube"
@@ -60,8 +62,10 @@ def create_cube(
     cube: CubeConfig,
     attrs: dict[str, Any],
     storage_options: dict[str, Any] | None = None,
+    outputs: OutputsConfig | None = None,
 ) -> None:
-    """Create the cube, or extend an existing compatible one with missing zones and years.
+    """Create the cube, or extend an existing compatible one with missing zones and years
+    (and, in ``zones``, with the optional arrays ``outputs`` asks for).
 
     Only metadata and coordinates are written. An existing cube made with another grid or
     layout is refused (its chunks would not line up), and nothing in it is changed.
@@ -101,7 +105,12 @@ def create_cube(
             _create_zone(root, zone, grid, cube)
             present[zone.name] = zone.to_dict()
             root.attrs["lczscale:zones"] = present
-        _ensure_years(_group(root, zone.name, url), years)
+        g = _group(root, zone.name, url)
+        if outputs is not None:
+            cube_outputs.ensure_output_arrays(g, zone, grid, cube, outputs)
+        _ensure_years(g, years)
+    if outputs is not None:
+        root.attrs["lczscale:outputs"] = outputs.model_dump(mode="json")
 
 
 def _create_zone(root: zarr.Group, zone: Zone, grid: GridConfig, cube: CubeConfig) -> None:
@@ -192,7 +201,7 @@ def _ensure_years(g: zarr.Group, years: Sequence[int]) -> None:
     if not new:
         return
     n = len(have) + len(new)
-    for name in VARIABLES:
+    for name in (*VARIABLES, *(v for v in cube_outputs.TIME_VARIABLES if v in g)):
         arr = g[name]
         assert isinstance(arr, zarr.Array)
         arr.resize((n, *arr.shape[1:]))
@@ -219,6 +228,15 @@ def _time_index(g: zarr.Group, year: int, url: str) -> int:
     return years.index(year)
 
 
+def zone_year(
+    url: str, zone: str, year: int, mode: str = "r",
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[zarr.Group, int]:
+    """The group of ``zone`` and the time index of ``year`` (for the optional arrays)."""
+    g = _group(open_root(url, mode, storage_options), zone, url)
+    return g, _time_index(g, year, url)
+
+
 def write_tile(
     url: str,
     zone: Zone,
@@ -227,8 +245,10 @@ def write_tile(
     lcz: np.ndarray,
     confidence: np.ndarray,
     storage_options: dict[str, Any] | None = None,
+    probability: np.ndarray | None = None,
 ) -> None:
-    """Write one tile's core into its own chunk(s) of ``lcz`` and ``confidence``."""
+    """Write one tile's core into its own chunk(s) of ``lcz`` and ``confidence`` (and of
+    ``probability``, (17, h, w), when given)."""
     if lcz.shape != (core.height, core.width) or confidence.shape != lcz.shape:
         raise CubeError(
             f"tile {core} expects arrays of shape {(core.height, core.width)}, got "
@@ -238,8 +258,12 @@ def write_tile(
     g = _group(root, zone.name, url)
     t = _time_index(g, year, url)
     sel = (t, slice(core.row, core.row_stop), slice(core.col, core.col_stop))
-    g["lcz"][sel] = lcz.astype(np.uint8, copy=False)  # type: ignore[index]
-    g["confidence"][sel] = confidence.astype(np.uint8, copy=False)  # type: ignore[index]
+    for name, values in (("lcz", lcz), ("confidence", confidence)):
+        arr = g[name]
+        assert isinstance(arr, zarr.Array)
+        zarr_calls.setitem(arr, sel, values.astype(np.uint8, copy=False))
+    if probability is not None:
+        cube_outputs.write_probability(g, t, core, probability)
 
 
 def read_window(
@@ -258,9 +282,9 @@ def read_window(
     if inner is not None:
         arr = g[variable]
         assert isinstance(arr, zarr.Array)
-        out[inner.relative_to(window)] = np.asarray(
-            arr[t, inner.row : inner.row_stop, inner.col : inner.col_stop]
-        )
+        out[inner.relative_to(window)] = np.asarray(zarr_calls.getitem(
+            arr, (t, slice(inner.row, inner.row_stop), slice(inner.col, inner.col_stop))
+        ))
     return out
 
 
@@ -295,11 +319,19 @@ def open_cube(
     zone: str | None = None,
     year: int | None = None,
     storage_options: dict[str, Any] | None = None,
+    crs: str | None = None,
+    resolution: float | None = None,
+    resampling: str = "nearest",
 ) -> xr.Dataset:
     """The cube (or a lon/lat ``bbox`` of it) as an xarray Dataset on its zone's native grid.
 
     ``lcz`` and ``confidence`` are lazy (dask) uint8 arrays with dims (time, y, x); the
     ``spatial_ref`` coordinate carries the CRS, so ``ds.odc.geobox`` works.
+
+    With ``crs`` (needs ``bbox``), every zone the bbox touches is warped (``resampling``:
+    nearest or mode, never bilinear) onto one grid in that CRS with pixel size ``resolution``
+    (default: the native 10 m, in degrees for a geographic CRS) and the zones are stitched;
+    see ``lczscale.io.cube_warp``.
     """
     attrs = cube_attrs(url, storage_options)
     present = {z.name: z for z in cube_zones(url, storage_options)}
@@ -316,11 +348,31 @@ def open_cube(
             raise NoDataError(
                 f"cube {url} has no zone covering bbox {bbox} (zones: {sorted(present)})"
             )
-        if len(candidates) > 1:
+        if len(candidates) > 1 and crs is None:
             raise CubeError(
                 f"bbox {bbox} spans zones {candidates} of cube {url}, which have different "
-                "CRSs; open one at a time with zone=..."
+                "CRSs; open one at a time with zone=..., or stitch them onto one grid with "
+                'crs="EPSG:4326" (CLI: --crs EPSG:4326)'
             )
+    if crs is None and (resolution is not None or resampling != "nearest"):
+        from lczscale.errors import ConfigError
+
+        raise ConfigError(
+            f"resolution={resolution} / resampling={resampling!r} apply only to a warped view: "
+            'pass crs= too (e.g. crs="EPSG:4326"; CLI: --crs), or drop them for the native grid'
+        )
+    if crs is not None:
+        from lczscale.io.cube_warp import open_stitched
+
+        names = [zone] if zone is not None else candidates
+        missing = [n for n in names if n not in present]
+        if missing:
+            raise CubeError(f"cube {url} has no zone {missing[0]!r} (zones: {sorted(present)})")
+        return open_stitched(
+            url, bbox, [present[n] for n in names], crs=crs, resolution=resolution,
+            resampling=resampling, year=year, storage_options=storage_options,
+        )
+    if zone is None:
         zone = candidates[0]
     if zone not in present:
         raise CubeError(f"cube {url} has no zone {zone!r} (zones: {sorted(present)})")
@@ -338,8 +390,12 @@ def open_cube(
         zobj = present[zone]
         roi = _bbox_window(zobj, geom.box(*bbox, "EPSG:4326").to_crs(zobj.crs))
         ds = ds.isel(y=roi[0], x=roi[1])
+        if "y_100m" in ds.dims:  # the 100 m cells holding any pixel of the window
+            ds = ds.isel({f"{d}_100m": slice(s.start // 10, -(-s.stop // 10))
+                          for d, s in zip("yx", roi, strict=True)})
     chunks = ds["lcz"].encoding.get("chunks") or (1, 2048, 2048)
-    return ds.chunk({"time": 1, "y": max(chunks[-2], 2048), "x": max(chunks[-1], 2048)})
+    extra = {d: 512 for d in ("y_100m", "x_100m") if d in ds.dims}
+    return ds.chunk({"time": 1, "y": max(chunks[-2], 2048), "x": max(chunks[-1], 2048)} | extra)
 
 
 def _lon_overlap(zone: Zone, bbox: tuple[float, float, float, float]) -> bool:

@@ -27,6 +27,7 @@ from lczscale.model.unet import LczUNet, encode_location, location_channels, rec
 from lczscale.stitch import Lattice, blend_window, patch_overlap
 
 WATER_CLASS = 17
+N_PROBABILITY_CLASSES = 17  # the cube's class axis: LCZ codes 1..17
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -52,6 +53,9 @@ class TilePrediction:
     confidence: np.ndarray  # uint8 (h, w)
     patches: int  # patches evaluated
     valid_pixels: int
+    # uint8 (17, h, w) round(p * 255) of the blended softmax, only when asked for; water
+    # pixels hold 255 for class 17 (like ``confidence``), nodata pixels 0 for every class.
+    probability: np.ndarray | None = None
 
 
 class Predictor:
@@ -130,13 +134,15 @@ class Predictor:
             lon, lat = (_interpolate_on(self.device, v, nodes) for v in (nodes.lon, nodes.lat))
         return encode_location(lon, lat, self.meta.model.location_frequencies)
 
-    def predict(self, zone: Zone, core: Window, data: EmbeddingWindow) -> TilePrediction:
+    def predict(self, zone: Zone, core: Window, data: EmbeddingWindow,
+                probabilities: bool = False) -> TilePrediction:
         """Class and confidence for ``core``; ``data`` must cover ``lattice.read_window(core)``."""
         tile = TileInput.whole(data, self.device, lambda w: self.location(zone, w),
                                location_channels(self.meta.model))
-        return self.predict_tile(core, tile)
+        return self.predict_tile(core, tile, probabilities)
 
-    def predict_tile(self, core: Window, tile: TileInput) -> TilePrediction:
+    def predict_tile(self, core: Window, tile: TileInput,
+                     probabilities: bool = False) -> TilePrediction:
         """Like ``predict``, on a read window that may still be arriving: each batch waits only
         for the rows its patches need. The patches evaluated, their batches and the order of
         their addition are those of a whole read, so the result is the same bit for bit."""
@@ -169,15 +175,24 @@ class Predictor:
             conf = np.zeros_like(lcz)
             lcz[water] = WATER_CLASS
             conf[water] = 255
+            per_class: np.ndarray | None = None
+            if probabilities:
+                per_class = np.zeros((N_PROBABILITY_CLASSES, core.height, core.width), np.uint8)
+                per_class[WATER_CLASS - 1][water] = 255
             if acc is None or wsum is None:
-                return TilePrediction(lcz, conf, 0, 0)
+                return TilePrediction(lcz, conf, 0, 0, per_class)
             prob = acc / wsum.clamp_min(1e-12)
             best, idx = prob.max(dim=0)
             codes = (idx + 1).to(torch.uint8).cpu().numpy()
             score = torch.round(best * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()
+            if per_class is not None:
+                # The same rounding of the same values as ``score``: the chosen class's
+                # probability equals the confidence byte for byte.
+                scaled = torch.round(prob * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()
+                per_class[: scaled.shape[0], core_valid] = scaled[:, core_valid]
         lcz[core_valid] = codes[core_valid]
         conf[core_valid] = score[core_valid]
-        return TilePrediction(lcz, conf, patches, int(core_valid.sum()))
+        return TilePrediction(lcz, conf, patches, int(core_valid.sum()), per_class)
 
     def _jobs(self, core: Window, tile: TileInput) -> Iterator[Job]:
         """Row-major lattice patches over ``core`` that touch a valid core pixel, each yielded
