@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lczscale.config import GridConfig, MapConfig, StitchConfig
+from lczscale.config import GridConfig, MapConfig, OutputsConfig, StitchConfig
 from lczscale.evaluate import evaluate
 from lczscale.execute.run import run_map
 from lczscale.model.launch import run_training
-from lczscale.plot import plot_cube
+from lczscale.plot import plot_confusion, plot_cube, plot_cube_fractions
 from lczscale.synth import write_world
 from lczscale.train_config import TrainConfig, TrainJob, label_sets
 
@@ -39,6 +39,7 @@ def run_demo(directory: Path, workers: int = 2, quick: bool = False) -> Path:
     report = run_map(MapConfig(
         source=source, model=model_dir, out=cube, executor="dask", workers=workers,
         grid=GridConfig(tile_size=1024), stitch=StitchConfig(patch_size=256, batch_size=4),
+        outputs=OutputsConfig(fractions=True),  # + 100 m fractions, 100 m map, seam layer
     ))
     timings["map"] = time.perf_counter() - t
 
@@ -51,6 +52,13 @@ def run_demo(directory: Path, workers: int = 2, quick: bool = False) -> Path:
         truth_png = directory / f"truth_{city['name'].lower()}.png"
         plot_cube(str(directory / "world" / "truth.zarr"), truth_png, bbox=bbox)  # type: ignore
         pictures += [png.name, truth_png.name]
+        if city is world["cities"][0]:
+            frac_png = directory / f"fractions_{city['name'].lower()}.png"
+            plot_cube_fractions(cube, frac_png, bbox=bbox)  # type: ignore[arg-type]
+            pictures.append(frac_png.name)
+    plot_confusion(scores["confusion"], directory / "confusion.png",
+                   title="10 m model vs truth (rows: truth)")
+    pictures.append("confusion.png")
     summary: dict[str, Any] = {
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "train": {k: v for k, v in train_metrics.items() if k != "history"},
