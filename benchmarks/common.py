@@ -19,13 +19,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import dask
 import torch
 
 from lczscale.config import ModelConfig
+from lczscale.execute.worker_config import NO_PROFILER, NO_PROFILER_ENV
 from lczscale.io.sources import open_source
 from lczscale.model.checkpoint import InputSpec, save_untrained
 
 REPO = Path(__file__).resolve().parent.parent
+# The benchmarks' own LocalClusters run without Dask's sampling profiler, as lczscale's do (it
+# can deadlock CPython < 3.12 workers: lczscale.execute.worker_config).
+dask.config.set(NO_PROFILER)
+os.environ.update(NO_PROFILER_ENV)
 if str(REPO) not in sys.path:  # tests.servers (the loopback S3 server) lives there
     sys.path.insert(0, str(REPO))
 

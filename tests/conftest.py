@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import dask
 import pytest
 
 from lczscale.config import GridConfig, MapConfig, ModelConfig, StitchConfig
+from lczscale.execute.worker_config import NO_PROFILER, NO_PROFILER_ENV
 from lczscale.model.train import train_job
 from lczscale.synth import write_world
 from lczscale.train_config import LabelSet, TrainConfig, TrainJob
 
 TINY_MODEL = ModelConfig(widths=(8, 16, 32))
+
+# Clusters the tests start themselves run without Dask's sampling profiler, as lczscale's own
+# do: it can deadlock a CPython < 3.12 process (see lczscale.execute.worker_config).
+dask.config.set(NO_PROFILER)
+os.environ.update(NO_PROFILER_ENV)
 
 
 @dataclass(frozen=True)

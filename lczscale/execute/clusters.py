@@ -53,6 +53,7 @@ from lczscale.execute.cluster_config import (
     load_cluster_config,
 )
 from lczscale.execute.gpu_pin import pinned_gpu
+from lczscale.execute.worker_config import NO_PROFILER, NO_PROFILER_ENV
 
 JOB_NAME = "lczscale-worker"
 
@@ -160,7 +161,7 @@ def local_worker_specs(
         options: dict[str, Any] = {
             "nthreads": 1, "memory_limit": cfg.memory_limit, "host": "127.0.0.1",
             "protocol": protocol, "security": sec, "env": env, "dashboard": False,
-            "silence_logs": logging.WARNING,
+            "silence_logs": logging.WARNING, "config": NO_PROFILER,
         }
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i]
@@ -189,17 +190,20 @@ def _local(cfg: LocalClusterConfig, device: str, threads: int) -> Iterator[Clien
         lifetime = ({"lifetime": cfg.worker_lifetime, "lifetime_restart": True,
                      "lifetime_stagger": cfg.lifetime_stagger or "0s"}
                     if cfg.worker_lifetime else {})
-        cluster = LocalCUDACluster(
-            CUDA_VISIBLE_DEVICES=gpus, threads_per_worker=1, memory_limit=cfg.memory_limit,
-            resources={"GPU": 1}, security=sec, protocol="tls://" if sec else None,
-            dashboard_address=":0", **lifetime,
-        )
+        with dask.config.set(NO_PROFILER):  # the nannies take the config they start with
+            cluster = LocalCUDACluster(
+                CUDA_VISIBLE_DEVICES=gpus, threads_per_worker=1, memory_limit=cfg.memory_limit,
+                resources={"GPU": 1}, security=sec, protocol="tls://" if sec else None,
+                dashboard_address=":0", **lifetime,
+            )
     else:
         scheduler = {"cls": Scheduler, "options": {
             "host": "127.0.0.1", "dashboard_address": ":0", "security": sec,
             "protocol": "tls://" if sec else "tcp://"}}
-        cluster = SpecCluster(workers=local_worker_specs(cfg, threads, gpus, sec),
-                              scheduler=scheduler, security=sec, silence_logs=logging.WARNING)
+        with dask.config.set(NO_PROFILER):  # the scheduler's event-loop sampler too
+            cluster = SpecCluster(workers=local_worker_specs(cfg, threads, gpus, sec),
+                                  scheduler=scheduler, security=sec,
+                                  silence_logs=logging.WARNING)
     with cluster, Client(cluster, security=sec) as client:
         yield client
 
@@ -274,7 +278,9 @@ def slurm_job_kwargs(cfg: SlurmClusterConfig, threads: int = 1) -> dict[str, Any
         "memory": cfg.memory, "job_extra_directives": directives, "worker_extra_args": args,
         "interface": cfg.interface, "local_directory": cfg.local_directory,
         "log_directory": cfg.log_directory, "python": cfg.python or sys.executable,
-        "job_script_prologue": [f"export OMP_NUM_THREADS={threads}", *cfg.job_script_prologue],
+        "job_script_prologue": [f"export OMP_NUM_THREADS={threads}",
+                                *(f"export {k}={v}" for k, v in NO_PROFILER_ENV.items()),
+                                *cfg.job_script_prologue],
         "job_name": JOB_NAME, "security": sec, "protocol": "tls://" if sec else None,
         "shebang": "#!/usr/bin/env bash",
     }

@@ -21,6 +21,7 @@ from typing import Any
 from distributed import Client, Future, WorkerPlugin, as_completed, get_worker
 
 from lczscale.execute.tile import MapContext, TileResult, TileRunner, record_failure
+from lczscale.execute.worker_config import stop_profiler
 from lczscale.plan import TileTask
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class TileRunnerPlugin(WorkerPlugin):
         self.runner: TileRunner | None = None
 
     def setup(self, worker: Any) -> None:
+        stop_profiler(worker)  # workers lczscale did not start (address clusters)
         device = self.ctx.device
         if device in ("auto", "cuda"):
             import torch

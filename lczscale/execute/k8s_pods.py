@@ -23,6 +23,7 @@ from typing import Any
 
 from lczscale.errors import ConfigError
 from lczscale.execute.cluster_config import KubernetesClusterConfig
+from lczscale.execute.worker_config import NO_PROFILER_ENV
 
 TLS_DIR = "/etc/lczscale/tls"
 CONFIG_DIR = "/config"
@@ -222,7 +223,7 @@ def worker_pod(cfg: KubernetesClusterConfig, cluster: str, gpus: int, threads: i
     if gpus:
         command += ["--resources", "GPU=1"]
     env = {"DASK_SCHEDULER_ADDRESS": scheduler_address(cfg, cluster),
-           "OMP_NUM_THREADS": str(threads)} | _tls_env(cfg)
+           "OMP_NUM_THREADS": str(threads)} | NO_PROFILER_ENV | _tls_env(cfg)
     volumes, mounts = _volumes(cfg)
     c = _container(cfg, "worker", command, _env(env),
                    _resources(cfg.worker_cpu, cfg.worker_memory, gpus), mounts, secrets=True)

@@ -77,6 +77,18 @@ def test_workers_that_retire_mid_run_lose_no_tile(world, reference, tmp_path) ->
     assert_same_chunks(str(out), reference)
 
 
+def test_workers_run_without_the_sampling_profiler() -> None:
+    """Dask's profiler calls sys._current_frames(), which can deadlock CPython < 3.12 (it froze
+    map workers here mid-read); lczscale's clusters start without it whatever the config."""
+    import dask
+
+    with dask.config.set({"distributed.worker.profile.enabled": True}), \
+            open_cluster(LocalClusterConfig(workers=1), device="cpu") as client:
+        got = client.run(lambda dask_worker: [k for k in dask_worker.periodic_callbacks
+                                              if k.startswith("profile")])
+        assert got and all(v == [] for v in got.values()), got
+
+
 def test_tls_cluster_makes_the_same_cube(world, reference, tmp_path) -> None:
     """Scheduler, workers and client talk TLS only; the map reaches it as an address cluster
     with the same certificates."""

@@ -158,6 +158,7 @@ def test_job_script_carries_the_slurm_settings(monkeypatch, tmp_path: Path) -> N
                      "#SBATCH --gres=gpu:4", "#SBATCH --constraint=a100",
                      "#SBATCH -J lczscale-worker", f"-e {tmp_path}/logs/",
                      "export OMP_NUM_THREADS=4", "module load cuda",
+                     "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False",
                      f"{sys.executable} -m distributed.cli.dask_worker",
                      "--nthreads 1", "--nworkers 4", "--lifetime 110m",
                      "--lifetime-stagger 5m", "--resources GPU=1",
@@ -235,3 +236,24 @@ def test_pinned_workers_use_their_first_visible_gpu() -> None:
     assert cuda_index(3, 4, pinned="2") == 0
     assert cuda_index(3, 4, pinned="") == 3 and cuda_index(5, 4, pinned="") == 1
     assert cuda_index("SLURMCluster-1", 2, pinned="") == 0
+
+
+def test_stop_profiler_stops_a_running_workers_sampler() -> None:
+    """For workers lczscale did not start (an address cluster): the map's plugin stops it."""
+    from types import SimpleNamespace
+
+    from lczscale.execute.worker_config import stop_profiler
+
+    class Callback:
+        running = True
+
+        def stop(self) -> None:
+            self.running = False
+
+    profile, cycle, heartbeat = Callback(), Callback(), Callback()
+    worker = SimpleNamespace(name="w", periodic_callbacks={
+        "profile": profile, "profile-cycle": cycle, "heartbeat": heartbeat})
+    assert stop_profiler(worker)
+    assert not profile.running and not cycle.running and heartbeat.running
+    assert set(worker.periodic_callbacks) == {"heartbeat"}
+    assert not stop_profiler(worker)
