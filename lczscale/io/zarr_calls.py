@@ -1,12 +1,14 @@
 """zarr's synchronous reads and writes with a deadline, and a fresh I/O loop after a stall.
 
 zarr's ``arr[sel]`` / ``arr[sel] = v`` run a coroutine on zarr's one I/O loop thread and wait
-with no deadline. On Dask workers that wait was seen to last forever with the loop thread idle
-in ``epoll`` (no timers, only its self-pipe registered) and the executor threads idle: a lost
-wake-up, so every later call on that loop hangs too. A deadline alone turns the first hang
-into a ``TimeoutError`` but the retry meets the same dead loop; so on a timeout the stalled
-loop is abandoned (left to its daemon thread) and zarr makes a new one on the next call.
-The cause is not known; the warning logged on a stall records the loop's wake-up sockets.
+with no deadline, so a loop that stops waking up (lost wake-ups of its self-pipe: every later
+call on it hangs too) would hang a worker for ever. Here a call that makes no progress within
+the deadline raises ``TimeoutError`` (retried by the tile's reads and writes) and its loop is
+abandoned to its daemon thread, so that zarr makes a new one for the retry. The warning logged
+then records the loop's wake-up sockets and pending tasks.
+
+(The hangs first blamed on zarr's loop were a whole-process deadlock in Dask's sampling
+profiler, fixed in ``lczscale.execute.worker_config``; this guard stays for the loop itself.)
 """
 
 from __future__ import annotations
