@@ -269,38 +269,23 @@ def run_blocks(
             if on_result:
                 on_result(results[-1])
         return results
-    from distributed import as_completed
+    from lczscale.execute.dask import in_waves
 
-    limit = wave or max(2, 2 * len(client.scheduler_info().get("workers", {})))
-    pending = iter(tasks)
-    submitted: dict[object, BlockTask] = {}
-    futures = as_completed()
-
-    def top_up() -> None:
-        while len(submitted) < limit:
-            task = next(pending, None)
-            if task is None:
-                return
-            future = client.submit(_on_worker, task, ctx, pure=False,
-                                   key=f"products-{task.key.replace('/', '-')}-"
-                                       f"{uuid.uuid4().hex[:8]}")
-            submitted[future.key] = task
-            futures.add(future)
-
-    top_up()
-    for future in futures:
-        task = submitted.pop(future.key)
+    def collect(future: Any, task: BlockTask) -> BlockResult:
         try:
             result = future.result()
             assert isinstance(result, BlockResult)
+            return result
         except Exception as exc:  # the task itself died (e.g. KilledWorker)
-            result = record_block_failure(ctx, task, exc)
-        future.release()
-        results.append(result)
-        if on_result:
-            on_result(result)
-        top_up()
-    return results
+            return record_block_failure(ctx, task, exc)
+
+    return in_waves(
+        client, tasks,
+        lambda task: client.submit(_on_worker, task, ctx, pure=False,
+                                   key=f"products-{task.key.replace('/', '-')}-"
+                                       f"{uuid.uuid4().hex[:8]}"),
+        collect, wave, on_result,
+    )
 
 
 def update_seams(

@@ -15,8 +15,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from distributed import Client, Future, WorkerPlugin, as_completed, get_worker
 
@@ -25,6 +25,8 @@ from lczscale.execute.worker_config import stop_profiler
 from lczscale.plan import TileTask
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 PLUGIN_NAME = "lczscale-tile-runner"
 WAVE_RESIZE_S = 5.0
 
@@ -83,22 +85,31 @@ def run_dask(
     # the device decides the bytes, the resource only where tasks run).
     has_gpu = any(w.get("resources", {}).get("GPU") for w in workers.values())
     resources = {"GPU": 1} if has_gpu else None
-    limit = wave or max(2, 2 * len(workers))
+    return in_waves(
+        client, tasks,
+        lambda task: client.submit(_run_on_worker, task, pure=False, resources=resources,
+                                   key=f"tile-{task.key}-{uuid.uuid4().hex[:8]}"),
+        lambda future, task: _result(future, task, ctx), wave, on_result,
+    )
+
+
+def in_waves(
+    client: Client,
+    tasks: Iterable[T],
+    submit: Callable[[T], Future],
+    collect: Callable[[Future, T], R],
+    wave: int | None = None,
+    on_result: Callable[[R], None] | None = None,
+) -> list[R]:
+    """``collect`` of every task's future, in completion order, with at most ``wave`` tasks
+    in flight (default 2 per worker, following the workers as they come and go) — never a
+    whole-run graph on the scheduler."""
+    limit = wave or max(2, 2 * len(client.scheduler_info().get("workers", {})))
     sized = time.monotonic()
     pending = iter(tasks)
-    results: list[TileResult] = []
+    results: list[R] = []
     futures = as_completed()
-    submitted: dict[object, TileTask] = {}
-
-    def submit_next() -> bool:
-        task = next(pending, None)
-        if task is None:
-            return False
-        future = client.submit(_run_on_worker, task, key=f"tile-{task.key}-{uuid.uuid4().hex[:8]}",
-                               pure=False, resources=resources)
-        submitted[future.key] = task
-        futures.add(future)
-        return True
+    submitted: dict[object, T] = {}
 
     def top_up() -> None:
         # Workers come and go (SLURM jobs leave the queue, adaptive scaling, lifetimes): the
@@ -107,12 +118,17 @@ def run_dask(
         if wave is None and time.monotonic() - sized > WAVE_RESIZE_S:
             limit = max(2, 2 * len(client.scheduler_info().get("workers", {})))
             sized = time.monotonic()
-        while len(submitted) < limit and submit_next():
-            pass
+        while len(submitted) < limit:
+            task = next(pending, None)
+            if task is None:
+                return
+            future = submit(task)
+            submitted[future.key] = task
+            futures.add(future)
 
     top_up()
     for future in futures:
-        result = _result(future, submitted.pop(future.key), ctx)
+        result = collect(future, submitted.pop(future.key))
         # Forget the result on its worker now, not when the loop variable moves on: a worker
         # holding it cannot retire gracefully (lifetime) while no other worker can take it.
         future.release()
