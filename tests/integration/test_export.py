@@ -16,7 +16,6 @@ import pytest
 import rasterio
 import xarray as xr
 from affine import Affine
-from lcz_regions import EAST, SOUTH, WEST, Region, build, codes
 from pyproj import Transformer
 
 import lczscale
@@ -24,6 +23,7 @@ from lczscale import classes
 from lczscale.cli import main
 from lczscale.errors import ConfigError, CubeError, NoDataError
 from lczscale.export import export
+from tests.small_cubes import EAST, SOUTH, WEST, Region, build, codes
 
 pytestmark = pytest.mark.integration
 

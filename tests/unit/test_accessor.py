@@ -14,12 +14,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import xarray as xr
-from lcz_regions import WEST, build, codes
 
 import lczscale
 from lczscale import classes
 from lczscale.aggregate import block_counts, block_majority
 from lczscale.errors import ConfigError, NoDataError
+from tests.small_cubes import WEST, build, codes
 
 ROOT = Path(__file__).resolve().parents[2]
 BBOX = (5.975, 47.503, 5.995, 47.517)
