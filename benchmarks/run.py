@@ -30,6 +30,7 @@ import planning
 import read_throughput
 import scaling
 import throughput
+import tile_memory
 from common import emit, record, set_workdir
 
 Runner = Callable[[bool, argparse.Namespace], list[dict[str, Any]]]
@@ -40,6 +41,7 @@ BENCHMARKS: dict[str, Runner] = {
     "end_to_end": lambda quick, a: throughput.run(quick),
     "scaling": lambda quick, a: scaling.run(quick, slurm=a.slurm),
     "planning": lambda quick, a: planning.run(quick),
+    "tile_memory": lambda quick, a: tile_memory.run(quick),
 }
 
 

@@ -25,7 +25,7 @@ class GridConfig(_Strict):
     """Which zone lattice the cube uses and how it is cut into tiles (one tile = one chunk)."""
 
     kind: Literal["utm", "global"] = "utm"
-    tile_size: int = Field(2048, ge=64, le=16384)
+    tile_size: int = Field(4096, ge=64, le=16384)
     resolution: float = Field(10.0, gt=0, description="metres for utm zones")
     # The global EPSG:4326 lattice is the published AlphaEarth global mosaic's (aef-mosaic:
     # 4,007,520 columns over 360°, top edge 83.6857…°), so that store is read without resampling.

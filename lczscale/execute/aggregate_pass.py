@@ -1,6 +1,6 @@
 """The aggregation pass: 100 m products and the seam layer, made after a run's 10 m tiles.
 
-The 10 m tile size (2048 by default) is not a multiple of 10 and the 100 m filter needs
+The 10 m tile size (4096 by default) is not a multiple of 10 and the 100 m filter needs
 neighbouring cells, so a tile cannot make its own 100 m cells. Instead, once the tiles are
 written, the pass reads the 10 m ``lcz`` back from the cube in *blocks* of ``block_cells`` ×
 ``block_cells`` cells on the zone's cell lattice (each with a 2-cell = 20 px halo for the

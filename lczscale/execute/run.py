@@ -84,10 +84,16 @@ class MapPlan:
     provenance: dict[str, Any]
     provenance_hash: str
     provenance_parts: dict[str, str]
-    tile_bytes: int  # estimated peak memory of the largest tile
+    # estimated peak memory of the largest tile, and of square tiles half, a quarter, … as big
+    tile_bytes_by_size: dict[int, int]
     planned: list[TileTask]  # every tile of the AOI with data
     tasks: list[TileTask]  # those not done with the current provenance
     ledger: dict[str, dict[str, Any]]
+
+    @property
+    def tile_bytes(self) -> int:
+        """Estimated peak memory of the largest tile of the plan."""
+        return self.tile_bytes_by_size[max(self.tile_bytes_by_size)]
 
     @property
     def skipped(self) -> int:
@@ -183,10 +189,19 @@ def prepare(cfg: MapConfig) -> MapPlan:
     check_disjoint_writes(planned, block, shapes)
     check_halo(planned, receptive_field(meta.model) // 2, shapes)
     largest = max(planned, key=lambda t: t.read.size)
-    tile_bytes = tile_memory_bytes(largest.read, largest.core, source.dimensions, meta.model,
-                                   cfg.stitch, device_type)
+    halo = (largest.read.height - largest.core.height, largest.read.width - largest.core.width)
+
+    def tile_bytes(size: int) -> int:  # a square tile of ``size`` with the largest one's halo
+        core = Window(0, 0, min(size, largest.core.height), min(size, largest.core.width))
+        read = Window(0, 0, core.height + halo[0], core.width + halo[1])
+        return tile_memory_bytes(read, core, source.dimensions, meta.model, cfg.stitch,
+                                 device_type, cfg.inference, cfg.outputs.probabilities)
+
+    sizes = [cfg.grid.tile_size >> k for k in range(8) if cfg.grid.tile_size >> k >= 256]
+    tile_bytes_by_size = {size: tile_bytes(size) for size in sizes or [cfg.grid.tile_size]}
     todo = [t for t in planned if t.key not in done]
-    return MapPlan(cfg, source, year, lattice, provenance, phash, parts, tile_bytes, planned,
+    return MapPlan(cfg, source, year, lattice, provenance, phash, parts, tile_bytes_by_size,
+                   planned,
                    todo, entries)
 
 
@@ -226,14 +241,18 @@ def check_memory(plan: MapPlan, limits: list[int], where: str) -> None:
     if plan.tile_bytes <= allowed:
         return
     tile = plan.cfg.grid.tile_size
-    fits = tile
-    while fits > 256 and plan.tile_bytes * (fits / tile) ** 2 > allowed:
-        fits //= 2
+    fitting = [s for s, need in plan.tile_bytes_by_size.items() if need <= allowed]
+    advice = (f"use --tile-size {max(fitting)} or give workers more memory" if fitting else
+              "give workers more memory (no tile size down to 256 px fits)")
     raise ConfigError(
-        f"one {tile} px tile needs about {plan.tile_bytes / 2**30:.1f} GiB but {where} "
-        f"{min(known) / 2**30:.1f} GiB (at most {plan.cfg.faults.tile_memory_fraction:.0%} of "
-        f"it per tile); use --tile-size {fits} or give workers more memory"
+        f"one {tile} px tile needs about {_size(plan.tile_bytes)} but {where} "
+        f"{_size(min(known))} (at most {plan.cfg.faults.tile_memory_fraction:.0%} of "
+        f"it per tile); {advice}"
     )
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def map_context(plan: MapPlan) -> MapContext:

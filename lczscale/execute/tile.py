@@ -139,7 +139,9 @@ class TileRunner:
             data = self._retry(lambda: self.source.read(zone, task.read, task.year))
             waited = time.perf_counter() - t0
             return self.predictor.predict(zone, task.core, data, self._probabilities), waited
-        tile = self.predictor.start_tile(zone, task.read)
+        # The reader keeps two bands ahead of the model, no more: a tile's input then costs a
+        # few bands of memory however large the tile.
+        tile = self.predictor.start_tile(zone, task.read, 2 * self.ctx.inference.band_rows)
         reading = self._reader.submit(self._read_bands, zone, task, tile)
         try:
             pred = self.predictor.predict_tile(task.core, tile, self._probabilities)
@@ -157,6 +159,8 @@ class TileRunner:
                 tile.put(self._retry(partial(self.source.read, zone, band, task.year)))
         except BaseException as exc:  # handed to the model thread, which raises it
             tile.fail(exc)
+        finally:
+            tile.reader_finished()
 
     def _run(self, task: TileTask) -> TileResult:
         zone = self.zone(task.zone)

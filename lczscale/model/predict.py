@@ -20,14 +20,12 @@ from lczscale.config import InferenceConfig, ModelConfig, StitchConfig
 from lczscale.errors import ConfigError
 from lczscale.grid import LonLatNodes, Window, Zone
 from lczscale.io.source import EmbeddingWindow
+from lczscale.model.accumulate import N_PROBABILITY_CLASSES, RowAccumulator
 from lczscale.model.checkpoint import CheckpointMeta, load_checkpoint
 from lczscale.model.features import model_input
 from lczscale.model.tile_input import TileInput
 from lczscale.model.unet import LczUNet, encode_location, location_channels, receptive_field
 from lczscale.stitch import Lattice, blend_window, patch_overlap
-
-WATER_CLASS = 17
-N_PROBABILITY_CLASSES = 17  # the cube's class axis: LCZ codes 1..17
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -56,6 +54,10 @@ class TilePrediction:
     # uint8 (17, h, w) round(p * 255) of the blended softmax, only when asked for; water
     # pixels hold 255 for class 17 (like ``confidence``), nodata pixels 0 for every class.
     probability: np.ndarray | None = None
+    # Most rows held at once: read-window rows of input, core rows of float sums (the memory
+    # a tile really used, whatever its size).
+    input_rows: int = 0
+    sum_rows: int = 0
 
 
 class Predictor:
@@ -114,10 +116,11 @@ class Predictor:
         model, meta, _ = load_checkpoint(directory, device=str(dev))
         return cls(model, meta, stitch, dev, threads, inference)
 
-    def start_tile(self, zone: Zone, read: Window) -> TileInput:
-        """An empty read window for a reader thread to fill (``put``) band by band."""
+    def start_tile(self, zone: Zone, read: Window, ahead: int | None = None) -> TileInput:
+        """An empty read window for a reader thread to fill (``put``) band by band, at most
+        ``ahead`` rows past what the model has asked for (None: no limit)."""
         return TileInput(read, self.device, lambda w: self.location(zone, w),
-                         location_channels(self.meta.model))
+                         location_channels(self.meta.model), ahead)
 
     def location(self, zone: Zone, window: Window) -> torch.Tensor:
         """Location channels of a window on the device; computed per pixel, so a band's
@@ -144,55 +147,30 @@ class Predictor:
     def predict_tile(self, core: Window, tile: TileInput,
                      probabilities: bool = False) -> TilePrediction:
         """Like ``predict``, on a read window that may still be arriving: each batch waits only
-        for the rows its patches need. The patches evaluated, their batches and the order of
-        their addition are those of a whole read, so the result is the same bit for bit."""
+        for the rows its patches need, and rows above the next patch row are released (input)
+        or made final (output) as soon as the batches are past them. The patches evaluated,
+        their batches and the order of their addition are those of a whole read, so the result
+        is the same bit for bit."""
         read = tile.window
         need = self.lattice.read_window(core)
         if need.intersection(read) != need:
             raise ValueError(f"read window {read} does not cover the halo {need} of {core}")
-        rel = core.relative_to(read)
-        acc: torch.Tensor | None = None
-        wsum: torch.Tensor | None = None
-        patches = 0
+        sums = RowAccumulator(core.height, core.width, self.meta.model.num_classes,
+                              self.device, probabilities)
         with pinned_threads(self.threads), torch.inference_mode():
             for batch in _batches(self._jobs(core, tile), self.batch_size):
-                if acc is None:
-                    acc = torch.zeros((self.meta.model.num_classes, core.height, core.width),
-                                      dtype=torch.float32, device=self.device)
-                    wsum = torch.zeros((core.height, core.width), dtype=torch.float32,
-                                       device=self.device)
-                assert wsum is not None
                 probs = self._forward(tile, [o for o, _ in batch])
-                for i, (_, (ps, cs)) in enumerate(batch):
-                    w = self.window[ps]
-                    acc[(slice(None), *cs)] += probs[(i, slice(None), *ps)] * w
-                    wsum[cs] += w
-                patches += len(batch)
-            tile.wait(read.height)  # every band in: the masks below cover the whole core
-            core_valid = tile.valid[rel]
-            water = tile.water[rel]
-            lcz = np.zeros((core.height, core.width), dtype=np.uint8)
-            conf = np.zeros_like(lcz)
-            lcz[water] = WATER_CLASS
-            conf[water] = 255
-            per_class: np.ndarray | None = None
-            if probabilities:
-                per_class = np.zeros((N_PROBABILITY_CLASSES, core.height, core.width), np.uint8)
-                per_class[WATER_CLASS - 1][water] = 255
-            if acc is None or wsum is None:
-                return TilePrediction(lcz, conf, 0, 0, per_class)
-            prob = acc / wsum.clamp_min(1e-12)
-            best, idx = prob.max(dim=0)
-            codes = (idx + 1).to(torch.uint8).cpu().numpy()
-            score = torch.round(best * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()
-            if per_class is not None:
-                # The same rounding of the same values as ``score``: the chosen class's
-                # probability equals the confidence byte for byte.
-                scaled = torch.round(prob * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()
-                per_class[: scaled.shape[0], core_valid] = scaled[:, core_valid]
-        lcz[core_valid] = codes[core_valid]
-        conf[core_valid] = score[core_valid]
-        return TilePrediction(lcz, conf, patches, int(core_valid.sum()), per_class)
+                sums.add(probs, self.window, [overlap for _, overlap in batch])
+                # Later patches start at or below this batch's last one: nothing above it is
+                # read or added to again.
+                last = batch[-1][0][0]
+                sums.finalise(last - core.row)
+                tile.release(last - read.row)
+            tile.wait(read.height, land=False)  # every band in: masks for the whole core
+            rel = core.relative_to(read)
+            lcz, conf, per_class = sums.outputs(tile.valid[rel], tile.water[rel], probabilities)
+        return TilePrediction(lcz, conf, sums.added, int(tile.valid[rel].sum()), per_class,
+                              tile.peak_rows, sums.peak_rows)
 
     def _jobs(self, core: Window, tile: TileInput) -> Iterator[Job]:
         """Row-major lattice patches over ``core`` that touch a valid core pixel, each yielded
@@ -211,17 +189,18 @@ class Predictor:
 
     def _forward(self, tile: TileInput, origins: list[tuple[int, int]]) -> torch.Tensor:
         """Softmax probabilities (B, C, P, P) for a batch padded to the fixed batch size."""
-        assert tile.codes is not None and tile.valid_t is not None
         p = self.lattice.patch
         # cuDNN may choose kernels by batch size, so GPU batches are padded to a fixed size;
         # the CPU model runs each sample alone (see LczUNet.forward), so padding is waste there.
         n = self.batch_size if self.device.type == "cuda" else len(origins)
-        at = [Window(r, c, p, p).relative_to(tile.window) for r, c in origins]
+        at = [Window(r - tile.window.row, c - tile.window.col, p, p) for r, c in origins]
+        codes, valid = tile.patches("codes", at, n), tile.patches("valid", at, n)
+        assert codes is not None and valid is not None
         x = model_input(
-            _gather(tile.codes, at, n),
-            None if tile.scales is None else _gather(tile.scales, at, n),
-            _gather(tile.valid_t, at, n),
-            None if tile.location is None else _gather(tile.location, at, n),
+            codes,
+            tile.patches("scales", at, n),
+            valid,
+            tile.patches("location", at, n),
             self.mean,
             self.std,
             tile.dequantisation,
@@ -264,15 +243,6 @@ def _interpolate_on(device: torch.device, v: np.ndarray, nodes: LonLatNodes) -> 
     return across[i] * (1 - fy) + across[i + 1] * fy
 
 
-def _gather(t: torch.Tensor, at: list[tuple[slice, slice]], n: int) -> torch.Tensor:
-    """(n, ..., P, P) stack of the windows ``at`` of ``t`` (..., H, W); zeros past ``len(at)``."""
-    first = t[(..., *at[0])]
-    out = t.new_zeros((n, *first.shape))
-    for i, sl in enumerate(at):
-        out[i] = t[(..., *sl)]
-    return out
-
-
 def resolve_batch_size(
     wanted: int | str, model: ModelConfig, patch: int, device: torch.device, dtype: str = "fp32"
 ) -> int:
@@ -299,23 +269,39 @@ def patch_activation_bytes(model: ModelConfig, patch: int, element_bytes: int = 
 
 def tile_memory_bytes(
     read: Window, core: Window, dimensions: int, meta_model: ModelConfig, stitch: StitchConfig,
-    device_type: str = "cpu",
+    device_type: str = "cpu", inference: InferenceConfig | None = None,
+    probabilities: bool = False,
 ) -> int:
     """Peak host memory one tile needs on a worker, estimated from the arrays it allocates.
 
-    The read (int8 codes, twice for zarr's decode buffers, plus scales and masks), the location
-    channels, the per-class accumulators over the core, and one batch of patches through the
-    U-Net (inputs and the activations of every level, ~6 live tensors per level). On a GPU the
-    batch lives in device memory, so only the host side is counted.
+    Whole-window host masks and whole-core uint8 outputs; the input rows held at once (with
+    read-ahead: a batch's span of patch rows, a patch, the reader's two bands ahead and the
+    band being decoded, each as int8 codes, scales and location channels; without it, the
+    whole read window with zarr's decode buffers); float32 class sums for a batch's span plus a
+    patch of core rows; one batch of patches through the U-Net (inputs and the activations of
+    every level, ~6 live tensors per level). On a GPU the batch, the held codes and the sums
+    live in device memory, so only the host side (pinned bands, masks, outputs) is counted.
     """
-    px_read, px_core = read.size, core.size
+    inference = inference or InferenceConfig()
+    cpu = device_type == "cpu"
     loc = 4 * meta_model.location_frequencies if meta_model.location else 0
     classes = meta_model.num_classes
-    reading = px_read * (2 * dimensions + 4 + 2) + px_read * loc * 4
-    accumulate = px_core * (2 * classes + 2) * 4 + px_core * 2
     p = stitch.patch_size
+    stride = stitch.stride(receptive_field(meta_model))
     b = stitch.batch_size if isinstance(stitch.batch_size, int) else 8
+    per_row = -(-core.width // stride) + 1  # patches per lattice row over the core
+    span = -(-b // per_row) * stride  # rows between a batch's first and last patch origin
+    band = inference.band_rows
+    held_px = dimensions + 4 + 1 + (loc * 4 if cpu else 0)  # codes, scale, valid, location
+    if inference.read_ahead:
+        rows = min(read.height, span + p + 4 * band)
+        reading = rows * read.width * held_px + band * read.width * 2 * dimensions
+    else:
+        reading = read.size * (2 * dimensions + held_px)
+    masks = read.size * 2
+    sums = min(core.height, span + p) * core.width * (classes + 1) * 4 if cpu else 0
+    outputs = core.size * (2 + (classes + N_PROBABILITY_CLASSES if probabilities else 0))
     batch_in = b * p * p * (dimensions + 1 + 4 + loc * 4)
     levels = sum(w * (p >> i) ** 2 for i, w in enumerate(meta_model.widths))
-    activations = (1 if device_type == "cpu" else 0) * 6 * 4 * levels + b * classes * p * p * 8
-    return int(reading + accumulate + 2 * batch_in + activations)
+    activations = (6 * 4 * levels if cpu else 0) + b * classes * p * p * 8
+    return int(reading + masks + sums + outputs + 2 * batch_in + activations)

@@ -1,17 +1,22 @@
-"""One tile's read window on the compute device, arriving in row bands from a reader thread.
+"""One tile's read window on the compute device, arriving in row bands from a reader thread,
+kept only while the model still needs it.
 
 Reading a tile (storage → int8 codes) and running the model on it overlap: a reader thread
 reads the read window in horizontal bands and ``put``s each; the model thread ``wait``s only
-for the rows its next batch of patches needs. Bands are disjoint, so no byte is read twice.
+for the rows its next batch of patches needs, and ``release``s the rows above its next patch
+row once it is past them. The reader stays at most ``ahead`` rows beyond the rows the model
+has asked for, so a tile's input costs memory for a few bands, not for the whole window: that
+is what lets a tile be large (4096 px by default), and a large tile is what keeps the halo's
+share of every read small.
 
-On a CPU the device tensors *are* the host arrays (zero-copy), filled by the reader thread.
-On CUDA the reader copies each band into pinned host memory; the model thread then issues an
-asynchronous host→device copy of every band that has arrived on a side stream, and makes its
-own stream wait on a band's copy only when a batch needs those rows — so int8 codes cross the
-link while earlier patches compute. The reader thread never runs torch operators (their
-thread count is per-thread state that decides CPU results); location channels are computed in
-the model thread as bands land. Either way the tensors hold exactly what one whole-window read
-would give, so the cube does not depend on whether (or how) the read was split.
+On a CPU each band's tensors are views of the arrays the reader got (zero-copy). On CUDA the
+reader copies each band into pinned host memory; the model thread then issues an asynchronous
+host→device copy of every band that has arrived on a side stream, and makes its own stream
+wait on a band's copy only when a batch needs those rows — so int8 codes cross the link while
+earlier patches compute. The reader thread never runs torch operators (their thread count is
+per-thread state that decides CPU results); location channels are computed in the model thread
+as bands land. Either way a patch gathers exactly the bytes one whole-window read would give,
+so the cube does not depend on whether (or how) the read was split.
 """
 
 from __future__ import annotations
@@ -46,17 +51,23 @@ def row_bands(window: Window, rows: int) -> list[Window]:
 
 @dataclass
 class _Band:
+    """One band: rows [start, stop) of the read window, its host parts, its device tensors."""
+
     window: Window
-    start: int  # first row, relative to the tile's read window
+    start: int
     stop: int
-    host: dict[str, torch.Tensor] = field(default_factory=dict)  # pinned copies (not on a CPU)
+    host: dict[str, torch.Tensor] = field(default_factory=dict)  # CPU views / pinned copies
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # on the device, once landed
+    event: torch.cuda.Event | None = None  # the upload finished (CUDA)
 
 
 class TileInput:
-    """The read window of one tile: host masks plus device tensors, filled band by band."""
+    """The read window of one tile: host masks for the whole window, device tensors for the
+    bands the model still needs."""
 
     def __init__(self, window: Window, device: torch.device,
-                 location: LocationFn | None = None, location_channels: int = 0) -> None:
+                 location: LocationFn | None = None, location_channels: int = 0,
+                 ahead: int | None = None) -> None:
         self.window = window
         self.device = device
         h, w = window.height, window.width
@@ -64,63 +75,73 @@ class TileInput:
         self.water = np.zeros((h, w), dtype=bool)
         self.cpu = device.type == "cpu"
         self._location_fn = location if location_channels else None
-        self._location_channels = location_channels
-        self._device_ready = False
-        # Allocated when the first band shows the codes' depth and de-quantisation: on a CPU
-        # by the reader (views of host arrays), elsewhere by the model thread (device memory).
+        self.ahead = ahead  # rows the reader may run past the model's requests; None = no limit
         self.dequantisation = ""
-        self.codes: torch.Tensor | None = None
-        self.scales: torch.Tensor | None = None
-        self.valid_t: torch.Tensor | None = None
-        self.location: torch.Tensor | None = None
-        self._host: dict[str, np.ndarray] = {}
         self._shape: tuple[int, bool] | None = None  # (dimensions, has scales)
         self._cond = threading.Condition()
         self._arrived = 0  # rows [0, arrived) have been put by the reader
+        self._wanted = 0  # rows the model has asked for so far
+        self._released = 0  # rows [0, released) are dropped
         self._pending: list[_Band] = []  # put, not yet landed by the model thread
-        self._landed: list[tuple[int, torch.cuda.Event | None]] = []  # (row stop, copy done)
+        self._bands: list[_Band] = []  # landed and not released, in row order
         self._waited = 0  # rows the model thread has landed and its stream waits for
         self._error: BaseException | None = None
         self._cancelled = False
+        self._reader_done = False
         self.waited_s = 0.0  # time the model thread spent blocked on the reader
+        self.peak_rows = 0  # most rows held at once (put or landed, not released)
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     # ---- reader side -------------------------------------------------------------------------
 
     def put(self, data: EmbeddingWindow) -> None:
-        """Add the next band (the rows right after those already put). No torch operators."""
+        """Add the next band (the rows right after those already put), first waiting until the
+        model is within ``ahead`` rows of it. No torch operators (views are not operators)."""
         band = data.window
         start, stop = band.row - self.window.row, band.row_stop - self.window.row
         if (start != self._arrived or band.col != self.window.col
                 or band.width != self.window.width):
             raise ValueError(f"band {band} does not continue {self.window} at row {self._arrived}")
+        if (data.codes.shape[1:] != (band.height, band.width)
+                or data.valid.shape != (band.height, band.width)
+                or data.water.shape != (band.height, band.width)):
+            raise ValueError(f"band {band} came with codes of shape {data.codes.shape} and "
+                             f"masks of {data.valid.shape}: not the band's rows and columns")
         shape = (data.codes.shape[0], data.dequantisation == "per_pixel_scale")
         if self._shape is None:
             self._shape, self.dequantisation = shape, data.dequantisation
-            if self.cpu:
-                self._allocate_host()
         elif (shape, data.dequantisation) != (self._shape, self.dequantisation):
             raise ValueError(f"band {band} holds {shape[0]}-d {data.dequantisation} embeddings, "
                              f"the first band {self._shape[0]}-d {self.dequantisation}")
+        with self._cond:  # flow control: never more than ``ahead`` rows past the model
+            while (self.ahead is not None and not self._cancelled
+                   and start >= self._wanted + self.ahead):
+                self._cond.wait()
+            if self._cancelled:
+                return
         rows = slice(start, stop)
         self.valid[rows] = data.valid
         self.water[rows] = data.water
-        parts = {"codes": data.codes, "valid": data.valid}
+        parts = {"codes": data.codes, "valid": self.valid[rows]}
         if shape[1]:
             parts["scales"] = _scales(data)
         item = _Band(band, start, stop)
-        if self.cpu:
-            for name, value in parts.items():
-                if name != "valid":  # valid_t views self.valid
-                    self._host[name][..., rows, :] = value
-        else:
-            pin = self._stream is not None
-            item.host = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in parts.items()}
-            if pin:
-                item.host = {k: v.pin_memory() for k, v in item.host.items()}
+        # Views of the source's arrays where they are contiguous and writable (torch tensors
+        # may not view read-only memory, e.g. a memory-mapped tile), else copies.
+        item.host = {k: torch.from_numpy(np.require(v, requirements=["C", "W"]))
+                     for k, v in parts.items()}
+        if self._stream is not None:
+            item.host = {k: v.pin_memory() for k, v in item.host.items()}
         with self._cond:
             self._pending.append(item)
             self._arrived = stop
+            self.peak_rows = max(self.peak_rows, stop - self._released)
+            self._cond.notify_all()
+
+    def reader_finished(self) -> None:
+        """The reader thread is done (every band put, failed, or cancelled)."""
+        with self._cond:
+            self._reader_done = True
             self._cond.notify_all()
 
     def fail(self, error: BaseException) -> None:
@@ -130,7 +151,7 @@ class TileInput:
 
     @property
     def cancelled(self) -> bool:
-        """The model thread gave up on this tile: the reader should stop."""
+        """The model thread gave up on this tile (or finished it): the reader should stop."""
         return self._cancelled
 
     def cancel(self) -> None:
@@ -140,85 +161,96 @@ class TileInput:
 
     # ---- model side --------------------------------------------------------------------------
 
-    def wait(self, rows: int) -> None:
-        """Block until rows ``[0, rows)`` of the read window are usable on the device; raise
-        the reader's error if it failed."""
+    def wait(self, rows: int, land: bool = True) -> None:
+        """Block until rows ``[0, rows)`` of the read window are usable on the device (with
+        ``land=False`` only until their host masks are in); raise the reader's error if it
+        failed."""
         rows = min(rows, self.window.height)
         if rows <= self._waited:
             return
         t0 = time.perf_counter()
         with self._cond:
+            if rows > self._wanted:
+                self._wanted = rows
+                self._cond.notify_all()  # the reader may be holding back for us
             while self._arrived < rows and self._error is None:
+                if self._reader_done:  # a reader that stops early must say why (``fail``)
+                    raise RuntimeError(
+                        f"the reader of {self.window} stopped at row {self._arrived} without "
+                        f"an error while the model waits for row {rows} (cancelled: "
+                        f"{self._cancelled}, wanted: {self._wanted}, ahead: {self.ahead})")
                 self._cond.wait()
             if self._error is not None:
                 raise self._error
+            if not land:
+                self.waited_s += time.perf_counter() - t0
+                return
             pending, self._pending = self._pending, []
         self.waited_s += time.perf_counter() - t0
         self._land(pending)  # every band that has arrived, not only those needed now
         current = torch.cuda.current_stream(self.device) if self._stream is not None else None
-        for stop, event in self._landed:
-            if self._waited < stop:
-                if current is not None and event is not None:
-                    current.wait_event(event)
-                self._waited = stop
-            if stop >= rows:
+        for band in self._bands:
+            if self._waited < band.stop:
+                if current is not None and band.event is not None:
+                    current.wait_event(band.event)
+                self._waited = band.stop
+            if band.stop >= rows:
                 break
 
+    def release(self, rows: int) -> None:
+        """The model needs no row above ``rows`` any more: drop the bands that end there."""
+        self._bands = [b for b in self._bands if b.stop > rows]
+        with self._cond:
+            held = self._bands or self._pending
+            self._released = max(self._released, held[0].start if held else self._arrived)
+
+    def patches(self, name: str, at: list[Window], n: int) -> torch.Tensor | None:
+        """(n, ..., P, P) stack of the read-window-relative windows ``at`` of the part ``name``
+        (``codes``, ``scales``, ``valid`` or ``location``), assembled from the bands that hold
+        their rows; zeros past ``len(at)``. ``None`` when the tile has no such part."""
+        out: torch.Tensor | None = None
+        for i, w in enumerate(at):
+            covered = 0
+            for band in self._bands:
+                lo, hi = max(w.row, band.start), min(w.row_stop, band.stop)
+                if lo >= hi:
+                    continue
+                src = band.tensors.get(name)
+                if src is None:
+                    return None
+                if out is None:
+                    out = src.new_zeros((n, *src.shape[:-2], w.height, w.width))
+                out[i, ..., lo - w.row:hi - w.row, :] = src[
+                    ..., lo - band.start:hi - band.start, w.col:w.col_stop]
+                covered += hi - lo
+            if covered != w.height:  # released too early or never waited for: a bug, not data
+                raise ValueError(f"rows {w.row}..{w.row_stop} of the read window {self.window} "
+                                 f"are not all held ({covered} are)")
+        return out
+
     def _land(self, bands: list[_Band]) -> None:
-        """Location channels for each band and, off a CPU, its asynchronous upload."""
-        if bands and not self._device_ready:
-            self._allocate_device()
-            self._device_ready = True
+        """Each band's device tensors (off a CPU by an asynchronous upload) and location."""
+        current = torch.cuda.current_stream(self.device) if self._stream is not None else None
         for band in bands:
-            rows = slice(band.start, band.stop)
-            event = None
-            if not self.cpu:
-                assert self.codes is not None and self.valid_t is not None
-                targets = {"codes": self.codes[:, rows], "valid": self.valid_t[rows]}
-                if self.scales is not None:
-                    targets["scales"] = self.scales[rows]
-                if self._stream is not None:
+            if self.cpu:
+                band.tensors = dict(band.host)
+            else:
+                band.tensors = {k: torch.empty(v.shape, dtype=v.dtype, device=self.device)
+                                for k, v in band.host.items()}
+                if self._stream is not None and current is not None:
+                    # the new buffers may reuse memory the model stream still reads
+                    self._stream.wait_stream(current)
                     with torch.cuda.stream(self._stream):
-                        for name, dst in targets.items():
-                            dst.copy_(band.host[name], non_blocking=True)
-                        event = torch.cuda.Event()
-                        event.record(self._stream)
+                        for k, dst in band.tensors.items():
+                            dst.copy_(band.host[k], non_blocking=True)
+                        band.event = torch.cuda.Event()
+                        band.event.record(self._stream)
                 else:
-                    for name, dst in targets.items():
-                        dst.copy_(band.host[name])
-            if self.location is not None and self._location_fn is not None:
-                self.location[:, rows] = self._location_fn(band.window)
-            self._landed.append((band.stop, event))
-
-    def _allocate_host(self) -> None:
-        """CPU: full-window host arrays, viewed as the tensors the model reads (reader thread:
-        ``torch.from_numpy`` is a view, not an operator)."""
-        assert self._shape is not None
-        d, has_scales = self._shape
-        h, w = self.window.height, self.window.width
-        self._host = {"codes": np.zeros((d, h, w), dtype=np.int8)}
-        if has_scales:
-            self._host["scales"] = np.zeros((h, w), dtype=np.float32)
-        self.codes = torch.from_numpy(self._host["codes"])
-        self.scales = torch.from_numpy(self._host["scales"]) if has_scales else None
-        self.valid_t = torch.from_numpy(self.valid)
-
-    def _allocate_device(self) -> None:
-        """Full-window device tensors (model thread) and the location channels."""
-        assert self._shape is not None
-        d, has_scales = self._shape
-        h, w = self.window.height, self.window.width
-        dev = self.device
-        if not self.cpu:
-            self.codes = torch.zeros((d, h, w), dtype=torch.int8, device=dev)
-            self.scales = (torch.zeros((h, w), dtype=torch.float32, device=dev)
-                           if has_scales else None)
-            self.valid_t = torch.zeros((h, w), dtype=torch.bool, device=dev)
-        if self._location_fn is not None:
-            self.location = torch.zeros((self._location_channels, h, w), dtype=torch.float32,
-                                        device=dev)
-        if self._stream is not None:  # the buffers may reuse memory the model stream still uses
-            self._stream.wait_stream(torch.cuda.current_stream(dev))
+                    for k, dst in band.tensors.items():
+                        dst.copy_(band.host[k])
+            if self._location_fn is not None:
+                band.tensors["location"] = self._location_fn(band.window)
+            self._bands.append(band)
 
     @classmethod
     def whole(cls, data: EmbeddingWindow, device: torch.device,

@@ -21,7 +21,7 @@ def lines(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out = tmp_path_factory.mktemp("bench") / "quick.jsonl"
     done = subprocess.run(
         [sys.executable, str(RUN), "--quick", "--only", "amplification", "--only",
-         "end_to_end", "--out", str(out)],
+         "end_to_end", "--only", "tile_memory", "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -33,8 +33,8 @@ def lines(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 def test_every_line_has_a_name_and_the_context(lines: list[dict]) -> None:
     assert lines and all(x["context"].keys() >= CONTEXT and x["name"] for x in lines)
-    assert {x["benchmark"] for x in lines if x["name"] != "run"} == {"amplification",
-                                                                     "end_to_end"}
+    assert {x["benchmark"] for x in lines if x["name"] != "run"} == {
+        "amplification", "end_to_end", "tile_memory"}
     assert lines[-1]["name"] == "run" and lines[-1]["failed"] == []
 
 
@@ -58,3 +58,15 @@ def test_amplification_lines(lines: list[dict]) -> None:
     assert all(x["read_amplification"] >= 1 and x["patch_amplification"] >= 1 for x in halo)
     measured = [x for x in lines if x["name"] == "halo_amplification_measured"]
     assert measured and all(x["measured_read_amplification"] >= 1 for x in measured)
+
+
+def test_tile_memory_lines(lines: list[dict]) -> None:
+    """A streamed tile holds a few bands of input and a few patch rows of sums; a whole read
+    holds every row. (Resident memory is reported, not asserted: it is the machine's.)"""
+    got = {x["streamed"]: x for x in lines if x["name"] == "tile_memory"}
+    streamed, whole = got[True], got[False]
+    assert streamed["tile_size"] == whole["tile_size"] == 2048
+    assert whole["input_rows"] == whole["read_rows"] > streamed["input_rows"] > 0
+    assert streamed["input_rows"] <= 2 * 256 + 64 + 2 * 256  # ahead, a patch, two bands
+    assert 0 < streamed["sum_rows"] < 2048 and streamed["estimate_mib"] < whole["estimate_mib"]
+    assert all(x["peak_mib"] > 0 and x["px_per_s"] > 0 for x in (streamed, whole))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+from typing import ClassVar
 
 import pytest
 
@@ -138,6 +139,7 @@ def test_a_halo_smaller_than_the_receptive_radius_is_refused() -> None:
 def test_a_tile_too_big_for_the_workers_is_refused_with_a_size_that_fits() -> None:
     class Plan:
         cfg = MapConfig(source="s", model="m", out="o", grid=GridConfig(tile_size=2048))
+        tile_bytes_by_size: ClassVar = {2048: 3 * 2**30, 1024: 2**31, 512: 2**30, 256: 2**29}
         tile_bytes = 3 * 2**30
 
     check_memory(Plan(), [16 * 2**30], "workers have")  # type: ignore[arg-type]
@@ -145,6 +147,8 @@ def test_a_tile_too_big_for_the_workers_is_refused_with_a_size_that_fits() -> No
     with pytest.raises(ConfigError, match=r"--tile-size 1024") as err:
         check_memory(Plan(), [4 * 2**30, 8 * 2**30], "the smallest worker has")  # type: ignore
     assert "3.0 GiB" in str(err.value) and "4.0 GiB" in str(err.value)
+    with pytest.raises(ConfigError, match=r"no tile size down to 256 px fits"):
+        check_memory(Plan(), [2**29], "the smallest worker has")  # type: ignore[arg-type]
 
 
 def test_aoi_across_the_antimeridian_is_split_into_both_zones() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,11 @@ from lczscale.errors import ConfigError
 from lczscale.execute.run import inference_numerics
 from lczscale.grid import Window, utm_zone
 from lczscale.io.source import EmbeddingWindow
+from lczscale.model.accumulate import RowAccumulator
 from lczscale.model.checkpoint import InputSpec, load_checkpoint, save_untrained
 from lczscale.model.predict import Predictor, patch_activation_bytes, resolve_batch_size
 from lczscale.model.tile_input import TileInput, row_bands
+from lczscale.stitch import patch_overlap
 
 CPU = torch.device("cpu")
 TINY = ModelConfig(in_dim=6, widths=(4, 8), convs_per_block=1)
@@ -82,12 +85,42 @@ def test_banded_tile_holds_what_a_whole_read_holds(method: str) -> None:
     banded.wait(10)  # the first rows arrive before the rest
     banded.wait(data.window.height)
     thread.join()
-    for name in ("codes", "scales", "valid_t", "location"):
-        a, b = getattr(whole, name), getattr(banded, name)
+    h, w = data.window.height, data.window.width
+    everything = [Window(0, 0, h, w)]
+    windows = [Window(0, 0, 50, 40), Window(20, 5, 50, 40), Window(h - 50, w - 40, 50, 40)]
+    for name in ("codes", "scales", "valid", "location"):
+        a, b = whole.patches(name, everything, 1), banded.patches(name, everything, 1)
         assert (a is None) == (b is None) == (name == "scales" and method == "sign_square")
-        if a is not None:
+        if a is not None and b is not None:
             assert torch.equal(a, b), name
+            c = banded.patches(name, windows, 4)  # windows across band edges, zero padded
+            assert c is not None and c.shape[0] == 4 and not c[3].any()
+            for i, win in enumerate(windows):
+                assert torch.equal(c[i], a[0][..., win.row:win.row_stop, win.col:win.col_stop])
     assert np.array_equal(whole.water, banded.water)
+
+
+def test_the_reader_stays_a_few_bands_ahead_and_released_rows_are_gone() -> None:
+    data = random_window(Window(0, 0, 640, 8))
+    tile = TileInput(data.window, CPU, ahead=64)
+    thread = fill_in_thread(tile, data, 32, pause=0)
+    for top in range(0, 640 - 32, 32):  # a model that needs 32 rows at a time, top down
+        tile.wait(top + 32)
+        got = tile.patches("codes", [Window(top, 0, 32, 8)], 1)
+        assert got is not None and np.array_equal(got[0].numpy(), data.codes[:, top:top + 32])
+        tile.release(top + 32)
+    thread.join()
+    # Rows held: what the model asked for (32), the band it was in, and 64 ahead.
+    assert 64 <= tile.peak_rows <= 32 + 32 + 64 + 32
+    with pytest.raises(ValueError, match="not all held"):
+        tile.patches("codes", [Window(0, 0, 32, 8)], 1)
+
+
+def test_an_unbounded_reader_reads_everything_at_once() -> None:
+    data = random_window(Window(0, 0, 256, 8))
+    tile = TileInput(data.window, CPU)
+    fill_in_thread(tile, data, 32, pause=0).join()
+    assert tile.peak_rows == 256
 
 
 def test_a_reader_error_reaches_the_model_thread() -> None:
@@ -98,6 +131,25 @@ def test_a_reader_error_reaches_the_model_thread() -> None:
     tile.fail(OSError("band 2 is gone"))
     with pytest.raises(OSError, match="band 2 is gone"):
         tile.wait(64)
+
+
+def test_a_reader_that_stops_without_an_error_is_reported_not_waited_for() -> None:
+    data = random_window(Window(0, 0, 64, 16))
+    tile = TileInput(data.window, CPU)
+    tile.put(band_of(data, Window(0, 0, 32, 16)))
+    tile.reader_finished()
+    tile.wait(32)
+    with pytest.raises(RuntimeError, match="stopped at row 32 without an error"):
+        tile.wait(64)
+
+
+def test_a_band_whose_arrays_are_not_its_rows_is_refused() -> None:
+    data = random_window(Window(0, 0, 64, 16))
+    band = band_of(data, Window(0, 0, 32, 16))
+    tile = TileInput(data.window, CPU)
+    for bad in (replace(band, codes=band.codes[:, :16]), replace(band, water=band.water[:16])):
+        with pytest.raises(ValueError, match="not the band's rows and columns"):
+            tile.put(bad)
 
 
 def test_bands_must_arrive_in_order() -> None:
@@ -164,3 +216,50 @@ def test_only_settings_that_change_the_bytes_are_provenance(tmp_path: Path) -> N
     auto = MapConfig.model_validate(base | {"stitch": {"batch_size": "auto"}})
     assert inference_numerics(auto, "cpu") == {}
     assert inference_numerics(auto, "cuda") == {"batch_size": "auto"}
+
+
+@pytest.mark.parametrize("batch", [1, 3, 7])
+def test_a_tall_tile_holds_a_few_patch_rows_and_gives_the_whole_reads_bytes(
+        tiny_model: str, batch: int) -> None:
+    model, meta, _ = load_checkpoint(tiny_model)
+    predictor = Predictor(model, meta, StitchConfig(patch_size=32, batch_size=batch), CPU)
+    zone = utm_zone(32)
+    core = Window(5_000_064, 40_064, 320, 64)
+    read = predictor.lattice.read_window(core)
+    data = random_window(read, seed=5)
+    whole = predictor.predict(zone, core, data, probabilities=True)
+    tile = predictor.start_tile(zone, read, ahead=32)
+    thread = fill_in_thread(tile, data, 32, pause=0)
+    streamed = predictor.predict_tile(core, tile, probabilities=True)
+    thread.join()
+    assert streamed.patches == whole.patches > 0
+    for name in ("lcz", "confidence", "probability"):
+        assert np.array_equal(getattr(streamed, name), getattr(whole, name)), name
+    assert whole.input_rows == read.height  # one whole read
+    assert streamed.input_rows < read.height // 2 and streamed.sum_rows < core.height // 2
+
+
+def test_rows_made_final_early_equal_one_whole_core_pass() -> None:
+    rng = np.random.default_rng(1)
+    h, w, classes, p = 70, 9, 5, 16
+    origins = [(r, c) for r in range(-8, h, 12) for c in range(-8, w, 12)]
+    weight = torch.from_numpy(rng.random((p, p), dtype=np.float32))
+    probs = torch.from_numpy(rng.random((len(origins), classes, p, p), dtype=np.float32))
+    core = Window(0, 0, h, w)
+    jobs = [patch_overlap(o, p, core) for o in origins]
+    at = [j for j in jobs if j is not None]
+    probs = probs[[i for i, j in enumerate(jobs) if j is not None]]
+    valid = rng.random((h, w)) > 0.1
+    water = ~valid & (rng.random((h, w)) > 0.5)
+    once = RowAccumulator(h, w, classes, CPU, probabilities=True)
+    once.add(probs, weight, at)
+    streamed = RowAccumulator(h, w, classes, CPU, probabilities=True)
+    for k in range(0, len(at), 4):
+        streamed.add(probs[k:k + 4], weight, at[k:k + 4])
+        streamed.finalise(at[min(k + 3, len(at) - 1)][1][0].start)
+    for a, b in zip(once.outputs(valid, water, True), streamed.outputs(valid, water, True),
+                    strict=True):
+        assert a is not None and b is not None and np.array_equal(a, b)
+    assert streamed.peak_rows < once.peak_rows == h
+    with pytest.raises(ValueError, match="already final"):
+        streamed.add(probs[:1], weight, at[:1])

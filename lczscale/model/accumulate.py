@@ -1,0 +1,101 @@
+"""Weighted class sums over a tile's core, kept only for the rows patches still reach.
+
+Patches arrive in row-major lattice order, so once a batch whose last patch starts at core row
+``r`` has been added, no later patch touches a row above ``r``: those rows are final. They are
+turned into class codes, confidences and (when asked) per-class probabilities right away and
+their float sums are dropped. The float buffer therefore spans a patch height plus what one
+batch covers, not the whole core — the per-class float32 sums of a 4096 px core alone would be
+over a gigabyte.
+
+Each pixel's sum gets the same patches in the same order, and the per-pixel arithmetic is that
+of one whole-core pass, so the bytes do not depend on where the rows were cut.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+WATER_CLASS = 17
+N_PROBABILITY_CLASSES = 17  # the cube's class axis: LCZ codes 1..17
+
+
+class RowAccumulator:
+    """Sums of weighted softmax maps and of the weights for core rows [base, base + held)."""
+
+    def __init__(self, height: int, width: int, classes: int, device: torch.device,
+                 probabilities: bool) -> None:
+        self.height, self.width, self.classes, self.device = height, width, classes, device
+        self.base = 0  # first row not yet final
+        self.acc = torch.zeros((classes, 0, width), dtype=torch.float32, device=device)
+        self.wsum = torch.zeros((0, width), dtype=torch.float32, device=device)
+        self.codes = np.zeros((height, width), dtype=np.uint8)  # class index + 1, 0 = untouched
+        self.score = np.zeros((height, width), dtype=np.uint8)
+        self.probability = (np.zeros((classes, height, width), dtype=np.uint8)
+                            if probabilities else None)
+        self.added = 0  # patches added
+        self.peak_rows = 0  # most rows held at once
+
+    def add(self, probs: torch.Tensor, weight: torch.Tensor,
+            at: list[tuple[tuple[slice, slice], tuple[slice, slice]]]) -> None:
+        """Add ``probs[i][patch slices] * weight[patch slices]`` into the core slices of
+        ``at[i]``; rows past the buffer are allocated, rows above ``base`` are refused."""
+        stop = max(cs[0].stop for _, cs in at)
+        self._extend(stop)
+        for i, (ps, cs) in enumerate(at):
+            if cs[0].start < self.base:
+                raise ValueError(f"core row {cs[0].start} is already final (rows < {self.base})")
+            rows = slice(cs[0].start - self.base, cs[0].stop - self.base)
+            w = weight[ps]
+            self.acc[:, rows, cs[1]] += probs[(i, slice(None), *ps)] * w
+            self.wsum[rows, cs[1]] += w
+        self.added += len(at)
+
+    def finalise(self, stop: int) -> None:
+        """Rows [base, stop) are final: codes, confidences and probabilities, then drop them."""
+        stop = min(stop, self.height)
+        if stop <= self.base:
+            return
+        self._extend(stop)
+        n = stop - self.base
+        if self.added:
+            prob = self.acc[:, :n] / self.wsum[:n].clamp_min(1e-12)
+            best, idx = prob.max(dim=0)
+            rows = slice(self.base, stop)
+            self.codes[rows] = (idx + 1).to(torch.uint8).cpu().numpy()
+            self.score[rows] = torch.round(best * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()
+            if self.probability is not None:
+                # The same rounding of the same values as ``score``: the chosen class's
+                # probability equals the confidence byte for byte.
+                self.probability[:, rows] = torch.round(prob * 255).clamp(0, 255).to(
+                    torch.uint8).cpu().numpy()
+        self.acc, self.wsum = self.acc[:, n:], self.wsum[n:]
+        self.base = stop
+
+    def _extend(self, stop: int) -> None:
+        have = self.base + self.wsum.shape[0]
+        if stop > have:
+            more = stop - have
+            self.acc = torch.cat([self.acc, self.acc.new_zeros((self.classes, more, self.width))],
+                                 dim=1)
+            self.wsum = torch.cat([self.wsum, self.wsum.new_zeros((more, self.width))])
+        self.peak_rows = max(self.peak_rows, self.wsum.shape[0])
+
+    def outputs(self, valid: np.ndarray, water: np.ndarray,
+                probabilities: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(lcz, confidence, probability) of the whole core once every row is final: classes
+        where ``valid``, water (class 17, full confidence) where ``water``, else 0."""
+        self.finalise(self.height)
+        lcz = np.zeros((self.height, self.width), dtype=np.uint8)
+        conf = np.zeros_like(lcz)
+        lcz[water] = WATER_CLASS
+        conf[water] = 255
+        lcz[valid] = self.codes[valid]
+        conf[valid] = self.score[valid]
+        per_class: np.ndarray | None = None
+        if probabilities:
+            per_class = np.zeros((N_PROBABILITY_CLASSES, self.height, self.width), np.uint8)
+            per_class[WATER_CLASS - 1][water] = 255
+            if self.probability is not None and self.added:
+                per_class[: self.classes, valid] = self.probability[:, valid]
+        return lcz, conf, per_class
