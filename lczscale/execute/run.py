@@ -131,7 +131,7 @@ def _open_source(cfg: MapConfig, aoi: Aoi | None) -> EmbeddingSource:
 def prepare(cfg: MapConfig) -> MapPlan:
     """Everything up to (not including) the first write: checks, plan, provenance."""
     aoi = _aoi(cfg)
-    cfg = with_cube_outputs(cfg)
+    cfg = with_cube_outputs(with_cube_tile_size(cfg))
     source = _open_source(cfg, aoi)
     _, meta, model_hash = load_checkpoint(cfg.model)
     check_input(meta, source.dimensions, source.kind, source.dataset)
@@ -203,6 +203,18 @@ def prepare(cfg: MapConfig) -> MapPlan:
     return MapPlan(cfg, source, year, lattice, provenance, phash, parts, tile_bytes_by_size,
                    planned,
                    todo, entries)
+
+
+def with_cube_tile_size(cfg: MapConfig) -> MapConfig:
+    """``cfg`` with the tile size of the cube at ``cfg.out`` when none is given: the tile size
+    is part of the provenance, so a changed default must not make a resumed run redo every
+    tile of a cube made before."""
+    if "tile_size" in cfg.grid.model_fields_set or not exists(cfg.out):
+        return cfg
+    stored = (cube_attrs(cfg.out).get("lczscale:layout") or {}).get("grid", {}).get("tile_size")
+    if not stored or int(stored) == cfg.grid.tile_size:
+        return cfg
+    return cfg.model_copy(update={"grid": cfg.grid.model_copy(update={"tile_size": int(stored)})})
 
 
 def with_cube_outputs(cfg: MapConfig) -> MapConfig:

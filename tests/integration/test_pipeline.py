@@ -58,6 +58,10 @@ def test_rerun_skips_finished_tiles_and_status_counts_them(world, tmp_path, caps
     first = run_map(cfg, progress=False)
     second = run_map(cfg, progress=False)
     assert second.computed == 0 and second.skipped == first.computed
+    # a rerun that gives no tile size keeps the cube's (512), not the default (4096)
+    unset = cfg.model_copy(update={"grid": GridConfig()})
+    assert unset.grid.tile_size != cfg.grid.tile_size
+    assert run_map(unset, progress=False).computed == 0
     status = cube_status(cfg.out)
     assert status["done"] == first.computed and status["remaining"] == 0
     assert main(["status", cfg.out, "--json"]) == 0
