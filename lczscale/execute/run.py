@@ -131,7 +131,8 @@ def _open_source(cfg: MapConfig, aoi: Aoi | None) -> EmbeddingSource:
 def prepare(cfg: MapConfig) -> MapPlan:
     """Everything up to (not including) the first write: checks, plan, provenance."""
     aoi = _aoi(cfg)
-    cfg = with_cube_outputs(with_cube_tile_size(cfg))
+    stored = cube_attrs(cfg.out) if exists(cfg.out) else {}
+    cfg = with_cube_outputs(with_cube_tile_size(cfg, stored), stored)
     source = _open_source(cfg, aoi)
     _, meta, model_hash = load_checkpoint(cfg.model)
     check_input(meta, source.dimensions, source.kind, source.dataset)
@@ -205,25 +206,23 @@ def prepare(cfg: MapConfig) -> MapPlan:
                    todo, entries)
 
 
-def with_cube_tile_size(cfg: MapConfig) -> MapConfig:
-    """``cfg`` with the tile size of the cube at ``cfg.out`` when none is given: the tile size
-    is part of the provenance, so a changed default must not make a resumed run redo every
-    tile of a cube made before."""
-    if "tile_size" in cfg.grid.model_fields_set or not exists(cfg.out):
+def with_cube_tile_size(cfg: MapConfig, attrs: dict[str, Any]) -> MapConfig:
+    """``cfg`` with the tile size of the cube whose attributes are ``attrs`` when none is
+    given: the tile size is part of the provenance, so a changed default must not make a
+    resumed run redo every tile of a cube made before."""
+    if "tile_size" in cfg.grid.model_fields_set:
         return cfg
-    stored = (cube_attrs(cfg.out).get("lczscale:layout") or {}).get("grid", {}).get("tile_size")
+    stored = (attrs.get("lczscale:layout") or {}).get("grid", {}).get("tile_size")
     if not stored or int(stored) == cfg.grid.tile_size:
         return cfg
     return cfg.model_copy(update={"grid": cfg.grid.model_copy(update={"tile_size": int(stored)})})
 
 
-def with_cube_outputs(cfg: MapConfig) -> MapConfig:
-    """``cfg`` with the outputs the cube at ``cfg.out`` already holds added: a tile or block
-    recomputed by a later run must not leave stale probabilities or 100 m products behind.
-    Outputs never change ``lcz``, so they are not part of the provenance."""
-    if not exists(cfg.out):
-        return cfg
-    stored = cube_attrs(cfg.out).get("lczscale:outputs")
+def with_cube_outputs(cfg: MapConfig, attrs: dict[str, Any]) -> MapConfig:
+    """``cfg`` with the outputs the cube whose attributes are ``attrs`` already holds added: a
+    tile or block recomputed by a later run must not leave stale probabilities or 100 m
+    products behind. Outputs never change ``lcz``, so they are not part of the provenance."""
+    stored = attrs.get("lczscale:outputs")
     if not stored:
         return cfg
     merged = OutputsConfig.model_validate(stored).union(cfg.outputs)

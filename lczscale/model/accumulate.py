@@ -31,7 +31,8 @@ class RowAccumulator:
         self.wsum = torch.zeros((0, width), dtype=torch.float32, device=device)
         self.codes = np.zeros((height, width), dtype=np.uint8)  # class index + 1, 0 = untouched
         self.score = np.zeros((height, width), dtype=np.uint8)
-        self.probability = (np.zeros((classes, height, width), dtype=np.uint8)
+        # On the cube's class axis already, so the output is masked in place, not copied.
+        self.probability = (np.zeros((N_PROBABILITY_CLASSES, height, width), dtype=np.uint8)
                             if probabilities else None)
         self.added = 0  # patches added
         self.peak_rows = 0  # most rows held at once
@@ -67,7 +68,7 @@ class RowAccumulator:
             if self.probability is not None:
                 # The same rounding of the same values as ``score``: the chosen class's
                 # probability equals the confidence byte for byte.
-                self.probability[:, rows] = torch.round(prob * 255).clamp(0, 255).to(
+                self.probability[: self.classes, rows] = torch.round(prob * 255).clamp(0, 255).to(
                     torch.uint8).cpu().numpy()
         self.acc, self.wsum = self.acc[:, n:], self.wsum[n:]
         self.base = stop
@@ -92,10 +93,10 @@ class RowAccumulator:
         conf[water] = 255
         lcz[valid] = self.codes[valid]
         conf[valid] = self.score[valid]
-        per_class: np.ndarray | None = None
-        if probabilities:
-            per_class = np.zeros((N_PROBABILITY_CLASSES, self.height, self.width), np.uint8)
-            per_class[WATER_CLASS - 1][water] = 255
-            if self.probability is not None and self.added:
-                per_class[: self.classes, valid] = self.probability[:, valid]
+        per_class = self.probability if probabilities else None
+        if per_class is not None:
+            per_class[:, ~valid] = 0
+            # water is class 17 at full probability, unless the model itself scored the pixel
+            over = water & ~valid if self.classes >= WATER_CLASS else water
+            per_class[WATER_CLASS - 1][over] = 255
         return lcz, conf, per_class

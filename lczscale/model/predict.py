@@ -300,7 +300,7 @@ def tile_memory_bytes(
         reading = read.size * (2 * dimensions + held_px)
     masks = read.size * 2
     sums = min(core.height, span + p) * core.width * (classes + 1) * 4 if cpu else 0
-    outputs = core.size * (2 + (classes + N_PROBABILITY_CLASSES if probabilities else 0))
+    outputs = core.size * (2 + (N_PROBABILITY_CLASSES if probabilities else 0))
     batch_in = b * p * p * (dimensions + 1 + 4 + loc * 4)
     levels = sum(w * (p >> i) ** 2 for i, w in enumerate(meta_model.widths))
     activations = (6 * 4 * levels if cpu else 0) + b * classes * p * p * 8
