@@ -9,15 +9,34 @@ over a gigabyte.
 
 Each pixel's sum gets the same patches in the same order, and the per-pixel arithmetic is that
 of one whole-core pass, so the bytes do not depend on where the rows were cut.
+
+On a GPU the final rows' bytes come back to the host without stopping it: they are copied
+into pinned memory asynchronously, and a batch's copy is only waited for when the next batch
+is finalised (by then the GPU is running that next batch). A ``.cpu()`` per batch would make
+the host wait for every batch to finish before it could queue the next, leaving the GPU idle
+while the host gathers patches and launches kernels.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 WATER_CLASS = 17
 N_PROBABILITY_CLASSES = 17  # the cube's class axis: LCZ codes 1..17
+
+
+@dataclass
+class _FinalRows:
+    """Core rows made final on the device, on their way to the host arrays."""
+
+    rows: slice
+    codes: torch.Tensor  # (rows, width) uint8 on the host (pinned on CUDA)
+    score: torch.Tensor
+    probability: torch.Tensor | None  # (classes, rows, width) uint8
+    copied: torch.cuda.Event | None  # the device→host copies are done (CUDA)
 
 
 class RowAccumulator:
@@ -36,6 +55,7 @@ class RowAccumulator:
                             if probabilities else None)
         self.added = 0  # patches added
         self.peak_rows = 0  # most rows held at once
+        self._coming: list[_FinalRows] = []  # final on the device, not yet in the host arrays
 
     def add(self, probs: torch.Tensor, weight: torch.Tensor,
             at: list[tuple[tuple[slice, slice], tuple[slice, slice]]]) -> None:
@@ -53,25 +73,46 @@ class RowAccumulator:
         self.added += len(at)
 
     def finalise(self, stop: int) -> None:
-        """Rows [base, stop) are final: codes, confidences and probabilities, then drop them."""
+        """Rows [base, stop) are final: codes, confidences and probabilities, then drop them.
+        Their bytes reach the host arrays by the next ``finalise`` (or ``outputs``)."""
         stop = min(stop, self.height)
-        if stop <= self.base:
-            return
-        self._extend(stop)
-        n = stop - self.base
-        if self.added:
-            prob = self.acc[:, :n] / self.wsum[:n].clamp_min(1e-12)
-            best, idx = prob.max(dim=0)
-            rows = slice(self.base, stop)
-            self.codes[rows] = (idx + 1).to(torch.uint8).cpu().numpy()
-            self.score[rows] = torch.round(best * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()
-            if self.probability is not None:
-                # The same rounding of the same values as ``score``: the chosen class's
-                # probability equals the confidence byte for byte.
-                self.probability[: self.classes, rows] = torch.round(prob * 255).clamp(0, 255).to(
-                    torch.uint8).cpu().numpy()
-        self.acc, self.wsum = self.acc[:, n:], self.wsum[n:]
-        self.base = stop
+        earlier, self._coming = self._coming, []
+        if stop > self.base:
+            self._extend(stop)
+            n = stop - self.base
+            if self.added:
+                self._coming.append(self._final_rows(slice(self.base, stop), n))
+            self.acc, self.wsum = self.acc[:, n:], self.wsum[n:]
+            self.base = stop
+        for final in earlier:  # queued a batch ago: on a GPU, long done by now
+            self._land(final)
+
+    def _final_rows(self, rows: slice, n: int) -> _FinalRows:
+        """The first ``n`` held rows as bytes, copied (asynchronously on CUDA) to the host."""
+        prob = self.acc[:, :n] / self.wsum[:n].clamp_min(1e-12)
+        best, idx = prob.max(dim=0)
+        # The same rounding of the same values as the score: the chosen class's probability
+        # equals the confidence byte for byte.
+        parts = [(idx + 1).to(torch.uint8), torch.round(best * 255).clamp(0, 255).to(torch.uint8)]
+        if self.probability is not None:
+            parts.append(torch.round(prob * 255).clamp(0, 255).to(torch.uint8))
+        if self.device.type != "cuda":
+            return _FinalRows(rows, parts[0], parts[1], parts[2] if len(parts) > 2 else None,
+                              None)
+        host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in parts]
+        for h, t in zip(host, parts, strict=True):
+            h.copy_(t, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record(torch.cuda.current_stream(self.device))
+        return _FinalRows(rows, host[0], host[1], host[2] if len(host) > 2 else None, copied)
+
+    def _land(self, final: _FinalRows) -> None:
+        if final.copied is not None:
+            final.copied.synchronize()
+        self.codes[final.rows] = final.codes.numpy()
+        self.score[final.rows] = final.score.numpy()
+        if self.probability is not None and final.probability is not None:
+            self.probability[: self.classes, final.rows] = final.probability.numpy()
 
     def _extend(self, stop: int) -> None:
         have = self.base + self.wsum.shape[0]
@@ -87,6 +128,9 @@ class RowAccumulator:
         """(lcz, confidence, probability) of the whole core once every row is final: classes
         where ``valid``, water (class 17, full confidence) where ``water``, else 0."""
         self.finalise(self.height)
+        for final in self._coming:
+            self._land(final)
+        self._coming = []
         lcz = np.zeros((self.height, self.width), dtype=np.uint8)
         conf = np.zeros_like(lcz)
         lcz[water] = WATER_CLASS
