@@ -17,6 +17,7 @@ def open_cube(
     ``ds.lcz`` accessor; with ``crs=`` (and optional ``resolution=``, ``resampling=``) the
     zones the bbox touches are warped onto one grid and stitched. See
     ``lczscale.io.cube.open_cube``."""
+    import lczscale.accessor  # noqa: F401  (registers ``.lcz`` on what is returned)
     from lczscale.io.cube import open_cube as _open
 
     return _open(url, bbox, **kwargs)

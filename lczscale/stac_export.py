@@ -24,7 +24,7 @@ from lczscale import classes
 from lczscale.errors import NoDataError
 from lczscale.grid import Window, Zone
 from lczscale.io import ledger
-from lczscale.io.cube import _group, cube_attrs, cube_zones, open_root
+from lczscale.io.cube import cube_attrs, cube_zones, open_root, zone_group
 from lczscale.io.pyramid import data_sources, data_window, pyramid_levels
 from lczscale.io.stores import is_remote, local_path
 
@@ -83,7 +83,7 @@ def write_stac(cube: str, out: str | Path, collection_id: str = "lczscale-lcz",
     entries = ledger.read_all(cube)
     items = []
     for zone in cube_zones(cube):
-        g = _group(root, zone.name, cube)
+        g = zone_group(root, zone.name, cube)
         years = [int(v) for v in g["time"][:]]  # type: ignore[index, union-attr]
         sources = data_sources(cube, zone, years, entries)
         for t, year in enumerate(years):

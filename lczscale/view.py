@@ -4,8 +4,10 @@ Each zone lives in its own CRS, so a view of a region that spans zones must repr
 every zone whose data the view touches, the renderer picks the pyramid level whose pixels are
 just finer than the view's (``pyramid.level_for_resolution``), reads only the window under the
 view from that level, and warps it with *nearest* (class codes must never be blended) onto the
-view's grid; zones fill only what earlier zones left as nodata. A tile therefore reads about
-one tile's worth of pixels at any zoom, whatever the size of the cube.
+view's grid. Zones are combined by the one stitching rule of ``io.cube_warp.zone_choice``
+(the zone owning a pixel's longitude, else the first zone with a class), so a tile shows
+what ``open_cube(crs=)`` and the exports give at zone edges. A tile therefore reads about one
+tile's worth of pixels per zone at any zoom, whatever the size of the cube.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from odc.geo.warp import rio_reproject
 
 from lczscale import classes
 from lczscale.errors import CubeError, NoDataError
-from lczscale.grid import UTM_LAT_MAX, UTM_LAT_MIN, Window, Zone
+from lczscale.grid import Window, Zone
 from lczscale.io import ledger
-from lczscale.io.cube import _group, cube_attrs, cube_zones, open_root
+from lczscale.io.cube import cube_attrs, cube_zones, open_root, zone_group
+from lczscale.io.cube_warp import owned, pixel_lons, zone_choice
 from lczscale.io.pyramid import (
     data_sources,
     data_window,
@@ -92,7 +95,7 @@ class CubeView:
         entries: dict[str, dict[str, Any]] | None = None
         self.zones: list[_ZoneView] = []
         for zone in cube_zones(url, storage_options):
-            g = _group(root, zone.name, url)
+            g = zone_group(root, zone.name, url)
             years = [int(v) for v in g["time"][:]]  # type: ignore[index, union-attr]
             window = g.attrs.get("lczscale:data_window")
             if isinstance(window, list) and len(window) == 4:
@@ -130,48 +133,66 @@ class CubeView:
                 max(b.right for b in bb), max(b.top for b in bb))
 
     def render(self, dst: GeoBox, year: int | None = None) -> npt.NDArray[np.uint8]:
-        """LCZ codes (0 = nodata) on grid ``dst`` (any CRS), nearest from every zone."""
+        """LCZ codes (0 = nodata) on grid ``dst`` (any CRS), nearest from every zone, zones
+        combined by ``zone_choice``."""
         out = np.zeros(dst.shape, dtype=np.uint8)
         dst_ll = _clip_lonlat(dst)
         if dst_ll is None:
             return out
-        npx = dst.shape[0] * dst.shape[1]
+        warped: list[tuple[Zone, npt.NDArray[np.uint8]]] = []
         for zv in self.zones:
-            t = _year_index(zv, year)
-            if t is None:
-                continue
-            part = dst_ll & zv.data_lonlat & _band(zv.zone)
-            if part.is_empty or part.area == 0:
-                continue
-            pb = part.boundingbox  # densified: parallels curve in the zone's projection
-            step = max(pb.right - pb.left, pb.top - pb.bottom) / 32
-            part_z = part.to_crs(zv.zone.crs, resolution=step or None)
-            part_d = part.to_crs(dst.crs)
-            frac = part_d.area / dst.extent.area if dst.extent.area else 1.0
-            res = math.sqrt(part_z.area / max(frac * npx, 1e-9))
-            k = level_for_resolution(zv.zone, len(zv.arrays) - 1, res)
-            lz = level_zone(zv.zone, k)
-            win = lz.bounding_window(part_z)
-            if win is None:
-                continue
-            win = Window(win.row - 1, win.col - 1, win.height + 2, win.width + 2)
-            win = win.intersection(lz.full_window)
-            if win is None:
-                continue
-            if win.size > MAX_READ_PX:
-                raise CubeError(
-                    f"a view of {win.height}x{win.width} px of zone {zv.zone.name} at level {k} "
-                    f"is too large to read for one picture; cube {self.url} has "
-                    f"{len(zv.arrays) - 1} overview levels: run `lczscale pyramid {self.url}`"
-                )
-            src = np.asarray(zv.arrays[k][t, win.row : win.row_stop, win.col : win.col_stop])
-            if not src.any():
-                continue
-            warped = np.zeros(dst.shape, dtype=np.uint8)
-            rio_reproject(src, warped, lz.window_geobox(win), dst, "nearest",
-                          src_nodata=0, dst_nodata=0)
-            np.copyto(out, warped, where=(out == 0))
+            got = self._warp_zone(zv, dst, dst_ll, year)
+            if got is not None:
+                warped.append((zv.zone, got))
+        if not warped:
+            return out
+        if len(warped) == 1:
+            return warped[0][1]
+        lon = pixel_lons(dst)
+        choice = zone_choice([w > 0 for _, w in warped], [owned(z, lon) for z, _ in warped])
+        for k, (_, w) in enumerate(warped):
+            np.copyto(out, w, where=choice == k)
         return out
+
+    def _warp_zone(self, zv: _ZoneView, dst: GeoBox, dst_ll: geom.Geometry,
+                   year: int | None) -> npt.NDArray[np.uint8] | None:
+        """Zone ``zv``'s data under ``dst`` at the pyramid level just finer than ``dst``'s
+        pixels, warped onto ``dst`` with nearest; None where it has none there."""
+        t = _year_index(zv, year)
+        if t is None:
+            return None
+        part = dst_ll & zv.data_lonlat
+        if part.is_empty or part.area == 0:
+            return None
+        pb = part.boundingbox  # densified: parallels curve in the zone's projection
+        step = max(pb.right - pb.left, pb.top - pb.bottom) / 32
+        part_z = part.to_crs(zv.zone.crs, resolution=step or None)
+        part_d = part.to_crs(dst.crs)
+        frac = part_d.area / dst.extent.area if dst.extent.area else 1.0
+        npx = dst.shape[0] * dst.shape[1]
+        res = math.sqrt(part_z.area / max(frac * npx, 1e-9))
+        k = level_for_resolution(zv.zone, len(zv.arrays) - 1, res)
+        lz = level_zone(zv.zone, k)
+        win = lz.bounding_window(part_z)
+        if win is None:
+            return None
+        win = Window(win.row - 1, win.col - 1, win.height + 2, win.width + 2)
+        win = win.intersection(lz.full_window)
+        if win is None:
+            return None
+        if win.size > MAX_READ_PX:
+            raise CubeError(
+                f"a view of {win.height}x{win.width} px of zone {zv.zone.name} at level {k} "
+                f"is too large to read for one picture; cube {self.url} has "
+                f"{len(zv.arrays) - 1} overview levels: run `lczscale pyramid {self.url}`"
+            )
+        src = np.asarray(zv.arrays[k][t, win.row : win.row_stop, win.col : win.col_stop])
+        if not src.any():
+            return None
+        warped = np.zeros(dst.shape, dtype=np.uint8)
+        rio_reproject(src, warped, lz.window_geobox(win), dst, "nearest",
+                      src_nodata=0, dst_nodata=0)
+        return warped
 
     def tile(self, z: int, x: int, y: int, year: int | None = None) -> npt.NDArray[np.uint8]:
         """LCZ codes of XYZ tile z/x/y (256 × 256, EPSG:3857)."""
@@ -188,12 +209,11 @@ class CubeView:
         if not (-180 <= lon <= 180 and -90 <= lat <= 90):
             raise NoDataError(f"point ({lon}, {lat}) is not a lon/lat position")
         here = geom.point(lon, lat, "EPSG:4326")
-        for zv in self.zones:
+        # zone_choice for one pixel: the owner of this longitude first, then in name order
+        mine = np.array([lon])
+        for zv in sorted(self.zones, key=lambda zv: not owned(zv.zone, mine)[0]):
             t = _year_index(zv, year)
             if t is None or not zv.data_lonlat.contains(here):
-                continue
-            if zv.zone.crs != "EPSG:4326" and not (zv.zone.lon_band[0] <= lon
-                                                   <= zv.zone.lon_band[1]):
                 continue
             px, py = here.to_crs(zv.zone.crs).coords[0]
             col, row = ~zv.zone.affine @ (px, py)
@@ -243,13 +263,6 @@ def _year_index(zv: _ZoneView, year: int | None) -> int | None:
     if year is None:
         return len(zv.years) - 1
     return zv.years.index(year) if year in zv.years else None
-
-
-def _band(zone: Zone) -> geom.Geometry:
-    """The lon/lat region a zone owns (a UTM zone: its 6° band within UTM's latitudes)."""
-    if zone.crs == "EPSG:4326":
-        return geom.box(-180, -90, 180, 90, "EPSG:4326")
-    return geom.box(zone.lon_band[0], UTM_LAT_MIN, zone.lon_band[1], UTM_LAT_MAX, "EPSG:4326")
 
 
 def _clip_lonlat(dst: GeoBox) -> geom.Geometry | None:

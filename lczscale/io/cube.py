@@ -20,7 +20,6 @@ from odc.geo import geom
 from pyproj import CRS
 from zarr.codecs import ZstdCodec
 
-import lczscale.accessor  # noqa: F401  (registers the .lcz accessor on what open_cube returns)
 from lczscale import classes
 from lczscale.config import CubeConfig, GridConfig, OutputsConfig
 from lczscale.errors import CubeError, NoDataError
@@ -105,7 +104,7 @@ def create_cube(
             _create_zone(root, zone, grid, cube)
             present[zone.name] = zone.to_dict()
             root.attrs["lczscale:zones"] = present
-        g = _group(root, zone.name, url)
+        g = zone_group(root, zone.name, url)
         if outputs is not None:
             cube_outputs.ensure_output_arrays(g, zone, grid, cube, outputs)
         _ensure_years(g, years)
@@ -209,8 +208,9 @@ def _ensure_years(g: zarr.Group, years: Sequence[int]) -> None:
     time[len(have) :] = np.asarray(new, dtype=np.int32)
 
 
-def _group(root: zarr.Group, name: str, url: str) -> zarr.Group:
-    """The group of zone ``name``; a name that would leave the cube root is refused."""
+def zone_group(root: zarr.Group, name: str, url: str) -> zarr.Group:
+    """The zarr group of zone ``name`` in an opened cube root (for readers that need the
+    arrays themselves); a name that would leave the cube root is refused."""
     child_url(url, name)
     try:
         g = root[name]
@@ -233,7 +233,7 @@ def zone_year(
     storage_options: dict[str, Any] | None = None,
 ) -> tuple[zarr.Group, int]:
     """The group of ``zone`` and the time index of ``year`` (for the optional arrays)."""
-    g = _group(open_root(url, mode, storage_options), zone, url)
+    g = zone_group(open_root(url, mode, storage_options), zone, url)
     return g, _time_index(g, year, url)
 
 
@@ -255,7 +255,7 @@ def write_tile(
             f"{lcz.shape} and {confidence.shape}"
         )
     root = open_root(url, "r+", storage_options)
-    g = _group(root, zone.name, url)
+    g = zone_group(root, zone.name, url)
     t = _time_index(g, year, url)
     sel = (t, slice(core.row, core.row_stop), slice(core.col, core.col_stop))
     for name, values in (("lcz", lcz), ("confidence", confidence)):
@@ -275,7 +275,7 @@ def read_window(
     storage_options: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """One variable of one year over a window (zero outside the zone)."""
-    g = _group(open_root(url, "r", storage_options), zone.name, url)
+    g = zone_group(open_root(url, "r", storage_options), zone.name, url)
     t = _time_index(g, year, url)
     out = np.zeros((window.height, window.width), dtype=np.uint8)
     inner = window.intersection(zone.full_window)
@@ -301,7 +301,7 @@ def stored_block(url: str, storage_options: dict[str, Any] | None = None) -> tup
     read from the stored array metadata; None for a cube without zones yet."""
     root = open_root(url, "r", storage_options)
     for zone in cube_zones(url, storage_options):
-        arr = _group(root, zone.name, url)["lcz"]
+        arr = zone_group(root, zone.name, url)["lcz"]
         assert isinstance(arr, zarr.Array)
         block = arr.shards or arr.chunks
         return int(block[-2]), int(block[-1])

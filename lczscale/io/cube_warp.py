@@ -7,7 +7,9 @@ Nodata (0) never votes and stays 0.
 
 Stitching: every zone the region touches is warped onto the same target GeoBox; each target
 pixel takes the value of the zone whose longitude band holds its centre (the zone that owns
-that ground when mapping), and where that zone has nodata the first other zone with a class.
+that ground when mapping), and where that zone has nodata the first other zone (by name) with a
+class. ``zone_choice`` is that rule, and every multi-zone picture uses it: ``open_cube(crs=)``,
+the exports and the web map's tiles and points, so they agree pixel for pixel at zone edges.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ METRES_PER_DEGREE = 111_320.0  # at the equator: the default geographic pixel â‰
 CLASS_VARIABLES = ("lcz",)  # the chosen resampling; every other (y, x) variable: nearest
 
 T = TypeVar("T", xr.Dataset, xr.DataArray)
+A = TypeVar("A", np.ndarray, xr.DataArray)
 
 
 def check_resampling(resampling: str) -> str:
@@ -139,26 +142,43 @@ def zone_window(zone: Zone, box: GeoBox, pad: int = 2) -> Window | None:
     return zone.bounding_window(padded)
 
 
-def owner_mask(zone: Zone, box: GeoBox) -> xr.DataArray:
-    """(y, x) True where a target pixel's centre lies in the zone's longitude band."""
-    lo, hi = zone.lon_band
+def pixel_lons(box: GeoBox) -> np.ndarray:
+    """(y, x) longitudes of the centres of ``box``'s pixels."""
     a = box.affine
     h, w = box.shape
     xs = a.c + a.a * (np.arange(w) + 0.5)
     ys = a.f + a.e * (np.arange(h) + 0.5)
     c = CRS.from_user_input(box.crs)
     if c.is_geographic and c.equals(CRS.from_epsg(4326), ignore_axis_order=True):
-        lon = np.broadcast_to(xs[None, :], (len(ys), len(xs)))
-    else:
-        xx, yy = np.meshgrid(xs, ys)
-        lon, _ = Transformer.from_crs(c, "EPSG:4326", always_xy=True).transform(xx, yy)
-    own = (np.asarray(lon) >= lo) & (np.asarray(lon) < hi)
-    return xr.DataArray(own, dims=("y", "x"))
+        return np.broadcast_to(xs[None, :], (h, w))
+    xx, yy = np.meshgrid(xs, ys)
+    lon, _ = Transformer.from_crs(c, "EPSG:4326", always_xy=True).transform(xx, yy)
+    return np.asarray(lon)
+
+
+def owned(zone: Zone, lon: np.ndarray) -> np.ndarray:
+    """True where a longitude lies in the zone's band (the ground the zone maps)."""
+    lo, hi = zone.lon_band
+    return (lon >= lo) & (lon < hi)
+
+
+def zone_choice(has_class: Sequence[A], owns: Sequence[A]) -> A:
+    """For each target pixel, the index of the zone it takes its value from, âˆ’1 where no zone
+    has a class: the zone owning the pixel where that zone has a class, else the first zone
+    with one. ``has_class[k]`` and ``owns[k]`` are zone k's boolean masks on the target grid
+    (numpy arrays, or DataArrays that broadcast by dimension name)."""
+    if not has_class:
+        raise NoDataError("no zone to choose from")
+    choice: Any = xr.where(has_class[0], -1, -1)
+    for k, (has, own) in enumerate(zip(has_class, owns, strict=True)):
+        choice = xr.where((choice < 0) & has & own, k, choice)
+    for k, has in enumerate(has_class):
+        choice = xr.where((choice < 0) & has, k, choice)
+    return choice  # type: ignore[no-any-return]
 
 
 def stitch(parts: Sequence[tuple[Zone, xr.Dataset]], box: GeoBox, resampling: str) -> xr.Dataset:
-    """Warp each zone's Dataset onto ``box`` and combine them (owner's band first, then the
-    first zone with a class)."""
+    """Warp each zone's Dataset onto ``box`` and combine them by ``zone_choice``."""
     if not parts:
         raise NoDataError("no zone to stitch")
     warped = [warp(ds, box, resampling) for _, ds in parts]
@@ -167,19 +187,16 @@ def stitch(parts: Sequence[tuple[Zone, xr.Dataset]], box: GeoBox, resampling: st
         return warped[0]
     names = [n for n in warped[0].data_vars if all(n in w for w in warped)]
     first = warped[0]
-    out = {n: xr.zeros_like(first[n]) for n in names}
-    taken = xr.zeros_like(first["lcz"], dtype=bool)
-    owners = [owner_mask(zone, box) for zone, _ in parts]
-    order: list[tuple[xr.Dataset, xr.DataArray]] = [
-        (w, (w["lcz"] > 0) & own.assign_coords(y=w["y"], x=w["x"]))
-        for w, own in zip(warped, owners, strict=True)
-    ] + [(w, w["lcz"] > 0) for w in warped]
-    for w, cond in order:
-        new = cond & ~taken
-        for n in names:
-            out[n] = xr.where(new, w[n], out[n]).transpose(*first[n].dims).astype(
-                first[n].dtype)
-        taken = taken | new
+    lon = pixel_lons(box)
+    owns = [xr.DataArray(owned(zone, lon), dims=("y", "x"),
+                         coords={"y": first["y"], "x": first["x"]}) for zone, _ in parts]
+    choice = zone_choice([w["lcz"] > 0 for w in warped], owns)
+    out = {}
+    for n in names:
+        value = xr.zeros_like(first[n])
+        for k, w in enumerate(warped):
+            value = xr.where(choice == k, w[n], value)
+        out[n] = value.transpose(*first[n].dims).astype(first[n].dtype)
     return xr.Dataset(out, attrs=dict(first.attrs))
 
 

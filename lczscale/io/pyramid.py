@@ -39,7 +39,7 @@ from lczscale import classes
 from lczscale.errors import CubeError
 from lczscale.grid import Window, Zone
 from lczscale.io import ledger
-from lczscale.io.cube import _group, cube_zones, open_root
+from lczscale.io.cube import cube_zones, open_root, zone_group
 from lczscale.io.stores import child_url, filesystem
 
 TILE = 256  # overview chunk edge, and the size the top level must fit in
@@ -125,7 +125,7 @@ def stored_blocks(
 ) -> dict[str, Source]:
     """The stored chunks (shards) of a zone's ``lcz``, for cubes written without a ledger
     (e.g. a synthetic truth cube). Their version is unknown, so they are always rebuilt."""
-    arr = _group(open_root(url, "r", storage_options), zone.name, url)["lcz"]
+    arr = zone_group(open_root(url, "r", storage_options), zone.name, url)["lcz"]
     assert isinstance(arr, zarr.Array)
     bh, bw = (arr.shards or arr.chunks)[-2:]
     fs, root = filesystem(child_url(url, zone.name, "lcz", "c"), storage_options)
@@ -213,7 +213,7 @@ def _build_zone(
     on_level: Callable[[str, int, int], None] | None,
 ) -> dict[str, Any]:
     root = open_root(url, "r+", storage_options)
-    g = _group(root, zone.name, url)
+    g = zone_group(root, zone.name, url)
     years = [int(v) for v in g["time"][:]]  # type: ignore[index, union-attr]
     sources = data_sources(url, zone, years, entries, storage_options)
     state = read_state(url, zone.name, storage_options)

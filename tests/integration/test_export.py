@@ -85,6 +85,33 @@ def test_stitched_lonlat_view_agrees_with_each_zone(cube: str) -> None:
     np.testing.assert_array_equal(conf, np.where(values > 0, 100 + values, 0))
 
 
+def test_web_map_tiles_and_points_follow_the_same_stitching_rule(cube: str) -> None:
+    """The web map's pictures and click read-out combine zones as open_cube(crs=) does: the
+    owner of a pixel's longitude, else the other zone with a class (here: both zones hold data
+    on both sides of 6°E, with nodata blocks, so the fallback is exercised)."""
+    from lczscale.view import CubeView
+
+    ds = lczscale.open_cube(cube, ACROSS, crs="EPSG:4326", year=2024)
+    stitched = ds["lcz"].sel(time=2024).values
+    b = ds.odc.geobox.extent.boundingbox
+    view = CubeView(cube)
+    pictured = view.lonlat((b.left, b.bottom, b.right, b.top), stitched.shape, year=2024)
+    lcz = ds["lcz"].sel(time=2024)
+    west, west_clear = _zone_codes(lcz, WEST)
+    east, east_clear = _zone_codes(lcz, EAST)
+    clear = west_clear & east_clear
+    lon = np.broadcast_to(lcz["x"].values[None, :], lcz.shape)
+    fallback = clear & (np.where(lon < 6.0, west, east) == 0) & (np.where(lon < 6.0, east, west) > 0)
+    assert fallback.sum() > 50
+    np.testing.assert_array_equal(pictured[clear], stitched[clear])
+    lats = lcz["y"].values
+    rows, cols = np.nonzero(fallback)
+    for i, j in list(zip(rows, cols, strict=True))[::7]:
+        p = view.point(float(lon[i, j]), float(lats[i]), year=2024)
+        assert p["code"] == stitched[i, j], (i, j, p)
+        assert p["zone"] == ("utm32" if lon[i, j] < 6.0 else "utm31")  # the other zone's class
+
+
 def test_stitched_view_south_of_the_equator(cube: str) -> None:
     ds = lczscale.open_cube(cube, (36.803, -1.297, 36.817, -1.283), crs="EPSG:4326")
     got, want = _clear_samples(ds["lcz"].sel(time=2024), SOUTH)

@@ -43,14 +43,20 @@ def _origin(ds: xr.Dataset) -> tuple[int, int]:
     return int(round((a.f - z.f) / z.e)), int(round((a.c - z.c) / z.a))
 
 
-@pytest.mark.parametrize("importer", ["import lczscale.accessor", "import lczscale.io.cube"])
-def test_accessor_registered_by_the_cube_reader_or_its_module(importer: str) -> None:
-    """What open_cube returns always has ``.lcz``; ``import lczscale`` alone stays light."""
+@pytest.mark.parametrize("how", ["import", "open_cube"])
+def test_accessor_registered_by_its_module_or_by_open_cube(cube: str, how: str) -> None:
+    """What ``lczscale.open_cube`` returns always has ``.lcz``, as does anything once
+    ``lczscale.accessor`` is imported; ``import lczscale`` alone stays light, and the cube
+    reader (``lczscale.io``) does not reach forward to the accessor layer."""
+    use = ("import lczscale.accessor" if how == "import"
+           else f"ds = lczscale.open_cube({cube!r}, zone='utm31'); assert hasattr(ds, 'lcz')")
     code = (
         "import sys\n"
         "import lczscale\n"
         "light = 'xarray' not in sys.modules\n"
-        f"{importer}\n"
+        "import lczscale.io.cube\n"
+        "assert 'lczscale.accessor' not in sys.modules, 'io.cube imports the accessor'\n"
+        f"{use}\n"
         "import xarray as xr\n"
         "assert hasattr(xr.Dataset, 'lcz') and hasattr(xr.DataArray, 'lcz')\n"
         "print(light)\n"
