@@ -148,7 +148,7 @@ def prepare(cfg: MapConfig) -> MapPlan:
     if year not in years:
         raise NoDataError(f"{cfg.source} has no year {year}; years available: {years}")
     lattice = Lattice(cfg.stitch.patch_size, cfg.stitch.stride(receptive_field(meta.model)))
-    device_type = pick_device(cfg.device).type
+    device_type = planned_device_type(cfg)
     provenance = {
         "model_hash": model_hash,
         "source": source.describe() | {"url": None},
@@ -204,6 +204,25 @@ def prepare(cfg: MapConfig) -> MapPlan:
     return MapPlan(cfg, source, year, lattice, provenance, phash, parts, tile_bytes_by_size,
                    planned,
                    todo, entries)
+
+
+def planned_device_type(cfg: MapConfig) -> str:
+    """The device type the tiles run on, part of the provenance. ``device: auto`` is decided
+    where the work runs, not on the client: a SLURM or Kubernetes cluster whose workers are
+    given GPUs maps on CUDA though the login node planning the run has none. Other clusters
+    run on this machine (local) or are unknown until they answer (an address): there the
+    client's own answer is used, and a worker that disagrees refuses its tiles."""
+    if cfg.device != "auto" or cfg.executor != "dask":
+        return pick_device(cfg.device).type
+    from lczscale.execute.cluster_config import KubernetesClusterConfig, SlurmClusterConfig
+    from lczscale.execute.clusters import cluster_for_map
+
+    cluster = cluster_for_map(cfg)
+    if isinstance(cluster, SlurmClusterConfig):
+        return "cuda" if cluster.gpus_per_job else "cpu"
+    if isinstance(cluster, KubernetesClusterConfig):
+        return "cuda" if cluster.worker_gpus else "cpu"
+    return pick_device("auto").type
 
 
 def with_cube_tile_size(cfg: MapConfig, attrs: dict[str, Any]) -> MapConfig:
@@ -277,6 +296,7 @@ def map_context(plan: MapPlan) -> MapContext:
         grid=cfg.grid,
         stitch=cfg.stitch,
         device=cfg.device,
+        device_type=plan.provenance["device_type"],
         threads=cfg.threads_per_worker,
         provenance_hash=plan.provenance_hash,
         provenance_parts=plan.provenance_parts,

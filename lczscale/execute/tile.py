@@ -29,6 +29,7 @@ from lczscale.config import (
     OutputsConfig,
     StitchConfig,
 )
+from lczscale.errors import ConfigError
 from lczscale.execute.faults import describe, is_transient, with_retries
 from lczscale.grid import Zone, zone_by_name
 from lczscale.io import ledger
@@ -55,6 +56,7 @@ class MapContext:
     threads: int
     provenance_hash: str
     provenance_parts: dict[str, str] = field(default_factory=dict)
+    device_type: str = ""  # what the provenance says tiles run on ("" = not checked)
     faults: FaultConfig = field(default_factory=FaultConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
@@ -163,6 +165,7 @@ class TileRunner:
             tile.reader_finished()
 
     def _run(self, task: TileTask) -> TileResult:
+        check_device(self.ctx, self.predictor.device.type, self.name)
         zone = self.zone(task.zone)
         t1 = time.perf_counter()
         pred, waited = self._predict(zone, task)
@@ -184,6 +187,18 @@ class TileRunner:
         return TileResult(
             task.key, pred.valid_pixels, task.core.size, pred.patches, waited,
             t2 - t1 - waited, t3 - t2, self.name, attempts=self._attempts,
+        )
+
+
+def check_device(ctx: MapContext, device_type: str, worker: str) -> None:
+    """Refuse to make a tile on another device type than the provenance names: its bytes
+    would be recorded as made on the planned device, and a resume would trust them."""
+    if ctx.device_type and device_type != ctx.device_type:
+        raise ConfigError(
+            f"worker {worker} runs the model on {device_type}, but this run was planned for "
+            f"{ctx.device_type} (device: {ctx.device!r}, decided on the client); set device "
+            f"to {device_type!r} in the map config (--device {device_type}) so the cube's "
+            "provenance names the device that made it"
         )
 
 

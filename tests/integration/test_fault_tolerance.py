@@ -444,3 +444,36 @@ def test_the_same_tile_run_twice_at_once_leaves_the_cube_unchanged(reference, tm
         want = read_window(reference.url, zone, entry["year"], core, var)
         assert np.array_equal(got, want), var
 
+
+
+# --------------------------------------------------------------------------------------------
+# 6. The device the provenance names is the device that made the tile
+# --------------------------------------------------------------------------------------------
+
+
+def test_gpu_cluster_plans_cuda_and_a_worker_on_another_device_refuses_its_tiles(
+        reference, tmp_path) -> None:
+    """``device: auto`` is decided for the workers, not the client: a SLURM cluster given GPUs
+    plans CUDA even from a login node without one; a worker that would run on another device
+    type fails its tiles with the fix (set the device) instead of recording CPU bytes as CUDA
+    work, and nothing already in the cube changes."""
+    out = tmp_path / "gpu.zarr"
+    shutil.copytree(reference.url, out)
+    slurm = tmp_path / "slurm.yaml"
+    slurm.write_text("kind: slurm\nprocesses: 1\ngpus_per_job: 1\n")
+    cfg = reference.cfg.model_copy(update={"out": str(out), "cluster": str(slurm),
+                                           "device": "auto"})
+    plan = prepare(cfg)
+    assert plan.provenance["device_type"] == "cuda" and plan.provenance["threads"] is None
+    assert {t.key for t in plan.tasks} == reference.planned  # CUDA bytes differ: all to redo
+    cpu_slurm = tmp_path / "cpu.yaml"
+    cpu_slurm.write_text("kind: slurm\nprocesses: 1\n")
+    cpu_plan = prepare(cfg.model_copy(update={"cluster": str(cpu_slurm)}))
+    assert cpu_plan.provenance["device_type"] == "cpu"
+
+    task = plan.tasks[0]
+    result = TileRunner(map_context(plan), device="cpu").run(task)
+    assert result.status == "failed", result
+    assert "planned for cuda" in result.error and "set device to 'cpu'" in result.error
+    assert ledger.read_all(str(out))[task.key]["provenance_hash"] == plan.provenance_hash
+    assert_same_array_bytes(str(out), reference.url)
