@@ -4,9 +4,11 @@ The recorded run is re-planned (same config, the model and source as they are no
 is *done* when its ledger entry is done with the provenance the run would give it today,
 *stale* when it was made with another provenance (the reasons name the parts that changed:
 model, input, grid, code, …), *failed* when its last attempt failed (with the error), and
-*remaining* when it has no entry yet. A cube with 100 m products also reports the aggregation
-pass's blocks done and failed (``products_100m``; their ledger entries are counted in
-``ledger_entries`` too).
+*remaining* when it has no entry yet. A tile made with today's provenance but without an output
+the cube now holds (per-class probabilities added by a later run) is stale too, with the reason
+``outputs: probability``: the next run remakes it. A cube with 100 m products also reports
+the aggregation pass's blocks done and failed (``products_100m``; their ledger entries are
+counted in ``ledger_entries`` too).
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ def cube_status(url: str) -> dict[str, Any]:
         return out | {"done": done, "stale": 0, "failed": len(entries) - done, "remaining": None,
                       "note": "no map run recorded in this cube (e.g. a truth cube)"}
     try:
-        plan = prepare(MapConfig.model_validate(run))
+        # this cube, wherever it is now: the recorded ``out`` is where it was made
+        plan = prepare(MapConfig.model_validate(run | {"out": url}))
     except LczscaleError as exc:
         return out | {"done": None, "stale": None, "failed": None, "remaining": None,
                       "note": f"cannot re-plan the recorded run: {exc}"}
     done = stale = failed = remaining = 0
+    todo = {t.key for t in plan.tasks}  # what the next run would make
     reasons: Counter[str] = Counter()
     failures: dict[str, str] = {}
     for task in plan.planned:
@@ -49,8 +53,11 @@ def cube_status(url: str) -> dict[str, Any]:
             failed += 1
             if len(failures) < MAX_LISTED:
                 failures[task.key] = f"{entry.get('error_type')}: {entry.get('error')}"
-        elif entry.get("provenance_hash") == plan.provenance_hash:
+        elif entry.get("provenance_hash") == plan.provenance_hash and task.key not in todo:
             done += 1
+        elif entry.get("provenance_hash") == plan.provenance_hash:
+            stale += 1
+            reasons["outputs: probability"] += 1
         else:
             stale += 1
             reasons[_stale_reason(entry, plan.provenance_parts)] += 1

@@ -223,6 +223,27 @@ def test_cube_made_without_outputs_gains_them_on_resume(world, off, on, tmp_path
                           read(str(url), zone, "probability", px))
 
 
+def test_status_counts_a_tile_without_the_cubes_probabilities_as_stale(world, on,
+                                                                       tmp_path) -> None:
+    """A tile made before the cube gained probabilities is remade by the next run; status
+    says so rather than counting it done. The cube is a copy: status reads this cube's ledger,
+    not the one at the ``out`` its recorded run names."""
+    url = str(tmp_path / "status.zarr")
+    shutil.copytree(on, url)
+    before = cube_status(url)
+    assert before["stale"] == 0 and before["done"] > 1
+    entries = ledger.read_all(url)
+    key = sorted(k for k in entries if not k.startswith(LEDGER_PREFIX))[0]
+    path = Path(url) / "_ledger" / f"{key}.json"
+    entry = json.loads(path.read_text())
+    del entry["outputs"]
+    path.write_text(json.dumps(entry))
+    after = cube_status(url)
+    assert after["done"] == before["done"] - 1 and after["stale"] == 1
+    assert after["stale_reasons"] == {"outputs: probability": 1}
+    assert run(world, url, outputs=OUTPUTS)["computed"] == 1
+
+
 def test_seam_layer_is_low_on_the_pipeline_cube_and_flags_a_broken_tile(world, on,
                                                                          tmp_path) -> None:
     ds = lczscale.open_cube(on, zone="utm32")
