@@ -31,6 +31,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
 import time
 import uuid
 from collections import defaultdict
@@ -215,6 +217,7 @@ def run_block(task: BlockTask, ctx: ProductsContext) -> BlockResult:
             "digest": task.digest,
             "provenance_hash": ctx.provenance_hash,
             "seam": seam,
+            "worker": f"{socket.gethostname()}:{os.getpid()}",
             "finished_at": time.time(),
         }
         # Only after the chunks are written: a crash in between leaves the block not done.
@@ -379,6 +382,16 @@ def run_products(
         "seam_tiles_written": seam_tiles,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def blocks_to_do(plan: MapPlan) -> int:
+    """How many 100 m blocks a run of ``plan`` would make if none of its tiles changed (as
+    when every tile is done): decides whether a run with no tiles to make still needs its
+    cluster."""
+    if not plan.cfg.outputs.fractions:
+        return 0
+    _, todo = plan_blocks(plan.planned, plan.cfg.grid, plan.cfg.outputs, plan.ledger)
+    return len(todo)
 
 
 def run_products_for_plan(plan: MapPlan, client: Any | None, show: bool) -> dict[str, Any]:

@@ -360,6 +360,14 @@ def run_map(
 Execute = Callable[[list[TileTask], MapContext], list[TileResult]]
 
 
+def _blocks_to_do(plan: MapPlan) -> int:
+    """100 m blocks to make though no tile is: a resume that only adds ``--fractions`` (or
+    finishes an interrupted aggregation pass) runs them on the cluster, not in this process."""
+    from lczscale.execute.aggregate_pass import blocks_to_do
+
+    return blocks_to_do(plan)
+
+
 @contextmanager
 def _executor(
     cfg: MapConfig, plan: MapPlan, show: bool, on_result: Callable[[TileResult], None] | None
@@ -375,7 +383,7 @@ def _executor(
         TimeRemainingColumn(),
     )
     with ExitStack() as stack:
-        if cfg.executor == "serial" or not plan.tasks:
+        if cfg.executor == "serial" or not (plan.tasks or _blocks_to_do(plan)):
             check_memory(plan, [psutil.virtual_memory().total], "this machine has")
             client = None
         else:

@@ -5,6 +5,7 @@ of tile size, block size and executor, and resume."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -221,6 +222,23 @@ def test_cube_made_without_outputs_gains_them_on_resume(world, off, on, tmp_path
     zone, px, _ = city_windows(world)[0]
     assert np.array_equal(read(on, zone, "probability", px),
                           read(str(url), zone, "probability", px))
+
+
+def test_fractions_added_to_a_finished_cube_are_made_on_the_cluster(world, off,
+                                                                    tmp_path) -> None:
+    """Every tile is done, only the 100 m blocks are new: they still run on the Dask workers
+    (a planetary cube's aggregation must not fall back to the driver process)."""
+    url = tmp_path / "blocks.zarr"
+    shutil.copytree(off, url)
+    summary = run(world, url, executor="dask", workers=2,
+                  outputs=OutputsConfig(fractions=True, block_cells=32))
+    assert summary["computed"] == 0 and summary["skipped"] > 0
+    assert summary["products"]["computed"] == summary["products"]["blocks"] > 4
+    blocks = [e for k, e in ledger.read_all(str(url)).items()
+              if k.startswith(LEDGER_PREFIX) and "block" in e]
+    workers = {e["worker"] for e in blocks}
+    assert len(blocks) == summary["products"]["blocks"]
+    assert all(not w.endswith(f":{os.getpid()}") for w in workers), workers
 
 
 def test_status_counts_a_tile_without_the_cubes_probabilities_as_stale(world, on,
