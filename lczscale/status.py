@@ -53,9 +53,9 @@ def cube_status(url: str) -> dict[str, Any]:
             failed += 1
             if len(failures) < MAX_LISTED:
                 failures[task.key] = f"{entry.get('error_type')}: {entry.get('error')}"
-        elif entry.get("provenance_hash") == plan.provenance_hash and task.key not in todo:
+        elif task.key not in todo:  # done with today's provenance and outputs
             done += 1
-        elif entry.get("provenance_hash") == plan.provenance_hash:
+        elif entry.get("provenance_hash") == plan.provenance_hash:  # an output is missing
             stale += 1
             reasons["outputs: probability"] += 1
         else:

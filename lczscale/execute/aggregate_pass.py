@@ -31,8 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import socket
 import time
 import uuid
 from collections import defaultdict
@@ -217,7 +215,7 @@ def run_block(task: BlockTask, ctx: ProductsContext) -> BlockResult:
             "digest": task.digest,
             "provenance_hash": ctx.provenance_hash,
             "seam": seam,
-            "worker": f"{socket.gethostname()}:{os.getpid()}",
+            "worker": ledger.writer(),
             "finished_at": time.time(),
         }
         # Only after the chunks are written: a crash in between leaves the block not done.

@@ -360,13 +360,6 @@ def run_map(
 Execute = Callable[[list[TileTask], MapContext], list[TileResult]]
 
 
-def _blocks_to_do(plan: MapPlan) -> int:
-    """100 m blocks to make though no tile is: a resume that only adds ``--fractions`` (or
-    finishes an interrupted aggregation pass) runs them on the cluster, not in this process."""
-    from lczscale.execute.aggregate_pass import blocks_to_do
-
-    return blocks_to_do(plan)
-
 
 @contextmanager
 def _executor(
@@ -382,8 +375,12 @@ def _executor(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
+    from lczscale.execute.aggregate_pass import blocks_to_do
+
     with ExitStack() as stack:
-        if cfg.executor == "serial" or not (plan.tasks or _blocks_to_do(plan)):
+        # 100 m blocks left to make need the cluster too, though no tile is (a resume that
+        # only adds --fractions): they must not run in this process
+        if cfg.executor == "serial" or not (plan.tasks or blocks_to_do(plan)):
             check_memory(plan, [psutil.virtual_memory().total], "this machine has")
             client = None
         else:

@@ -12,8 +12,6 @@ result, so one bad tile never stops a run.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -102,7 +100,7 @@ class TileRunner:
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="lczscale-read")
         self._zones: dict[str, Zone] = {}
         self._attempts = 0
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.name = ledger.writer()
 
     @property
     def _probabilities(self) -> bool:

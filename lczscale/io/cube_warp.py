@@ -169,7 +169,7 @@ def zone_choice(has_class: Sequence[A], owns: Sequence[A]) -> A:
     (numpy arrays, or DataArrays that broadcast by dimension name)."""
     if not has_class:
         raise NoDataError("no zone to choose from")
-    choice: Any = xr.where(has_class[0], -1, -1)
+    choice: Any = xr.where(has_class[0], -1, -1)  # −1 everywhere, shaped like the masks
     for k, (has, own) in enumerate(zip(has_class, owns, strict=True)):
         choice = xr.where((choice < 0) & has & own, k, choice)
     for k, has in enumerate(has_class):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -25,6 +26,11 @@ DONE, FAILED = "done", "failed"
 
 def _entry_path(cube_url: str, key: str) -> str:
     return child_url(cube_url, LEDGER_DIR, *key.split("/")[:-1], f"{key.split('/')[-1]}.json")
+
+
+def writer() -> str:
+    """``host:pid`` of this process, as entries name the worker that made them."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def state(entry: dict[str, Any]) -> str:

@@ -96,15 +96,15 @@ class RowAccumulator:
         parts = [(idx + 1).to(torch.uint8), torch.round(best * 255).clamp(0, 255).to(torch.uint8)]
         if self.probability is not None:
             parts.append(torch.round(prob * 255).clamp(0, 255).to(torch.uint8))
-        if self.device.type != "cuda":
-            return _FinalRows(rows, parts[0], parts[1], parts[2] if len(parts) > 2 else None,
-                              None)
-        host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in parts]
-        for h, t in zip(host, parts, strict=True):
-            h.copy_(t, non_blocking=True)
-        copied = torch.cuda.Event()
-        copied.record(torch.cuda.current_stream(self.device))
-        return _FinalRows(rows, host[0], host[1], host[2] if len(host) > 2 else None, copied)
+        copied = None
+        if self.device.type == "cuda":  # into pinned memory, without waiting for the copy
+            host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in parts]
+            for h, t in zip(host, parts, strict=True):
+                h.copy_(t, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record(torch.cuda.current_stream(self.device))
+            parts = host
+        return _FinalRows(rows, parts[0], parts[1], parts[2] if len(parts) > 2 else None, copied)
 
     def _land(self, final: _FinalRows) -> None:
         if final.copied is not None:
