@@ -104,6 +104,13 @@ def test_the_reader_stays_a_few_bands_ahead_and_released_rows_are_gone() -> None
     data = random_window(Window(0, 0, 640, 8))
     tile = TileInput(data.window, CPU, ahead=64)
     thread = fill_in_thread(tile, data, 32, pause=0)
+    # Before the model asks for anything the reader puts its 64 rows ahead, then holds back.
+    # (Waiting for that, not for a time, keeps this independent of how loaded the host is.)
+    deadline = time.monotonic() + 30
+    while tile.peak_rows < 64 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(0.05)  # room for a reader that would not hold back to overshoot
+    assert tile.peak_rows == 64
     for top in range(0, 640 - 32, 32):  # a model that needs 32 rows at a time, top down
         tile.wait(top + 32)
         got = tile.patches("codes", [Window(top, 0, 32, 8)], 1)
