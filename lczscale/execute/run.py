@@ -202,8 +202,7 @@ def prepare(cfg: MapConfig) -> MapPlan:
     tile_bytes_by_size = {size: tile_bytes(size) for size in sizes or [cfg.grid.tile_size]}
     todo = [t for t in planned if t.key not in done]
     return MapPlan(cfg, source, year, lattice, provenance, phash, parts, tile_bytes_by_size,
-                   planned,
-                   todo, entries)
+                   planned, todo, entries)
 
 
 def planned_device_type(cfg: MapConfig) -> str:
@@ -358,7 +357,6 @@ def run_map(
 
 
 Execute = Callable[[list[TileTask], MapContext], list[TileResult]]
-
 
 
 @contextmanager
