@@ -169,7 +169,7 @@ def evaluate(
         if limits is not None and zone.name not in limits:
             continue
         g = open_root(truth_url, "r", None)[zone.name]
-        years = [int(v) for v in g["time"][:]]  # type: ignore[index, union-attr]
+        years = [int(v) for v in g["time"][:]]  # type: ignore[index, union-attr, call-overload]
         truth_year = years[-1] if year is None else year
         if truth_year not in years:
             raise CubeError(f"reference {truth_url} has no year {truth_year} (years: {years})")

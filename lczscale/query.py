@@ -181,7 +181,7 @@ def plot(
     return ax
 
 
-def reproject(
+def reproject[T: (xr.Dataset, xr.DataArray)](
     obj: T, crs: Any, resolution: float | None = None, resampling: str = "nearest",
 ) -> T:
     """``obj`` warped onto ``crs`` (a CRS, or a GeoBox to land on exactly) with a categorical

@@ -93,7 +93,7 @@ def run_dask(
     )
 
 
-def in_waves(
+def in_waves[T, R](
     client: Client,
     tasks: Iterable[T],
     submit: Callable[[T], Future],

@@ -48,7 +48,7 @@ def check_resampling(resampling: str) -> str:
     return resampling
 
 
-def georeferenced(obj: T) -> T:
+def georeferenced[T: (xr.Dataset, xr.DataArray)](obj: T) -> T:
     """``obj`` with ``spatial_ref`` as a coordinate (as odc-geo expects; the cube stores it as
     a variable so that GDAL sees it) and nodata 0 declared on its uint8 variables."""
     if isinstance(obj, xr.Dataset) and "spatial_ref" in obj.data_vars:
@@ -84,7 +84,7 @@ def target_geobox(
     return GeoBox.from_bbox(region.boundingbox, region.crs, resolution=resolution)
 
 
-def warp(obj: T, how: GeoBox, resampling: str = "nearest") -> T:
+def warp[T: (xr.Dataset, xr.DataArray)](obj: T, how: GeoBox, resampling: str = "nearest") -> T:
     """Warp an LCZ DataArray or a cube Dataset onto ``how`` (lazily when the input is dask).
 
     ``lcz`` uses ``resampling``; other (y, x) variables (e.g. ``confidence``) are picked with
@@ -162,7 +162,7 @@ def owned(zone: Zone, lon: np.ndarray) -> np.ndarray:
     return (lon >= lo) & (lon < hi)
 
 
-def zone_choice(has_class: Sequence[A], owns: Sequence[A]) -> A:
+def zone_choice[A: (np.ndarray, xr.DataArray)](has_class: Sequence[A], owns: Sequence[A]) -> A:
     """For each target pixel, the index of the zone it takes its value from, −1 where no zone
     has a class: the zone owning the pixel where that zone has a class, else the first zone
     with one. ``has_class[k]`` and ``owns[k]`` are zone k's boolean masks on the target grid

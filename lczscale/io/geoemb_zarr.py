@@ -30,7 +30,7 @@ from lczscale.grid import Window, Zone
 from lczscale.io import zarr_calls
 from lczscale.io.source import EmbeddingWindow, quantise_per_pixel
 from lczscale.io.stores import open_store, root_attributes
-from lczscale.io.tessera_zarr import TesseraZarrSource
+from lczscale.io.tessera_zarr import TesseraZarrSource, nan_scale_meaning
 from lczscale.plan import Availability
 
 FIX = "check the store's geoemb: attributes (github.com/geo-embeddings/embeddings-zarr-convention)"
@@ -60,6 +60,12 @@ class GeoembZarrSource(TesseraZarrSource):
         _ = source.root
         _ = source._zone_info
         return source
+
+    @property
+    def nan_is_water(self) -> bool:  # type: ignore[override]
+        """Only where the store declares geotessera's convention (nodata +inf, NaN = water):
+        a generic store's NaN is a pixel without an embedding, never water."""
+        return nan_scale_meaning(dict(self.root.attrs)) == "water"
 
     @property
     def grid_kinds(self) -> tuple[str, ...]:  # type: ignore[override]

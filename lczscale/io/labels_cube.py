@@ -57,7 +57,7 @@ class CubeLabels(LabelSource):
         root = open_root(path, "r", storage_options)
         self.years: dict[str, list[int]] = {}
         for z in zones:
-            times = root[z.name]["time"][:]  # type: ignore[index]
+            times = root[z.name]["time"][:]  # type: ignore[index, call-overload]
             self.years[z.name] = sorted(int(v) for v in np.asarray(times))
         if not any(self.years.values()):
             raise SourceError(f"label cube {path} has no zone with a year; nothing to read")

@@ -46,7 +46,7 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def with_retries(fn: Callable[[], T], faults: FaultConfig) -> T:
+def with_retries[T](fn: Callable[[], T], faults: FaultConfig) -> T:
     """``fn()`` retried on transient errors with exponential backoff; the last error is
     re-raised unchanged once ``faults.io_attempts`` attempts are spent."""
     retrying = Retrying(
@@ -60,7 +60,7 @@ def with_retries(fn: Callable[[], T], faults: FaultConfig) -> T:
 
 
 
-def retry_io(fn: Callable[[], T], what: str, faults: FaultConfig | None = None) -> T:
+def retry_io[T](fn: Callable[[], T], what: str, faults: FaultConfig | None = None) -> T:
     """``fn()`` with retries; once they are spent on a transient error, a SourceError that
     names ``what`` (the URL) and how often it was tried."""
     faults = faults or FaultConfig()

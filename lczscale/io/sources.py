@@ -22,13 +22,18 @@ from typing import Any, Protocol, cast
 from lczscale.errors import SourceError
 from lczscale.io.retry import retry_io
 from lczscale.io.source import EmbeddingSource
-from lczscale.io.stores import exists
+from lczscale.io.stores import exists, root_attributes
+from lczscale.io.tessera_zarr import NAN_SETTING, nan_scale_meaning
 
 log = logging.getLogger(__name__)
 
-# layout → (module, class), in detection order: the Zarr layouts by their root attributes
-# first (TESSERA before the generic convention it specialises), then the file-tree layouts.
+# layout → (module, class), in detection order: the dClimate v1.1 store (Icechunk, then its
+# plain Zarr copy, whose NaN scale is "not embedded") before geotessera's own Zarr store (NaN =
+# water), the Zarr layouts by their root attributes before the generic convention they
+# specialise, then the file-tree layouts.
 LAYOUTS: dict[str, tuple[str, str]] = {
+    "tessera-icechunk": ("lczscale.io.tessera_icechunk", "TesseraIcechunkSource"),
+    "tessera-dclimate-zarr": ("lczscale.io.tessera_dclimate_zarr", "TesseraDclimateZarrSource"),
     "tessera-zarr": ("lczscale.io.tessera_zarr", "TesseraZarrSource"),
     "aef-mosaic": ("lczscale.io.aef_mosaic", "AefMosaicSource"),
     "geoemb-zarr": ("lczscale.io.geoemb_zarr", "GeoembZarrSource"),
@@ -61,8 +66,18 @@ def detect_layout(url: str, storage_options: dict[str, Any] | None = None) -> tu
         found = source_class(layout).detect(url, storage_options)
         if found:
             return layout, found
+    attrs = root_attributes(url, storage_options)
+    quant = attrs.get("geoemb:quantization")
+    if isinstance(quant, dict) and quant.get("method") == "per_pixel_scale" and (
+            nan_scale_meaning(attrs) is None):
+        raise SourceError(
+            f"{url} is a per-pixel-scale embedding store that does not say what a NaN scale "
+            f"means (geoemb:quantization.scale.nodata: "
+            f"{(quant.get('scale') or {}).get('nodata')!r}); {NAN_SETTING}"
+        )
     raise SourceError(
-        f"{url} is not an embedding source lczscale recognises: looked for a TESSERA Zarr "
+        f"{url} is not an embedding source lczscale recognises: looked for the dClimate "
+        "TESSERA v1.1 store (an Icechunk repository, or its plain Zarr copy), a TESSERA Zarr "
         "store (zarr.json with geoemb: attributes and utmNN groups), the AlphaEarth global "
         "mosaic (zarr.json with an int8 (time, band, y, x) 'embeddings' array in EPSG:4326), a "
         "geoemb: Zarr store, TESSERA NPY tiles (tessera_metadata.json, manifest.parquet or "
@@ -72,12 +87,25 @@ def detect_layout(url: str, storage_options: dict[str, Any] | None = None) -> tu
 
 
 def open_source(
-    url: str, kind: str = "auto", storage_options: dict[str, Any] | None = None
+    url: str, kind: str = "auto", storage_options: dict[str, Any] | None = None,
+    min_s2_obs: int | None = None,
 ) -> EmbeddingSource:
-    """An embedding source for ``url``; ``kind='auto'`` detects the layout from its files."""
+    """An embedding source for ``url``; ``kind='auto'`` detects the layout from its files.
+
+    ``min_s2_obs`` masks pixels with fewer optical observations as nodata; only layouts that
+    carry per-pixel counts (the dClimate v1.1 store and its copy) accept it.
+    """
     if not retry_io(lambda: exists(url, storage_options), f"checking {url}"):
         raise SourceError(f"embedding source {url} does not exist; check the path or URL")
     if kind in ("auto", ""):
         kind, found = detect_layout(url, storage_options)
         log.info("%s: %s", url, found)
-    return source_class(kind).open(url, storage_options)
+    source = source_class(kind).open(url, storage_options)
+    if min_s2_obs is not None:
+        if not hasattr(source, "min_s2_obs"):
+            raise SourceError(
+                f"min_s2_obs needs per-pixel optical observation counts, which layout {kind} "
+                "does not carry (tessera-icechunk and tessera-dclimate-zarr do); unset min_s2_obs"
+            )
+        source.min_s2_obs = min_s2_obs  # type: ignore[attr-defined]
+    return source

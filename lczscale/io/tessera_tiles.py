@@ -74,7 +74,7 @@ from lczscale.io.tessera_tiles_index import (
     tile_name,
     to_utm,
 )
-from lczscale.io.tessera_zarr import _corruption
+from lczscale.io.tessera_zarr import corruption
 from lczscale.plan import Availability
 
 # Re-exported: callers import these names from this module.
@@ -355,7 +355,7 @@ class TesseraTilesSource:
             q, s, land = q[ix], s[ix], mask.land[np.ix_(src_r, src_c)]
         q, s2 = flatten_scales(q, s, layout.scales(year, name))
         codes = np.moveaxis(q, -1, 0).copy(order="C")
-        problems = _corruption(codes, s2)
+        problems = corruption(codes, s2)
         if problems:
             raise SourceError(self._corrupt_message(zone, year, name, sub, src_r, src_c,
                                                     problems))

@@ -68,6 +68,33 @@ def read_array(arr: zarr.Array, sel: tuple[Any, ...]) -> Any:
 
 
 FIX = "re-download or rebuild that TESSERA tile in the store, or leave the area out of the run"
+NAN_SETTING = (
+    "declare the layout with --source-kind (config: source_kind): tessera-zarr for geotessera's "
+    "own store, where a NaN scale is water, or tessera-dclimate-zarr for the dClimate build, "
+    "where a NaN scale is a pixel without an embedding"
+)
+
+
+def nan_scale_meaning(attrs: dict[str, Any]) -> str | None:
+    """What a NaN scale means in a per-pixel-scale TESSERA store, from its root attributes:
+    'water' (geotessera's own store: NaN from the landmask, +inf = no data yet), 'nodata' (the
+    2026 dClimate v1.1 build and its plain copy: NaN = not embedded, no water marker), or None
+    when the store does not say — never assumed, because reading cloud gaps as water would
+    write them as LCZ G at full confidence.
+
+    The dClimate build declares ``geoemb:quantization.scale.nodata: "NaN"``, carries its
+    quality rule ``optical_min_obs`` and, in the plain copy, ``geotessera:mask_source:
+    "source_nodata"``; geotessera's own store declares nodata ``"+inf"``.
+    """
+    quant = attrs.get("geoemb:quantization")
+    scale = quant.get("scale") if isinstance(quant, dict) else None
+    nodata = str(scale.get("nodata", "")).lower() if isinstance(scale, dict) else ""
+    if (nodata == "nan" or attrs.get("geotessera:mask_source") == "source_nodata"
+            or "optical_min_obs" in attrs):
+        return "nodata"
+    if nodata in ("+inf", "inf"):
+        return "water"
+    return None
 
 
 class TesseraZarrSource:
@@ -76,6 +103,7 @@ class TesseraZarrSource:
     kind = "tessera"
     layout = "tessera-zarr"
     grid_kinds: tuple[str, ...] = ("utm",)
+    nan_is_water = True  # geotessera's own convention; the dClimate layouts say otherwise
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url.rstrip("/")
@@ -89,6 +117,8 @@ class TesseraZarrSource:
         if not isinstance(quant, dict) or quant.get("method") != "per_pixel_scale":
             return None
         if attrs.get("geoemb:spatial_layout", "utm_zones") != "utm_zones":
+            return None
+        if nan_scale_meaning(attrs) != "water":  # not geotessera's own store
             return None
         version = attrs.get("tessera:dataset_version") or attrs.get("geoemb:model")
         return (f"TESSERA Zarr store (geoemb: convention, {attrs.get('geoemb:dimensions')}-d, "
@@ -106,7 +136,7 @@ class TesseraZarrSource:
         return {"url": self.url, "storage_options": self.storage_options}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["url"], state["storage_options"])  # type: ignore[misc]
+        self.__init__(**state)  # type: ignore[misc]
 
     @cached_property
     def root(self) -> zarr.Group:
@@ -145,6 +175,12 @@ class TesseraZarrSource:
             )
         if not self.zone_names_of(root):
             raise SourceError(f"{self.url} has no utmNN zone groups; {fix}")
+        if self.nan_is_water and nan_scale_meaning(attrs) == "nodata":
+            raise SourceError(
+                f"{self.url} is a dClimate TESSERA v1.1 store, where a NaN scale marks a pixel "
+                "without an embedding, not water: read as layout tessera-zarr its cloud gaps "
+                "would be mapped as water; use --source-kind tessera-dclimate-zarr (or auto)"
+            )
 
     @staticmethod
     def zone_names_of(root: zarr.Group) -> list[str]:
@@ -314,10 +350,11 @@ class TesseraZarrSource:
             codes[(slice(None), *dst)] = self._fetch(emb, (t, slice(None), *src), year, inner)
             sc[dst] = self._fetch(scales, (t, *src), year, inner)
             # Padding is NaN with codes 0, which no rule flags: check the whole window at once.
-            problems = _corruption(codes, sc)
+            problems = corruption(codes, sc)
             if problems:
                 raise SourceError(self._corrupt_message(zone, year, window, problems))
-            water[dst] = np.isnan(sc[dst])
+            if self.nan_is_water:
+                water[dst] = np.isnan(sc[dst])
         valid = np.isfinite(sc)
         sc[~valid] = 0.0  # codes there are already 0: the checks above guarantee it
         return EmbeddingWindow(window, codes, sc, valid, water, "per_pixel_scale")
@@ -370,23 +407,27 @@ class TesseraZarrSource:
     def _corrupt_message(
         self, zone: Zone, year: int, window: Window, problems: list[tuple[str, str, np.ndarray]]
     ) -> str:
-        parts = []
-        for what, cause, mask in problems:
-            r, c = divmod(int(np.flatnonzero(mask)[0]), window.width)
-            parts.append(
-                f"{int(mask.sum())} pixels {what} (first at zone row {window.row + r}, "
-                f"col {window.col + c}): {cause}"
-            )
-        return (
-            f"corrupt TESSERA input in {self.url}, {zone.name} year {year}: "
-            f"{'; '.join(parts)}; {FIX}"
-        )
+        return corrupt_message(self.url, zone, year, window, problems)
 
     def describe(self) -> dict[str, Any]:
         return {
             **identity(self),
             "build_version": self.root.attrs.get("geoemb:build_version"),
         }
+
+
+def corrupt_message(
+    url: str, zone: Zone, year: int, window: Window, problems: list[tuple[str, str, np.ndarray]]
+) -> str:
+    """One line: each broken rule with its pixel count and first pixel, then the fix."""
+    parts = []
+    for what, cause, mask in problems:
+        r, c = divmod(int(np.flatnonzero(mask)[0]), window.width)
+        parts.append(
+            f"{int(mask.sum())} pixels {what} (first at zone row {window.row + r}, "
+            f"col {window.col + c}): {cause}"
+        )
+    return f"corrupt TESSERA input in {url}, {zone.name} year {year}: {'; '.join(parts)}; {FIX}"
 
 
 def _blocks_under(
@@ -421,7 +462,7 @@ def _refine(mask: np.ndarray, inner: tuple[int, int], cell: tuple[int, int]) -> 
     return np.repeat(np.repeat(mask, inner[0] // cell[0], 0), inner[1] // cell[1], 1)
 
 
-def _corruption(codes: np.ndarray, sc: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
+def corruption(codes: np.ndarray, sc: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
     """(what is wrong, likely cause, (y, x) mask) for each rule some pixels break; empty when
     all is well.
 
@@ -435,7 +476,7 @@ def _corruption(codes: np.ndarray, sc: np.ndarray) -> list[tuple[str, str, np.nd
         value = peak.astype(np.float32) * np.where(data, sc, np.float32(0))
         rules = [
             ("have a negative or -inf scale", "the scales data is damaged", sc < 0),
-            ("have scale NaN (water) or +inf (no data) but nonzero embeddings",
+            ("have a non-finite scale (NaN or +inf: water or no embedding) but nonzero embeddings",
              "a scales chunk was damaged, deleted or replaced",
              (np.isnan(sc) | np.isposinf(sc)) & written),
             ("have a positive scale but all-zero embeddings",

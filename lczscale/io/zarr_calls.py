@@ -40,7 +40,7 @@ def setitem(arr: zarr.Array, sel: tuple[Any, ...], value: Any,
     run(arr.async_array.setitem(sel, value), timeout)
 
 
-def run(coro: Coroutine[Any, Any, T], timeout: float) -> T:
+def run[T](coro: Coroutine[Any, Any, T], timeout: float) -> T:
     """Run ``coro`` on zarr's I/O loop; on a timeout, retire that loop and raise."""
     loop = zsync._get_loop()
     try:

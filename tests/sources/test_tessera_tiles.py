@@ -304,7 +304,7 @@ def test_sentinel_scales_over_codes(damaged: tuple[Path, Zone, Window], sentinel
 
     edit_npy(npy(root, ZURICH, scales=True), poison)
     with pytest.raises(SourceError, match=r"corrupt TESSERA tile grid_8\.55_47\.35 year 2024 .*"
-                                          r"3 pixels have scale NaN \(water\) or \+inf"):
+                                          r"3 pixels have a non-finite scale \(NaN or \+inf"):
         read_2024(root, zone, window)
 
 

@@ -131,7 +131,7 @@ def test_nan_scale_over_written_embeddings(store: tuple[Path, Window]) -> None:
     r, c = valid_pixel(sc)
     sc[0, r, c] = np.nan
     msg = read_error(path, window)
-    assert "1 pixels have scale NaN (water) or +inf (no data) but nonzero embeddings" in msg
+    assert "1 pixels have a non-finite scale (NaN or +inf: water or no embedding) but nonzero embeddings" in msg
     assert where(window, r, c) in msg
 
 
@@ -143,7 +143,7 @@ def test_deleted_scales_shard(store: tuple[Path, Window]) -> None:
     r, c = valid_pixel(sc)
     shard_file(path, "scales").unlink()
     msg = read_error(path, window)
-    assert f"{n} pixels have scale NaN (water) or +inf (no data) but nonzero" in msg
+    assert f"{n} pixels have a non-finite scale (NaN or +inf: water or no embedding) but nonzero" in msg
     assert where(window, r, c) in msg and "scales chunk was damaged, deleted or replaced" in msg
     # the tile is still planned: the embeddings shard is there
     assert TesseraZarrSource(str(path)).availability(ZONE, YEAR).intersects(
@@ -169,8 +169,13 @@ def test_missing_embeddings_shard_is_planned_and_fails(
     assert avail.intersects(bad), "a tile over a lost embeddings shard must still be planned"
     assert src.availability(ZONE, YEAR, within=bad).intersects(bad)
     msg = read_error(path, window, bad)
-    assert f"{n} pixels have a positive scale but all-zero embeddings" in msg
-    assert where(window, r, c) in msg and "embeddings chunk is missing or zeroed" in msg
+    if damage == "zero-byte" and "cannot be decoded" in msg:
+        # zarr >= 3.2 refuses a zero-byte shard instead of reading it as fill: also a clear
+        # error, naming the damaged shard
+        assert "utm32/embeddings/c/0/0/1/1" in msg and "damaged" in msg
+    else:
+        assert f"{n} pixels have a positive scale but all-zero embeddings" in msg
+        assert where(window, r, c) in msg and "embeddings chunk is missing or zeroed" in msg
     # windows away from the damage still read
     src.read(ZONE, shard_window(window, (3, 0)), YEAR)
 
