@@ -81,7 +81,7 @@ def map_config(a: argparse.Namespace) -> Any:
         "source": a.source, "model": a.model, "out": a.out, "bbox": a.bbox,
         "geojson": a.geojson, "year": a.year, "executor": a.executor, "workers": a.workers,
         "device": a.device, "scheduler_address": a.scheduler, "source_kind": a.source_kind,
-        "stac_collection": a.collection, "cluster": a.cluster,
+        "stac_collection": a.collection, "cluster": a.cluster, "min_s2_obs": a.min_s2_obs,
     }.items() if v is not None})
     if bool(a.cluster) != bool(a.scheduler):  # a flag says where to run; the YAML's goes
         base["scheduler_address" if a.cluster else "cluster"] = None
@@ -181,6 +181,43 @@ def cmd_status(a: argparse.Namespace) -> int:
         for k, v in status.items():
             print(f"{k:>16}: {v}")
     return 0
+
+
+def cmd_coverage(a: argparse.Namespace) -> int:
+    import yaml
+
+    from lczscale.grid import Aoi
+    from lczscale.io.sources import open_source
+    from lczscale.io.tessera_coverage import coverage
+
+    if bool(a.bbox) == bool(a.geojson):
+        raise LczscaleError("coverage needs an AOI: give --bbox or --geojson (one of them)")
+    try:
+        options = yaml.safe_load(a.source_options) if a.source_options else {}
+    except yaml.YAMLError as exc:
+        raise LczscaleError(f"--source-options is not YAML/JSON ({exc}); e.g. '{{anon: true}}'"
+                            ) from None
+    from lczscale.config import reject_secret_options
+
+    try:
+        reject_secret_options(options or {})
+    except ValueError as exc:
+        raise LczscaleError(str(exc)) from None
+    aoi = Aoi.from_bbox(a.bbox) if a.bbox else Aoi.from_geojson(a.geojson)
+    rows = coverage(open_source(a.source, a.source_kind or "auto", options or {}), aoi, a.year)
+    if a.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            share = r.get("refused_share")
+            found = (f"{r['embedded']} of {r['tiles']} tiles embedded" if r.get("tiles") is not None
+                     else f"{r.get('blocks_with_data', 0)} 2048 px blocks with data")
+            print(f"{r['zone']} {r['year']}: {'complete' if r['complete'] else 'NOT complete'} "
+                  f"(years_complete {r['years_complete']})"
+                  + (f"; {found}" if r["complete"] or r.get("tiles") else "")
+                  + (f", {share:.1%} of their pixels refused" if share is not None else "")
+                  + f" [{r.get('from', '-')}]")
+    return 0 if all(r["complete"] for r in rows) else 1
 
 
 def cmd_plot(a: argparse.Namespace) -> int:
@@ -333,8 +370,11 @@ def parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("map", help="map an AOI into an LCZ cube (resumes an existing cube)")
     m.add_argument("--source", help="embeddings: path or URL (local, s3://, https://)")
-    m.add_argument("--source-kind", help="skip layout detection: tessera-zarr, tessera-tiles, "
-                   "aef-cogs, aef-mosaic, geoemb-zarr")
+    m.add_argument("--source-kind", help="skip layout detection: tessera-icechunk, "
+                   "tessera-dclimate-zarr, tessera-zarr, tessera-tiles, aef-cogs, aef-mosaic, "
+                   "geoemb-zarr")
+    m.add_argument("--min-s2-obs", type=int, help="mask pixels with fewer clear optical "
+                   "observations as nodata (TESSERA v1.1 stores: s2_obs_count)")
     m.add_argument("--stac", help="STAC API URL (or stac-geoparquet file) to find the "
                    "embedding files in; needs --collection, --year and an AOI")
     m.add_argument("--collection", help="STAC collection id (with --stac)")
@@ -379,6 +419,17 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("cube")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+
+    cv = sub.add_parser("coverage", help="is an AOI covered in a TESSERA v1.1 store for a year "
+                        "(years_complete, embedded tiles, refused pixels; exit 1 if not complete)")
+    cv.add_argument("--source", required=True, help="the Icechunk store (path or s3:// URL)")
+    cv.add_argument("--source-kind", help="skip layout detection (tessera-icechunk)")
+    cv.add_argument("--source-options", help="fsspec/S3 options as YAML, e.g. '{anon: true}'")
+    cv.add_argument("--year", type=int, required=True)
+    cv.add_argument("--bbox", type=_bbox)
+    cv.add_argument("--geojson")
+    cv.add_argument("--json", action="store_true")
+    cv.set_defaults(func=cmd_coverage)
 
     pl = sub.add_parser("plot", help="PNG of a cube region with the LCZ legend, of its class "
                         "fractions (--fractions), or of an evaluation's confusion matrix")

@@ -180,8 +180,9 @@ class MapConfig(_Strict):
 
     source: str
     source_kind: str = Field(
-        "auto", description="auto (detect from the data) or a layout: tessera-zarr, "
-        "tessera-tiles, aef-cogs, aef-mosaic, geoemb-zarr, stac"
+        "auto", description="auto (detect from the data) or a layout: tessera-icechunk, "
+        "tessera-dclimate-zarr, tessera-zarr, tessera-tiles, aef-cogs, aef-mosaic, geoemb-zarr, "
+        "stac"
     )
     stac_collection: str | None = Field(
         None, description="with source_kind 'stac': the collection to search at the API URL"
@@ -189,6 +190,10 @@ class MapConfig(_Strict):
     source_options: dict[str, Any] = Field(
         default_factory=dict,
         description="fsspec options for the source (e.g. anon: true); never credentials",
+    )
+    min_s2_obs: int | None = Field(
+        None, ge=0, description="mask pixels with fewer clear optical observations as nodata "
+        "(s2_obs_count; the dClimate TESSERA v1.1 layouts only); recorded in the provenance"
     )
     model: str
     out: str

@@ -153,8 +153,12 @@ LAYOUT_WRITERS: dict[str, str] = {
     "tessera-tiles": "lczscale.synth_tiles:write_tessera_tiles",  # tiles/
     "aef-cogs": "lczscale.synth_aef:write_aef_cogs",  # aef/ (COGs + aef_index.parquet …)
     "aef-mosaic": "lczscale.synth_aef:write_aef_mosaic",  # aef-mosaic.zarr
+    # the 2026 dClimate TESSERA v1.1 build: NaN scale = not embedded, water embedded like land
+    "tessera-icechunk": "lczscale.synth_dclimate:write_tessera_icechunk",  # dclimate.icechunk/
+    "tessera-dclimate-zarr": "lczscale.synth_dclimate:write_tessera_plain_zarr",  # dclimate.zarr
 }
-LAYOUT_PRODUCTS = ("tiles", "aef", "aef-mosaic.zarr")
+LAYOUT_PRODUCTS = ("tiles", "aef", "aef-mosaic.zarr", "dclimate.icechunk", "dclimate.registry",
+                   "dclimate.zarr")
 
 # Purposes of the random streams (spawn keys); never reorder, or every world changes.
 _SPACE, _LAYOUT, _MATERIALS, _MIX, _STRIP, _YEAR, _PIXELS, _REFERENCE = range(8)

@@ -113,7 +113,7 @@ def _aoi(cfg: MapConfig) -> Aoi | None:
 def _open_source(cfg: MapConfig, aoi: Aoi | None) -> EmbeddingSource:
     """The configured source; with ``source_kind: stac`` the files a STAC search finds."""
     if cfg.source_kind != "stac":
-        return open_source(cfg.source, cfg.source_kind, cfg.source_options)
+        return open_source(cfg.source, cfg.source_kind, cfg.source_options, cfg.min_s2_obs)
     from lczscale.io.aef_cogs import AefCogSource
     from lczscale.io.stac import search_api, search_geoparquet
 

@@ -96,23 +96,45 @@ def inner_chunk_mask(fs: AbstractFileSystem, path: str, arr: zarr.Array) -> np.n
     shorter than the index, checksum mismatch): the caller then treats the whole shard as
     holding data, and reading it raises a clear error instead of the tile being skipped.
     """
+    layout = index_layout(arr)
+    if layout is None:
+        return None
+    size, at_start = layout
+    raw = fs.cat_file(path, start=0, end=size) if at_start else fs.cat_file(path, start=-size)
+    return index_mask(raw, arr)
+
+
+def index_layout(arr: zarr.Array) -> tuple[int, bool] | None:
+    """(bytes, at the start?) of a shard's index; None for an unsharded array."""
     codec = sharding_codec(arr)
     if codec is None or arr.shards is None:
         return None
+    n = int(np.prod([s // c for s, c in zip(arr.shards, arr.chunks, strict=True)]))
+    crc = any(isinstance(c, Crc32cCodec) for c in codec.index_codecs)
+    location: Any = codec.index_location
+    return 16 * n + (4 if crc else 0), str(getattr(location, "value", location)) == "start"
+
+
+def index_mask(raw: bytes, arr: zarr.Array) -> np.ndarray | None:
+    """The (y, x) inner-chunk mask a shard index's bytes describe (spatial axes: the array's
+    dimension_names ``y``/``x`` or ``northing``/``easting``, else the last two); None when the
+    bytes are short or fail their checksum (assume every chunk present)."""
+    layout = index_layout(arr)
+    assert layout is not None and arr.shards is not None
+    size, _ = layout
     per_shard = tuple(s // c for s, c in zip(arr.shards, arr.chunks, strict=True))
     n = int(np.prod(per_shard))
-    crc = any(isinstance(c, Crc32cCodec) for c in codec.index_codecs)
-    size = 16 * n + (4 if crc else 0)
-    location: Any = codec.index_location
-    if str(getattr(location, "value", location)) == "start":
-        raw = fs.cat_file(path, start=0, end=size)
-    else:
-        raw = fs.cat_file(path, start=-size)
     if len(raw) < size:  # zero-byte or truncated shard object
         return None
-    if crc and int.from_bytes(raw[16 * n : size], "little") != google_crc32c.value(raw[: 16 * n]):
+    if size > 16 * n and int.from_bytes(raw[16 * n : size], "little") != google_crc32c.value(
+            raw[: 16 * n]):
         return None
     index = np.frombuffer(raw[: 16 * n], dtype="<u8").reshape(*per_shard, 2)
     present = ~((index[..., 0] == EMPTY) & (index[..., 1] == EMPTY))
-    # collapse leading axes (time, band): a spatial cell has data if any of its chunks has
-    return present.reshape(-1, per_shard[-2], per_shard[-1]).any(axis=0)
+    names = list(arr.metadata.dimension_names or ())  # type: ignore[union-attr]
+    for y, x in (("y", "x"), ("northing", "easting")):
+        if y in names and x in names:
+            present = np.moveaxis(present, (names.index(y), names.index(x)), (-2, -1))
+            break
+    # collapse the other axes (time, band): a spatial cell has data if any of its chunks has
+    return present.reshape(-1, present.shape[-2], present.shape[-1]).any(axis=0)

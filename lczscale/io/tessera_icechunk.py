@@ -42,10 +42,13 @@ import icechunk
 import numpy as np
 import zarr
 from affine import Affine
+from zarr.abc.store import RangeByteRequest, SuffixByteRequest
+from zarr.core.buffer import default_buffer_prototype
 
 from lczscale.errors import ConfigError, NoDataError, SourceError, exception_chain
 from lczscale.grid import Window, Zone
 from lczscale.io import tessera_dclimate as dc
+from lczscale.io.shards import index_layout, index_mask
 from lczscale.io.source import EmbeddingWindow, identity
 from lczscale.io.stores import is_remote, local_path
 from lczscale.io.tessera_dclimate_zarr import is_dclimate_tessera
@@ -57,6 +60,7 @@ log = logging.getLogger(__name__)
 
 GROUP = re.compile(r"^(\d\d)([NS])$")
 FALSE_NORTHING = 10_000_000.0  # EPSG:327NN northing − this = EPSG:326NN northing
+REFINE_LIMIT = 20_000  # shards (under the AOI) up to which planning reads their inner index
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,20 @@ def _run(coro: Any) -> Any:
         return asyncio.run(coro)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+def _mark(blocks: set[tuple[int, int]], w: Window | None, within: Window | None,
+          origin: tuple[int, int], cell: tuple[int, int]) -> None:
+    """Add the lattice cells (``cell`` px, phase ``origin``) a window meets inside ``within``."""
+    if w is not None and within is not None:
+        w = w.intersection(within)
+    if w is None:
+        return
+    blocks.update(
+        (r, c)
+        for r in range((w.row - origin[0]) // cell[0], (w.row_stop - 1 - origin[0]) // cell[0] + 1)
+        for c in range((w.col - origin[1]) // cell[1], (w.col_stop - 1 - origin[1]) // cell[1] + 1)
+    )
 
 
 def _years_of(times: np.ndarray) -> list[int]:
@@ -336,34 +354,61 @@ class TesseraIcechunkSource:
     # ---- planning ----------------------------------------------------------------------
 
     def availability(self, zone: Zone, year: int, within: Window | None = None) -> Availability:
-        """Shards holding embeddings in the parts the window touches (registry, else chunk
-        index), re-gridded onto the zone's 2048 px blocks (the first group's shard grid)."""
+        """Where the parts the window touches hold embeddings: shards from the registry, else
+        Icechunk's chunk index on ``scales``; where they are at most ``REFINE_LIMIT`` shards, also
+        the inner 256 px chunks, from the shard indexes (one small ranged read each,
+        concurrent). Re-gridded onto the zone's lattice at the first part's phase; a southern
+        part, 576 px out of phase, marks every cell it overlaps."""
         if zone.name not in self.zone_names():
             return Availability((1, 1), (0, 0), frozenset())
         parts = [p for p in self._parts(zone)
                  if p.owned.height and (within is None or within.intersection(p.owned))]
         if not parts:
             return Availability((1, 1), (0, 0), frozenset())
-        block = parts[0].block
-        origin = (parts[0].offset[0] % block[0], parts[0].offset[1] % block[1])
+        found = {p.group: self._shards(p, year, self._time(p, year)) for p in parts}
+        refine = sum(map(len, found.values())) <= REFINE_LIMIT
+        cell = (self._inner(parts[0]) if refine else parts[0].block)
+        origin = (parts[0].offset[0] % cell[0], parts[0].offset[1] % cell[1])
         blocks: set[tuple[int, int]] = set()
         for part in parts:
-            t = self._time(part, year)
-            for sy, sx in self._shards(part, year, t):
-                w = Window(part.offset[0] + sy * part.block[0], part.offset[1] + sx * part.block[1],
-                           *part.block).intersection(part.owned)
-                if w is not None and within is not None:
-                    w = w.intersection(within)
-                if w is None:
-                    continue
-                blocks.update(
-                    (r, c)
-                    for r in range((w.row - origin[0]) // block[0],
-                                   (w.row_stop - 1 - origin[0]) // block[0] + 1)
-                    for c in range((w.col - origin[1]) // block[1],
-                                   (w.col_stop - 1 - origin[1]) // block[1] + 1)
-                )
-        return Availability(block, origin, frozenset(blocks))
+            masks = (_run(self._masks(part, self._time(part, year), found[part.group]))
+                     if refine else {})
+            for sy, sx in found[part.group]:
+                top = part.offset[0] + sy * part.block[0]
+                left = part.offset[1] + sx * part.block[1]
+                mask = masks.get((sy, sx))
+                inner = self._inner(part)
+                windows = ([Window(top, left, *part.block)] if mask is None else
+                           [Window(top + i * inner[0], left + j * inner[1], *inner)
+                            for i, j in zip(*np.nonzero(mask), strict=True)])
+                for w in windows:
+                    _mark(blocks, w.intersection(part.owned), within, origin, cell)
+        return Availability(cell, origin, frozenset(blocks))
+
+    def _inner(self, part: _Part) -> tuple[int, int]:
+        chunks = self._groups[part.group]["scales"].chunks  # type: ignore[union-attr]
+        return (int(chunks[1]), int(chunks[2]))
+
+    async def _masks(self, part: _Part, t: int, shards: set[tuple[int, int]]
+                     ) -> dict[tuple[int, int], np.ndarray | None]:
+        """Inner-chunk masks of ``scales`` shards, from their indexes (None: whole shard)."""
+        arr = self._groups[part.group]["scales"]
+        assert isinstance(arr, zarr.Array)
+        layout = index_layout(arr)
+        if layout is None:
+            return {}
+        size, at_start = layout
+        store, proto = self._session.store, default_buffer_prototype()
+        gate = asyncio.Semaphore(64)
+
+        async def one(shard: tuple[int, int]) -> tuple[tuple[int, int], np.ndarray | None]:
+            key = f"{part.group}/scales/{arr.metadata.encode_chunk_key((t, *shard))}"
+            rng = RangeByteRequest(0, size) if at_start else SuffixByteRequest(size)
+            async with gate:
+                buf = await store.get(key, proto, byte_range=rng)
+            return shard, None if buf is None else index_mask(buf.to_bytes(), arr)
+
+        return dict(await asyncio.gather(*(one(sh) for sh in sorted(shards))))
 
     def _shards(self, part: _Part, year: int, t: int) -> set[tuple[int, int]]:
         registry = registry_url(self.url)
