@@ -62,10 +62,6 @@ def source_class(layout: str) -> SourceClass:
 
 def detect_layout(url: str, storage_options: dict[str, Any] | None = None) -> tuple[str, str]:
     """(layout, what was found) for ``url``; SourceError naming what was looked for."""
-    for layout in LAYOUTS:
-        found = source_class(layout).detect(url, storage_options)
-        if found:
-            return layout, found
     attrs = root_attributes(url, storage_options)
     quant = attrs.get("geoemb:quantization")
     if isinstance(quant, dict) and quant.get("method") == "per_pixel_scale" and (
@@ -75,6 +71,10 @@ def detect_layout(url: str, storage_options: dict[str, Any] | None = None) -> tu
             f"means (geoemb:quantization.scale.nodata: "
             f"{(quant.get('scale') or {}).get('nodata')!r}); {NAN_SETTING}"
         )
+    for layout in LAYOUTS:
+        found = source_class(layout).detect(url, storage_options)
+        if found:
+            return layout, found
     raise SourceError(
         f"{url} is not an embedding source lczscale recognises: looked for the dClimate "
         "TESSERA v1.1 store (an Icechunk repository, or its plain Zarr copy), a TESSERA Zarr "

@@ -264,8 +264,14 @@ class TesseraIcechunkSource:
         cache: dict[str, list[_Part]] = self.__dict__.setdefault("_part_cache", {})
         if zone.name not in cache:
             number = zone.name[3:]
-            cache[zone.name] = [self._part(zone, f"{number}{h}") for h in "NS"
-                                if f"{number}{h}" in self._groups]
+            try:
+                cache[zone.name] = [self._part(zone, f"{number}{h}") for h in "NS"
+                                    if f"{number}{h}" in self._groups]
+            except icechunk.IcechunkError as exc:
+                raise SourceError(
+                    f"{self.url}: the zone groups of {zone.name} cannot be read "
+                    f"({' '.join(str(exc).split())[:240]}); the store is damaged or unreachable"
+                ) from exc
         return cache[zone.name]
 
     def _part(self, zone: Zone, group: str) -> _Part:
