@@ -105,7 +105,7 @@ def test_nan_scale_is_nodata_never_water(world: dict[str, Any], layout: str) -> 
 
 
 def test_geotessera_layout_on_a_v11_copy_is_refused(world: dict[str, Any]) -> None:
-    with pytest.raises(SourceError, match="would be mapped as water.*tessera-dclimate-zarr"):
+    with pytest.raises(SourceError, match=r"would be mapped as water.*tessera-dclimate-zarr"):
         open_source(world["tessera-dclimate-zarr"], "tessera-zarr")
 
 
@@ -122,7 +122,7 @@ def test_a_store_that_does_not_say_what_nan_means_is_refused(world: dict[str, An
             del root.attrs[key]
     with pytest.warns(UserWarning, match="Consolidated"):
         zarr.consolidate_metadata(str(copy))
-    with pytest.raises(SourceError, match="does not say what a NaN scale means.*--source-kind"):
+    with pytest.raises(SourceError, match=r"does not say what a NaN scale means.*--source-kind"):
         detect_layout(str(copy))
     # declared explicitly, it is read: the user chose geotessera's convention
     assert isinstance(open_source(str(copy), "tessera-zarr"), TesseraZarrSource)
@@ -190,7 +190,7 @@ def test_a_truncated_shard_is_a_clear_error(world: dict[str, Any], tmp_path: Pat
     with pytest.raises(SourceError, match=r"utm32|32N/(embeddings|scales).*cannot be read "
                                           r".*truncated"):
         source.read(c.zone, c.window, 2024)
-    with pytest.raises(SourceError, match="utm37 cannot be read.*damaged"):
+    with pytest.raises(SourceError, match=r"utm37 cannot be read.*damaged"):
         TesseraIcechunkSource.open(str(path), None).read(utm_zone(37), c.window, 2024)
 
 
@@ -239,7 +239,7 @@ def test_neighbouring_zone_data_is_never_mapped_outside_its_band(tmp_path: Path)
     x, y = base.zone.affine * (zone32_window.col, zone32_window.row)
     from pyproj import Transformer
 
-    lon, lat = Transformer.from_crs(base.zone.crs, "EPSG:4326", always_xy=True).transform(x, y)
+    _, lat = Transformer.from_crs(base.zone.crs, "EPSG:4326", always_xy=True).transform(x, y)
     # move Zurich to 11.95°E (zone 32, 0.05° from 33) and write it into group 33N instead
     ex, ny = Transformer.from_crs("EPSG:4326", z33.crs, always_xy=True).transform(11.95, lat)
     col, row = ~z33.affine * (ex, ny)
