@@ -1,9 +1,9 @@
-"""An independent reader for integration tests: GDAL ≥ 3.12 (via rasterio ≥ 1.5) in a side venv.
+"""An independent reader for integration tests: GDAL ≥ 3.12 (via rasterio ≥ 1.5) in its own process.
 
-The project's own environment (Python 3.11, rasterio 1.4 / GDAL 3.10) cannot read Zarr v3, and
-rasterio wheels that bundle GDAL ≥ 3.12 need Python 3.12. So this module builds, once and cached,
-a Python 3.12 virtualenv holding ``rasterio>=1.5`` and ``numpy`` and runs ``gdal_read_zarr.py``
-(which never imports lczscale) in it with a subprocess.
+The project's environment (Python 3.12, rasterio ≥ 1.5) has such a GDAL, so ``gdal_read_zarr.py``
+(which never imports lczscale) runs with this interpreter in a subprocess. Where it does not
+(an older environment), this module builds, once and cached, a Python 3.12 virtualenv holding
+``rasterio>=1.5`` and ``numpy`` and runs the script there.
 
 Not a test module (pytest collects only ``test_*.py``); load it from a test with
 :func:`importlib.util.spec_from_file_location` or with ``tests/`` on ``sys.path``.
@@ -115,11 +115,21 @@ def _venv_works(venv: Path) -> bool:
 
 
 @functools.cache
+@functools.cache
+def _python_has_gdal(python: Path) -> bool:
+    """Whether ``python`` has rasterio with GDAL >= MIN_GDAL (a separate process: the reader
+    must not share this one's GDAL state)."""
+    return _run([str(python), "-I", "-c", _CHECK], timeout=120).returncode == 0
+
+
 def gdal_python() -> Path:
     """Python of the (cached) side venv with rasterio ≥ 1.5 / GDAL ≥ 3.12, built on first use.
 
     A file lock next to the venv keeps parallel test runs from building it at the same time.
     """
+    here = Path(sys.executable)
+    if _python_has_gdal(here):  # the project's own environment (Python 3.12, rasterio >= 1.5)
+        return here
     venv = venv_dir()
     if _venv_works(venv):
         return _venv_python(venv)
