@@ -83,6 +83,8 @@ def map_config(a: argparse.Namespace) -> Any:
         "device": a.device, "scheduler_address": a.scheduler, "source_kind": a.source_kind,
         "stac_collection": a.collection, "cluster": a.cluster, "min_s2_obs": a.min_s2_obs,
     }.items() if v is not None})
+    if a.source_options is not None:
+        base["source_options"] = source_options(a.source_options)
     if bool(a.cluster) != bool(a.scheduler):  # a flag says where to run; the YAML's goes
         base["scheduler_address" if a.cluster else "cluster"] = None
     if a.stac:
@@ -183,28 +185,37 @@ def cmd_status(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_coverage(a: argparse.Namespace) -> int:
+def source_options(text: str | None) -> dict[str, Any]:
+    """``--source-options`` (YAML or JSON, e.g. ``{anon: true}``) as a dict."""
     import yaml
 
+    try:
+        options = yaml.safe_load(text) if text else {}
+    except yaml.YAMLError as exc:
+        raise LczscaleError(f"--source-options is not YAML/JSON ({' '.join(str(exc).split())});"
+                            " e.g. '{anon: true}'") from None
+    if not isinstance(options, dict):
+        raise LczscaleError(f"--source-options must be a mapping such as '{{anon: true}}', got "
+                            f"{text!r}")
+    return options
+
+
+def cmd_coverage(a: argparse.Namespace) -> int:
     from lczscale.grid import Aoi
     from lczscale.io.sources import open_source
     from lczscale.io.tessera_coverage import coverage
 
     if bool(a.bbox) == bool(a.geojson):
         raise LczscaleError("coverage needs an AOI: give --bbox or --geojson (one of them)")
-    try:
-        options = yaml.safe_load(a.source_options) if a.source_options else {}
-    except yaml.YAMLError as exc:
-        raise LczscaleError(f"--source-options is not YAML/JSON ({exc}); e.g. '{{anon: true}}'"
-                            ) from None
     from lczscale.config import reject_secret_options
 
+    options = source_options(a.source_options)
     try:
-        reject_secret_options(options or {})
+        reject_secret_options(options)
     except ValueError as exc:
         raise LczscaleError(str(exc)) from None
     aoi = Aoi.from_bbox(a.bbox) if a.bbox else Aoi.from_geojson(a.geojson)
-    rows = coverage(open_source(a.source, a.source_kind or "auto", options or {}), aoi, a.year)
+    rows = coverage(open_source(a.source, a.source_kind or "auto", options), aoi, a.year)
     if a.json:
         print(json.dumps(rows))
     else:
@@ -373,6 +384,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--source-kind", help="skip layout detection: tessera-icechunk, "
                    "tessera-dclimate-zarr, tessera-zarr, tessera-tiles, aef-cogs, aef-mosaic, "
                    "geoemb-zarr")
+    m.add_argument("--source-options", help="non-secret fsspec/S3 options for the source as "
+                   "YAML, e.g. '{anon: true}' for the public TESSERA v1.1 store")
     m.add_argument("--min-s2-obs", type=int, help="mask pixels with fewer clear optical "
                    "observations as nodata (TESSERA v1.1 stores: s2_obs_count)")
     m.add_argument("--stac", help="STAC API URL (or stac-geoparquet file) to find the "

@@ -137,3 +137,23 @@ def test_training_reads_both_layouts(world: dict[str, Any], layout: str, tmp_pat
     assert code == 0, capsys.readouterr().err
     meta = json.loads((tmp_path / "m" / "checkpoint.json").read_text())
     assert meta["input"]["dataset"] == open_source(world[layout]).dataset
+
+
+def test_coverage_says_whether_an_aoi_is_covered(world: dict[str, Any],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    zurich, _, nairobi = world["summary"]["cities"]
+    bbox = ",".join(str(v) for v in zurich["bbox_lonlat"])
+    assert main(["coverage", "--source", world["tessera-icechunk"], "--year", str(YEAR),
+                 "--bbox", bbox, "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["zone"] == "32N" and row["complete"] and row["from"] == "registry"
+    assert row["embedded"] == row["tiles"] == 1 and 0 < row["refused_share"] < 0.01
+    south = ",".join(str(v) for v in nairobi["bbox_lonlat"])
+    assert main(["coverage", "--source", world["tessera-icechunk"], "--year", "2019",
+                 "--bbox", south]) == 1
+    assert "37S 2019: NOT complete (years_complete [2023, 2024])" in capsys.readouterr().out
+    assert main(["coverage", "--source", world["tessera-dclimate-zarr"], "--year", "2024",
+                 "--bbox", bbox]) == 2
+    assert main(["coverage", "--source", world["tessera-icechunk"], "--year", "2024",
+                 "--bbox", bbox, "--source-options", "{token: abc}"]) == 2
+    assert "looks like a credential" in capsys.readouterr().err
