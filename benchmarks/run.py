@@ -29,6 +29,7 @@ import model_forward
 import planning
 import read_throughput
 import scaling
+import store_planning
 import throughput
 import tile_memory
 from common import emit, record, set_workdir
@@ -42,6 +43,7 @@ BENCHMARKS: dict[str, Runner] = {
     "scaling": lambda quick, a: scaling.run(quick, slurm=a.slurm),
     "planning": lambda quick, a: planning.run(quick),
     "tile_memory": lambda quick, a: tile_memory.run(quick),
+    "store_planning": lambda quick, a: store_planning.run(quick),
 }
 
 

@@ -29,9 +29,33 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
+SOURCE_FIX = ("give the embedding store (a Zarr store or Icechunk repository: a directory) or "
+              "the folder of tiles or COGs, not a file in it")
+
+
+def _why(exc: Exception) -> str:
+    """A settings error (pydantic or plain) as one line."""
+    from pydantic import ValidationError
+
+    from lczscale.io.out_path import validation_line
+
+    return validation_line(exc) if isinstance(exc, ValidationError) else " ".join(
+        str(exc).split())
+
+
+def _check_aoi_file(geojson: str | None) -> None:
+    """--geojson names a file (inline GeoJSON text, starting with '{', is read as such)."""
+    from lczscale.io.out_path import check_input
+
+    if geojson and not geojson.lstrip().startswith("{"):
+        check_input(geojson, "--geojson", "file", "give a GeoJSON file with the AOI polygon")
+
+
 def cmd_synth(a: argparse.Namespace) -> int:
+    from lczscale.io.out_path import check_writable_out
     from lczscale.synth import write_world
 
+    check_writable_out(a.dir, "synth DIR", "dir")
     summary = write_world(a.dir, cities=a.cities, size_km=a.size_km, seed=a.seed,
                           years=tuple(a.years), layouts=tuple(a.layout),
                           overwrite=a.overwrite)
@@ -40,9 +64,18 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from lczscale.export import checked_bbox
+    from lczscale.io.out_path import check_input, check_writable_out
     from lczscale.model.launch import run_training
 
     job = train_job_from_args(a)
+    if a.bbox is not None:
+        checked_bbox(a.bbox)  # map's rule, before the model directory is made
+    check_input(a.source, "--source", "dir", SOURCE_FIX)
+    for labels in job.labels:
+        check_input(labels.path, "--labels", "any", "give a label file, NAME=FILE or a folder "
+                    "of label files")
+    check_writable_out(a.out, "train --out", "dir")
     metrics = run_training(job, nproc=a.nproc, progress=not a.quiet, restart=a.restart)
     _print_json({k: v for k, v in metrics.items() if k != "history"} | {"model": a.out})
     return 0
@@ -68,7 +101,7 @@ def train_job_from_args(a: argparse.Namespace) -> Any:
         return TrainJob(source=a.source, labels=label_sets(a.labels), out=a.out, train=cfg,
                         model=ModelConfig(location=not a.no_location), bbox=a.bbox)
     except (ValidationError, ValueError) as exc:
-        raise ConfigError(f"invalid training settings: {exc}") from exc
+        raise ConfigError(f"invalid training settings: {_why(exc)}") from exc
 
 
 def map_config(a: argparse.Namespace) -> Any:
@@ -82,6 +115,7 @@ def map_config(a: argparse.Namespace) -> Any:
         "geojson": a.geojson, "year": a.year, "executor": a.executor, "workers": a.workers,
         "device": a.device, "scheduler_address": a.scheduler, "source_kind": a.source_kind,
         "stac_collection": a.collection, "cluster": a.cluster, "min_s2_obs": a.min_s2_obs,
+        "overwrite": a.overwrite,
     }.items() if v is not None})
     if a.source_options is not None:
         base["source_options"] = source_options(a.source_options)
@@ -110,14 +144,23 @@ def map_config(a: argparse.Namespace) -> Any:
     try:
         return MapConfig.model_validate(base)
     except ValidationError as exc:
-        raise ConfigError(f"invalid map settings: {exc}") from exc
+        raise ConfigError(f"invalid map settings: {_why(exc)}") from exc
 
 
 def cmd_map(a: argparse.Namespace) -> int:
     from lczscale.execute.run import run_map
 
     cfg = map_config(a)
+    from lczscale.io.out_path import check_input, check_writable_out, read_yaml_mapping
     from lczscale.io.stores import exists
+
+    # Every local path is checked before the first byte is written (or the source is read).
+    if cfg.source_kind != "stac":  # a STAC source may be a stac-geoparquet file
+        check_input(cfg.source, "embedding source", "dir", SOURCE_FIX)
+    _check_aoi_file(cfg.geojson)
+    if cfg.cluster:
+        read_yaml_mapping(cfg.cluster, "--cluster")
+    check_writable_out(cfg.out, "map --out", "dir")
 
     if cfg.source_kind in ("auto", "") and exists(cfg.source, cfg.source_options):
         from lczscale.io.sources import detect_layout
@@ -145,6 +188,10 @@ def cmd_map(a: argparse.Namespace) -> int:
 def cmd_eval(a: argparse.Namespace) -> int:
     from lczscale.evaluate import evaluate
 
+    if a.report:
+        from lczscale.io.out_path import check_writable_out
+
+        check_writable_out(a.report, "eval --report", "dir")
     result = evaluate(a.cube, a.truth, year=a.year, baseline=a.baseline, bbox=a.bbox)
     if a.report:
         from lczscale.eval_report import write_eval_report
@@ -207,6 +254,10 @@ def cmd_coverage(a: argparse.Namespace) -> int:
 
     if bool(a.bbox) == bool(a.geojson):
         raise LczscaleError("coverage needs an AOI: give --bbox or --geojson (one of them)")
+    from lczscale.io.out_path import check_input
+
+    check_input(a.source, "--source", "dir", SOURCE_FIX)
+    _check_aoi_file(a.geojson)
     from lczscale.config import reject_secret_options
 
     options = source_options(a.source_options)
@@ -232,8 +283,13 @@ def cmd_coverage(a: argparse.Namespace) -> int:
 
 
 def cmd_plot(a: argparse.Namespace) -> int:
+    from lczscale.export import checked_bbox
+    from lczscale.io.out_path import check_writable_out
     from lczscale.plot import plot_confusion_file, plot_cube, plot_cube_fractions
 
+    if a.bbox is not None:
+        checked_bbox(a.bbox)  # the rule map and export apply: no silently swapped box
+    check_writable_out(a.out, "plot --out", "file")
     if a.confusion:
         if a.cube or a.fractions:
             raise LczscaleError("plot --confusion EVAL.json draws an evaluation, not a cube: "
@@ -266,7 +322,14 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     from lczscale.config import load_yaml
     from lczscale.errors import ConfigError
     from lczscale.experiment import ExperimentConfig, from_world, run_experiment
+    from lczscale.io.out_path import check_input, check_writable_out
     from lczscale.train_config import TrainConfig
+
+    if a.world and not a.config:
+        check_input(a.world, "--world", "dir", "give a directory written by `lczscale synth`")
+        check_input(Path(a.world) / "world.json", "--world", "file",
+                    "give a directory written by `lczscale synth`")
+    check_writable_out(a.out, "experiment --out", "dir")
 
     overrides: dict[str, Any] = {k: v for k, v in {
         "holdout": tuple(a.holdout) if a.holdout else None, "nproc": a.nproc}.items()
@@ -285,7 +348,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         else:
             raise ConfigError("give --world DIR (a synthetic world) or --config EXPERIMENT.yaml")
     except (ValidationError, ValueError) as exc:
-        raise ConfigError(f"invalid experiment settings: {exc}") from exc
+        raise ConfigError(f"invalid experiment settings: {_why(exc)}") from exc
     report = run_experiment(cfg, a.out, progress=not a.quiet)
     if a.json:
         _print_json(report)
@@ -296,7 +359,9 @@ def cmd_experiment(a: argparse.Namespace) -> int:
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from lczscale.demo import run_demo
+    from lczscale.io.out_path import check_writable_out
 
+    check_writable_out(a.dir, "demo --dir", "dir")
     report = run_demo(Path(a.dir), workers=a.workers, quick=a.quick)
     print(report.read_text())
     return 0
@@ -304,14 +369,22 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def cmd_deploy_kubernetes(a: argparse.Namespace) -> int:
     from lczscale.execute.kubernetes import write_manifests
+    from lczscale.io.out_path import check_writable_out, read_yaml_mapping
 
+    read_yaml_mapping(a.cluster, "--cluster")
+    check_writable_out(a.out, "deploy --out", "dir")
     for path in write_manifests(a.cluster, a.map, a.out, a.train, a.ranks):
         print(path)
     return 0
 
 
 def cmd_pyramid(a: argparse.Namespace) -> int:
+    from lczscale.io.out_path import check_writable_out, local_path
     from lczscale.io.pyramid import build_pyramid
+
+    local = local_path(a.cube)
+    if local is not None and local.is_dir():  # the overviews are written into the cube
+        check_writable_out(a.cube, "pyramid CUBE", "dir")
 
     def progress(zone: str, level: int, chunks: int) -> None:
         if not a.quiet:
@@ -322,19 +395,24 @@ def cmd_pyramid(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    from lczscale.serve import export_static, serve
+    from lczscale.serve import Limits, export_static, serve
 
     if a.static:
+        from lczscale.io.out_path import check_writable_out
+
+        check_writable_out(a.static, "serve --static", "dir")
         _print_json(export_static(a.cube, a.static, max_zoom=a.max_zoom, min_zoom=a.min_zoom,
                                   year=a.year))
         return 0
-    serve(a.cube, host=a.host, port=a.port)
+    serve(a.cube, host=a.host, port=a.port, limits=Limits(timeout=a.timeout, threads=a.threads))
     return 0
 
 
 def cmd_stac(a: argparse.Namespace) -> int:
+    from lczscale.io.out_path import check_writable_out
     from lczscale.stac_export import write_stac
 
+    check_writable_out(a.out, "stac --out", "dir")
     _print_json(write_stac(a.cube, a.out, collection_id=a.id, href=a.href))
     return 0
 
@@ -384,6 +462,9 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--source-kind", help="skip layout detection: tessera-icechunk, "
                    "tessera-dclimate-zarr, tessera-zarr, tessera-tiles, aef-cogs, aef-mosaic, "
                    "geoemb-zarr")
+    m.add_argument("--overwrite", action="store_true", default=None,
+                   help="remap tiles the cube holds from another provenance (model, code, "
+                   "settings); without it such a run exits 2 and changes nothing")
     m.add_argument("--source-options", help="non-secret fsspec/S3 options for the source as "
                    "YAML, e.g. '{anon: true}' for the public TESSERA v1.1 store")
     m.add_argument("--min-s2-obs", type=int, help="mask pixels with fewer clear optical "
@@ -518,6 +599,10 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-zoom", type=int, default=15, help="deepest zoom of --static")
     sv.add_argument("--min-zoom", type=int, default=0, help="shallowest zoom of --static")
     sv.add_argument("--year", type=int, help="year of --static (default: the latest)")
+    sv.add_argument("--timeout", type=float, default=30.0, help="seconds a tile or point may "
+                    "take before the server answers 503 (default: 30)")
+    sv.add_argument("--threads", type=int, default=16, help="requests handled at once; more "
+                    "wait in a short line, then get 503 (default: 16)")
     sv.set_defaults(func=cmd_serve)
 
     sc = sub.add_parser("stac", help="STAC Collection + Items describing the cube")

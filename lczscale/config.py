@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from lczscale.errors import ConfigError
 
@@ -197,6 +204,10 @@ class MapConfig(_Strict):
     )
     model: str
     out: str
+    overwrite: bool = Field(
+        False, description="remap tiles the cube already holds from another provenance (model, "
+        "code, settings); without it such a run is refused before anything is written"
+    )
     bbox: tuple[float, float, float, float] | None = None
     geojson: str | None = None
     year: int | None = None
@@ -219,10 +230,11 @@ class MapConfig(_Strict):
     wave_size: int | None = Field(None, ge=1, description="tasks in flight; None = 2 x workers")
     faults: FaultConfig = FaultConfig()
 
-    @field_validator("source", "model", "out")
+    @field_validator("source", "model", "out", "stac_collection", "scheduler_address",
+                     "cluster")
     @classmethod
-    def _no_credentials(cls, v: str) -> str:
-        return reject_credentials(v)
+    def _no_credentials(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else reject_credentials(v, str(info.field_name))
 
     @field_validator("source_options")
     @classmethod
@@ -252,51 +264,37 @@ class MapConfig(_Strict):
         return v
 
 
-def reject_credentials(url: str) -> str:
-    """Refuse URLs with a password in them: they would be stored in the cube and task graph."""
-    from urllib.parse import urlsplit
+def reject_credentials(url: str, where: str = "URL") -> str:
+    """Refuse URLs that carry a credential: user info (``user:password@``, ``token@``) or a
+    signing/token query parameter (presigned S3/GCS, Azure SAS, ``access_token=`` …). They
+    would be stored in the cube and travel in the task graph. Raises
+    :class:`lczscale.screening.SecretInConfigError` (a ConfigError) with a one-line message
+    that names ``where`` and the fix, never the secret."""
+    from lczscale.screening import reject_url_secrets
 
-    if "://" in url:
-        try:
-            parts = urlsplit(url)
-            secret = parts.password
-        except ValueError:
-            secret = None
-        if secret:
-            raise ValueError(
-                f"the URL for {parts.scheme}://{parts.hostname}{parts.path} carries credentials; "
-                "give them through the environment (e.g. AWS_ACCESS_KEY_ID / "
-                "AWS_SECRET_ACCESS_KEY) or a credentials file, never inside the URL"
-            )
-    return url
-
-
-_SECRET_KEYS = ("secret", "password", "token", "key", "credential", "session")
+    return reject_url_secrets(url, where)
 
 
 def reject_secret_options(options: dict[str, Any], where: str = "source_options") -> dict[str, Any]:
-    """Refuse storage options that look like credentials: config is stored in the cube and
-    travels in task graphs, so secrets must come from the environment on each machine."""
-    for name, value in options.items():
-        lowered = str(name).lower()
-        if isinstance(value, dict):
-            reject_secret_options(value, f"{where}.{name}")
-        elif any(k in lowered for k in _SECRET_KEYS) and lowered not in ("anon",):
-            raise ValueError(
-                f"{where}.{name} looks like a credential; give credentials through the "
-                "environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, …) or a "
-                "credentials file, never in the configuration"
-            )
-    return options
+    """Refuse storage options that are not on lczscale's allow-list of non-secret fsspec/s3fs/
+    gcsfs/HTTP settings (:data:`lczscale.screening.ALLOWED_OPTIONS`), screened through nested
+    mappings and lists: config is stored in the cube and travels in task graphs, so secrets
+    must come from the environment on each machine."""
+    from lczscale.screening import reject_option_secrets
+
+    return reject_option_secrets(options, where)
 
 
 def load_yaml(path: str | Path, model: type[BaseModel]) -> Any:
-    """Read a YAML file into a config model, turning validation errors into ConfigError."""
+    """Read a YAML file into a config model; ConfigError, in one line naming the file and the
+    problem, when it is missing, not YAML, not a mapping, or not valid settings."""
+    from lczscale.io.out_path import read_yaml_mapping, validation_line
+
+    data = read_yaml_mapping(path, f"{model.__name__} file")
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid {model.__name__}: {exc}") from exc
+        raise ConfigError(f"{path}: invalid {model.__name__}: {validation_line(exc)}") from exc
 
 
 def dump_yaml(cfg: BaseModel) -> str:

@@ -68,9 +68,13 @@ def export(
         raise ConfigError(f"export format {fmt!r} is not one of {FORMATS}")
     if blocksize < 16 or blocksize % 16:
         raise ConfigError(f"blocksize must be a multiple of 16 (GeoTIFF tiles), got {blocksize}")
+    from lczscale.io.out_path import check_writable_out
+
+    bbox = checked_bbox(bbox)
     path = Path(out)
     if path.exists() and not overwrite:
         raise CubeError(f"{path} exists; remove it or pass overwrite=True (CLI: --overwrite)")
+    check_writable_out(path, "export --out", kind="file")
     path.parent.mkdir(parents=True, exist_ok=True)
     ds = open_cube(url, bbox, zone=zone, year=year, storage_options=storage_options, crs=crs,
                    resolution=resolution, resampling=resampling)
@@ -82,6 +86,21 @@ def export(
     else:
         write_geotiff(ds, path, cog=(fmt == "cog"), blocksize=blocksize, source=url)
     return path
+
+
+def checked_bbox(bbox: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """``bbox`` if ``lczscale map`` would accept it, else the ConfigError map gives: the very
+    rule of ``MapConfig.bbox`` (degrees in range, minlat < maxlat, MINLON > MAXLON only for a
+    box across the antimeridian narrower than 180°) — never a silently swapped box."""
+    from lczscale.config import MapConfig
+
+    try:
+        box = tuple(float(v) for v in bbox)
+        if len(box) != 4:
+            raise ValueError(f"bbox must be MINLON,MINLAT,MAXLON,MAXLAT (four numbers), got {bbox}")
+        return MapConfig._bbox(box) or box  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(" ".join(str(exc).split())) from None
 
 
 def _tags(ds: xr.Dataset, source: str) -> dict[str, str]:

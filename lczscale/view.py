@@ -48,11 +48,12 @@ MAX_READ_PX = 4096 * 4096  # beyond this a view needs overviews (``lczscale pyra
 
 def tile_geobox(z: int, x: int, y: int, size: int = TILE) -> GeoBox:
     """The EPSG:3857 grid of XYZ tile z/x/y (the OSM/Google scheme, y down from the north)."""
+    if not 0 <= z <= MAX_ZOOM:  # before ``1 << z``: z = 2^33 would take 1 GB and seconds
+        raise NoDataError(f"tile {z}/{x}/{y} does not exist (zoom 0..{MAX_ZOOM})")
     n = 1 << z
-    if not (0 <= z <= MAX_ZOOM and 0 <= x < n and 0 <= y < n):
-        raise NoDataError(
-            f"tile {z}/{x}/{y} does not exist (zoom 0..{MAX_ZOOM}, x and y in 0..{n - 1})"
-        )
+    if not (0 <= x < n and 0 <= y < n):
+        raise NoDataError(f"tile {z}/{x}/{y} does not exist (at zoom {z}, x and y in "
+                          f"0..{n - 1})")
     span = 2 * MERCATOR_HALF / n
     res = span / size
     return GeoBox((size, size), Affine(res, 0, -MERCATOR_HALF + x * span, 0, -res,

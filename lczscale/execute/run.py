@@ -16,20 +16,20 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-import lczscale
 from lczscale.config import MapConfig, OutputsConfig
-from lczscale.errors import ConfigError, NoDataError
+from lczscale.errors import ConfigError, CubeError, NoDataError
 from lczscale.execute.tile import MapContext, TileResult
 from lczscale.grid import Aoi, Window, zone_by_name, zones_for_aoi
 from lczscale.io import ledger
-from lczscale.io.cube import create_cube, cube_attrs, stored_block
+from lczscale.io.cube import create_cube, cube_attrs, half_created, is_cube, stored_block
+from lczscale.io.cube_lock import writer_lock
 from lczscale.io.source import EmbeddingSource
 from lczscale.io.sources import open_source
 from lczscale.io.stores import exists
@@ -38,6 +38,7 @@ from lczscale.model.predict import pick_device, tile_memory_bytes
 from lczscale.model.unet import receptive_field
 from lczscale.plan import TileTask, check_disjoint_writes, check_halo, plan_tasks
 from lczscale.stitch import Lattice
+from lczscale.version import code_version
 
 
 @dataclass
@@ -89,6 +90,8 @@ class MapPlan:
     planned: list[TileTask]  # every tile of the AOI with data
     tasks: list[TileTask]  # those not done with the current provenance
     ledger: dict[str, dict[str, Any]]
+    # per planned tile, the digest of the input objects it reads now (absent: not known)
+    input_digests: dict[str, str] = field(default_factory=dict)
 
     @property
     def tile_bytes(self) -> int:
@@ -131,7 +134,7 @@ def _open_source(cfg: MapConfig, aoi: Aoi | None) -> EmbeddingSource:
 def prepare(cfg: MapConfig) -> MapPlan:
     """Everything up to (not including) the first write: checks, plan, provenance."""
     aoi = _aoi(cfg)
-    stored = cube_attrs(cfg.out) if exists(cfg.out) else {}
+    stored = cube_attrs(cfg.out) if is_cube(cfg.out) and not half_created(cfg.out) else {}
     cfg = with_cube_outputs(with_cube_tile_size(cfg, stored), stored)
     source = _open_source(cfg, aoi)
     _, meta, model_hash = load_checkpoint(cfg.model)
@@ -157,7 +160,7 @@ def prepare(cfg: MapConfig) -> MapPlan:
         "lattice": {"patch": lattice.patch, "stride": lattice.stride, "window": "sin2"},
         "threads": cfg.threads_per_worker if device_type == "cpu" else None,
         "device_type": device_type,
-        "lczscale_version": lczscale.__version__,
+        "lczscale_version": code_version(),
     }
     numerics = inference_numerics(cfg, device_type)
     if numerics:  # only when set: the reference settings keep existing cubes' hashes
@@ -183,9 +186,11 @@ def prepare(cfg: MapConfig) -> MapPlan:
         if aoi is None or within.get(name) is not None
     }
     planned = plan_tasks(aoi, cfg.grid, lattice, year, availability)
+    if not cfg.overwrite:
+        check_lineage(cfg.out, planned, entries, phash, parts)
     shapes = {name: zone_by_name(name, cfg.grid).shape for name in {t.zone for t in planned}}
     block = (cfg.grid.tile_size, cfg.grid.tile_size)
-    if exists(cfg.out):
+    if is_cube(cfg.out) and not half_created(cfg.out):
         block = stored_block(cfg.out) or block
     check_disjoint_writes(planned, block, shapes)
     check_halo(planned, receptive_field(meta.model) // 2, shapes)
@@ -200,9 +205,57 @@ def prepare(cfg: MapConfig) -> MapPlan:
 
     sizes = [cfg.grid.tile_size >> k for k in range(8) if cfg.grid.tile_size >> k >= 256]
     tile_bytes_by_size = {size: tile_bytes(size) for size in sizes or [cfg.grid.tile_size]}
+    digests = current_inputs(source, cfg, planned, year) if done else {}
+    done = {k for k in done if k not in digests or entries[k].get("inputs") == digests[k]}
     todo = [t for t in planned if t.key not in done]
     return MapPlan(cfg, source, year, lattice, provenance, phash, parts, tile_bytes_by_size,
-                   planned, todo, entries)
+                   planned, todo, entries, digests)
+
+
+def current_inputs(source: EmbeddingSource, cfg: MapConfig, planned: list[TileTask],
+                   year: int) -> dict[str, str]:
+    """The input digest of every planned tile as the source holds it now (one listing per
+    array), so that a resume redoes exactly the tiles whose inputs changed; {} for sources
+    that cannot tell (they are judged by the run's provenance alone)."""
+    digests = getattr(source, "input_digests", None)
+    if digests is None:
+        return {}
+    out: dict[str, str] = {}
+    for name in sorted({t.zone for t in planned}):
+        tasks = [t for t in planned if t.zone == name]
+        found = digests(zone_by_name(name, cfg.grid), [t.read for t in tasks], year)
+        if found is not None:
+            out |= {t.key: found[t.read] for t in tasks}
+    return out
+
+
+def other_lineage(planned: list[TileTask], entries: dict[str, dict[str, Any]],
+                  phash: str) -> dict[str, dict[str, Any]]:
+    """Planned tiles the cube holds as done with another provenance: a run would overwrite
+    good tiles of another model, code or settings."""
+    return {t.key: entries[t.key] for t in planned
+            if t.key in entries and ledger.state(entries[t.key]) == ledger.DONE
+            and entries[t.key].get("provenance_hash") != phash}
+
+
+def check_lineage(out: str, planned: list[TileTask], entries: dict[str, dict[str, Any]],
+                  phash: str, parts: dict[str, str]) -> None:
+    """Refuse (before anything is written) a run that would silently overwrite tiles made with
+    another provenance, and so mix two lineages in one cube; ``--overwrite`` allows it."""
+    others = other_lineage(planned, entries, phash)
+    if not others:
+        return
+    changed: set[str] = set()
+    for entry in others.values():
+        then = entry.get("provenance_parts")
+        changed |= ({k for k in parts if then.get(k) != parts[k]} if isinstance(then, dict)
+                    else {"unknown (an older lczscale)"})
+    raise CubeError(
+        f"{len(others)} of the {len(planned)} tiles this run would write are already in {out} "
+        f"with another provenance (differs in: {', '.join(sorted(changed)) or 'provenance'}); "
+        "nothing was written — pass --overwrite to remap them with this run, or write to "
+        "another --out"
+    )
 
 
 def planned_device_type(cfg: MapConfig) -> str:
@@ -315,11 +368,19 @@ def run_map(
     Tiles that fail are recorded in the ledger and listed in the report's ``failed``; the run
     still makes every other tile. ``on_result`` is called in this process as each tile ends.
     """
+    with writer_lock(cfg.out, "lczscale map"):
+        return _run_locked(cfg, progress, on_result)
+
+
+def _run_locked(
+    cfg: MapConfig, progress: bool, on_result: Callable[[TileResult], None] | None
+) -> MapReport:
     plan = prepare(cfg)
     cfg = plan.cfg  # with the outputs the cube already holds
     zones = sorted({t.zone for t in plan.tasks})
     ctx = map_context(plan)
     products: dict[str, Any] | None = None
+    overwritten = len(other_lineage(plan.tasks, plan.ledger, plan.provenance_hash))
     with _executor(cfg, plan, progress, on_result) as (execute, client):
         create_cube(
             cfg.out,
@@ -332,6 +393,9 @@ def run_map(
                 "lczscale:provenance": plan.provenance,
                 "lczscale:provenance_hash": plan.provenance_hash,
             },
+            history={"provenance_hash": plan.provenance_hash, "tiles": len(plan.tasks),
+                     "overwrote": overwritten, "overwrite": cfg.overwrite,
+                     "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
             # Off, the cube is exactly what it was before outputs existed (no attribute either).
             outputs=cfg.outputs if cfg.outputs.probabilities or cfg.outputs.fractions else None,
         )

@@ -166,20 +166,30 @@ class TileRunner:
         check_device(self.ctx, self.predictor.device.type, self.name)
         zone = self.zone(task.zone)
         t1 = time.perf_counter()
+        # what this tile reads, as the store holds it before the read (per-tile staleness)
+        digest = getattr(self.ctx.source, "input_digest", None)
+        inputs = None if digest is None else self._retry(
+            lambda: digest(zone, task.read, task.year))
         pred, waited = self._predict(zone, task)
         t2 = time.perf_counter()
+        # Pending before any chunk is overwritten: a crash from here until the done entry
+        # leaves the tile not done (never "done" by an earlier run over these new bytes).
+        pending = tile_entry(self.ctx, task, self.name) | {"state": ledger.PENDING,
+                                                           "started_at": time.time()}
+        self._retry(lambda: ledger.record(self.ctx.cube_url, task.key, pending))
         self._retry(lambda: write_tile(
             self.ctx.cube_url, zone, task.year, task.core, pred.lcz, pred.confidence,
             probability=pred.probability,
         ))
         entry = tile_entry(self.ctx, task, self.name) | {
+            "inputs": inputs,
             "valid_pixels": pred.valid_pixels,
             "patches": pred.patches,
             "finished_at": time.time(),
         }
         if pred.probability is not None:  # what else the tile wrote (a resume checks it)
             entry["outputs"] = ["probability"]
-        # Only after the chunk is written: a crash in between leaves the tile not done.
+        # Only after every output is written (and fsynced on local disk): done.
         self._retry(lambda: ledger.record(self.ctx.cube_url, task.key, entry))
         t3 = time.perf_counter()
         return TileResult(
@@ -223,6 +233,11 @@ def record_failure(
     entry = tile_entry(ctx, task, worker) | info | {
         "transient": is_transient(exc), "attempts": attempts, "failed_at": time.time(),
     }
-    ledger.record_failure(ctx.cube_url, task.key, entry)
+    try:
+        ledger.record_failure(ctx.cube_url, task.key, entry)
+    except OSError as write_error:  # e.g. the disk is full: report it, never a traceback
+        log.error("tile %s: its failure could not be recorded in the ledger either (%s)",
+                  task.key, write_error)
+        info["error"] += f" (and the ledger entry could not be written: {write_error})"
     return TileResult.failed(task.key, task.core.size, f"{info['error_type']}: {info['error']}",
                              worker, attempts)

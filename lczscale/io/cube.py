@@ -10,6 +10,7 @@ coordinates that both use. ``lcz`` is uint8 1–17 with fill value 0 = nodata.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,8 @@ from lczscale.config import CubeConfig, GridConfig, OutputsConfig
 from lczscale.errors import CubeError, NoDataError
 from lczscale.grid import Window, Zone
 from lczscale.io import cube_outputs, zarr_calls
-from lczscale.io.stores import child_url, exists, open_store
+from lczscale.io.ledger import fsync_path as ledger_fsync
+from lczscale.io.stores import child_url, exists, is_remote, local_path, open_store
 
 CUBE_FORMAT = "lczscale-cube"
 CUBE_FORMAT_VERSION = 1
@@ -53,6 +55,25 @@ def cube_attrs(url: str, storage_options: dict[str, Any] | None = None) -> dict[
     return attrs
 
 
+def is_cube(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """Whether ``url`` holds a cube's root metadata (a folder holding only the writer lock, or
+    one whose creation was cut short before its root was written, is not a cube yet)."""
+    return exists(f"{url.rstrip('/')}/zarr.json", storage_options)
+
+
+def half_created(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """A cube whose creation was cut short before its root attributes were written: a root
+    group with no attributes holding nothing but zone groups (never a foreign Zarr store,
+    which is refused as not a cube)."""
+    if not is_cube(url, storage_options):
+        return False
+    root = open_root(url, "r", storage_options)
+    if dict(root.attrs):
+        return False
+    return all(name == "global" or (name.startswith("utm") and name[3:].isdigit())
+               for name, _ in root.members())
+
+
 def create_cube(
     url: str,
     zones: Sequence[Zone],
@@ -62,15 +83,22 @@ def create_cube(
     attrs: dict[str, Any],
     storage_options: dict[str, Any] | None = None,
     outputs: OutputsConfig | None = None,
+    history: dict[str, Any] | None = None,
 ) -> None:
     """Create the cube, or extend an existing compatible one with missing zones and years
     (and, in ``zones``, with the optional arrays ``outputs`` asks for).
 
     Only metadata and coordinates are written. An existing cube made with another grid or
     layout is refused (its chunks would not line up), and nothing in it is changed.
+    Idempotent: a creation cut short (a full disk, a kill) resumes — a root without
+    attributes is completed, and a zone group not yet registered in ``lczscale:zones`` (so no
+    tile was ever written to it) is made again. ``history`` is appended to the cube's
+    ``lczscale:history``: every run that wrote it, and whether it overwrote another lineage.
     """
     layout = {"grid": grid.model_dump(mode="json"), "cube": cube.model_dump(mode="json")}
-    if exists(url, storage_options):
+    if half_created(url, storage_options):  # created, cut short before its attributes
+        open_root(url, "r+", storage_options).attrs.update(_root_attrs(layout))
+    if is_cube(url, storage_options):
         old = cube_attrs(url, storage_options)
         if old.get("lczscale:layout") != layout:
             raise CubeError(
@@ -78,29 +106,19 @@ def create_cube(
                 f"uses {layout}; write to a new --out or rerun with the cube's own settings"
             )
         root = open_root(url, "r+", storage_options)
-    else:
-        root = open_root(url, "w-", storage_options)
-        root.attrs.update(
-            {
-                "lczscale:format": CUBE_FORMAT,
-                "lczscale:format_version": CUBE_FORMAT_VERSION,
-                "lczscale:layout": layout,
-                "lczscale:classes": {
-                    "codes": classes.LCZ_CODES,
-                    "labels": classes.LCZ_LABELS,
-                    "names": classes.LCZ_CLASS_NAMES,
-                    "palette": classes.LCZ_PALETTE,
-                    "nodata": 0,
-                },
-                "title": "Local Climate Zones (LCZ)",
-                "Conventions": "CF-1.8",
-            }
-        )
+    else:  # a new cube (its folder may already hold the writer lock)
+        root = open_root(url, "a", storage_options)
+        root.attrs.update(_root_attrs(layout))
     root.attrs.update(attrs)
+    if history is not None:
+        past = list(root.attrs.get("lczscale:history") or [])  # type: ignore[arg-type]
+        root.attrs["lczscale:history"] = [*past, history]
     present: dict[str, Any] = dict(root.attrs.get("lczscale:zones") or {})  # type: ignore[arg-type]
     for zone in zones:
         child_url(url, zone.name)
         if zone.name not in present:
+            if zone.name in root:  # made by a creation cut short: never written to
+                del root[zone.name]
             _create_zone(root, zone, grid, cube)
             present[zone.name] = zone.to_dict()
             root.attrs["lczscale:zones"] = present
@@ -110,6 +128,23 @@ def create_cube(
         _ensure_years(g, years)
     if outputs is not None:
         root.attrs["lczscale:outputs"] = outputs.model_dump(mode="json")
+
+
+def _root_attrs(layout: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "lczscale:format": CUBE_FORMAT,
+        "lczscale:format_version": CUBE_FORMAT_VERSION,
+        "lczscale:layout": layout,
+        "lczscale:classes": {
+            "codes": classes.LCZ_CODES,
+            "labels": classes.LCZ_LABELS,
+            "names": classes.LCZ_CLASS_NAMES,
+            "palette": classes.LCZ_PALETTE,
+            "nodata": 0,
+        },
+        "title": "Local Climate Zones (LCZ)",
+        "Conventions": "CF-1.8",
+    }
 
 
 def _create_zone(root: zarr.Group, zone: Zone, grid: GridConfig, cube: CubeConfig) -> None:
@@ -264,6 +299,33 @@ def write_tile(
         zarr_calls.setitem(arr, sel, values.astype(np.uint8, copy=False))
     if probability is not None:
         cube_outputs.write_probability(g, t, core, probability)
+    if not is_remote(url):  # then the ledger may say "done": the bytes are on disk
+        names = ["lcz", "confidence"] + (["probability"] if probability is not None else [])
+        sync_tile_chunks(url, g, names, t, core)
+
+
+def sync_tile_chunks(url: str, g: zarr.Group, names: Sequence[str], t: int,
+                     core: Window) -> None:
+    """fsync the chunk (or shard) files a tile wrote in a local cube, then their directories:
+    its ledger entry says ``done`` only after this, so a power loss cannot leave a done tile
+    whose bytes never reached the disk."""
+    dirs: set[Path] = set()
+    for name in names:
+        arr = g[name]
+        assert isinstance(arr, zarr.Array)
+        block = arr.shards or arr.chunks
+        rows = range(core.row // block[-2], (core.row_stop - 1) // block[-2] + 1)
+        cols = range(core.col // block[-1], (core.col_stop - 1) // block[-1] + 1)
+        lead = (t, *([0] * (arr.ndim - 3)))
+        for r in rows:
+            for c in cols:
+                key = arr.metadata.encode_chunk_key((*lead, r, c))
+                path = local_path(url) / arr.path / key
+                if path.exists():
+                    ledger_fsync(path)
+                    dirs.add(path.parent)
+    for d in dirs:
+        ledger_fsync(d)
 
 
 def read_window(

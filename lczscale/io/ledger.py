@@ -1,17 +1,26 @@
 """The ledger: one small JSON object per tile, inside the cube (``_ledger/``).
 
-A ``done`` entry is written only after the tile's chunks are written, so a crash in between
-leaves the tile "not done" and a rerun redoes it. A ``failed`` entry records why a tile could
-not be made (its error, where, how many attempts); it never replaces a ``done`` entry of the same
+A tile's entry is ``pending`` before any of its chunks is overwritten and ``done`` only after
+all of its outputs (``lcz``, ``confidence``, ``probability``) are written — and, on local disk,
+fsynced (files, then their directory) — so a crash at any point leaves the tile "not done" and a
+rerun redoes it: a kill between a chunk write and the ledger write can no longer leave a
+``done`` entry of an earlier run over new bytes. A ``failed`` entry records why a tile could not
+be made (its error, where, how many attempts); it never replaces a ``done`` entry of the same
 provenance, and a rerun retries it. Entries carry the tile's provenance hash; a rerun skips a
 tile only when it is done with the hash the new run would give it.
+
+An entry that cannot be read (empty, truncated by a full disk, not JSON) counts as not done,
+with a warning naming it: the tile is remade. Entries are written through a temporary file that
+is removed again when the write fails, so a full disk leaves no orphans.
 
 Tile keys become object names under the cube, so they are checked to stay inside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import socket
 import uuid
@@ -20,8 +29,10 @@ from typing import Any
 
 from lczscale.io.stores import child_url, filesystem, is_remote, local_path
 
+log = logging.getLogger(__name__)
+
 LEDGER_DIR = "_ledger"
-DONE, FAILED = "done", "failed"
+DONE, FAILED, PENDING = "done", "failed", "pending"
 
 
 def _entry_path(cube_url: str, key: str) -> str:
@@ -34,8 +45,18 @@ def writer() -> str:
 
 
 def state(entry: dict[str, Any]) -> str:
-    """``done`` or ``failed`` (entries written before failures were recorded are done)."""
+    """``done``, ``failed`` or ``pending`` (entries written before failures were recorded are
+    done)."""
     return str(entry.get("state", DONE))
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """Flush a local file or directory to disk (a directory: the names in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def record(
@@ -48,8 +69,17 @@ def record(
         path = local_path(target)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new entry
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new entry
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        fsync_path(path.parent)  # the rename itself survives a power loss
         return
     fs, path_in_fs = filesystem(target, storage_options)
     fs.pipe_file(path_in_fs, data)  # object stores put whole objects atomically
@@ -72,9 +102,22 @@ def read_one(
 ) -> dict[str, Any] | None:
     fs, path = filesystem(_entry_path(cube_url, key), storage_options)
     try:
-        return dict(json.loads(fs.cat_file(path)))
+        return _parse(fs.cat_file(path), path)
     except FileNotFoundError:
         return None
+
+
+def _parse(blob: bytes, path: str) -> dict[str, Any] | None:
+    """An entry, or None (with a warning) when it is unreadable: the tile counts as not done."""
+    try:
+        entry = json.loads(blob)
+        if isinstance(entry, dict) and isinstance(entry.get("key"), str):
+            return entry
+    except (ValueError, UnicodeDecodeError):
+        pass
+    log.warning("ledger entry %s is unreadable (%d bytes, e.g. a full disk cut it short): its "
+                "tile counts as not done and will be remade", path, len(blob))
+    return None
 
 
 def read_all(
@@ -82,13 +125,15 @@ def read_all(
 ) -> dict[str, dict[str, Any]]:
     """All entries, keyed by tile key."""
     fs, root = filesystem(f"{cube_url.rstrip('/')}/{LEDGER_DIR}", storage_options)
-    paths = [p for p in fs.find(root) if p.endswith(".json")]
+    paths = [p for p in fs.find(root) if p.endswith(".json") and not p.rsplit("/", 1)[-1]
+             .startswith(".")]
     if not paths:
         return {}
     with ThreadPoolExecutor(8) as pool:
         blobs = list(pool.map(fs.cat_file, paths))
     entries = {}
-    for blob in blobs:
-        entry = json.loads(blob)
-        entries[entry["key"]] = entry
+    for path, blob in zip(paths, blobs, strict=True):
+        entry = _parse(blob, path)
+        if entry is not None:
+            entries[entry["key"]] = entry
     return entries

@@ -143,6 +143,11 @@ class TesseraDclimateZarrSource(TesseraZarrSource):
             out[inner.relative_to(window)] = self._fetch(arr, (t, *src), year, inner)
         return out
 
+    def _digest_arrays(self, zone: Zone) -> list[zarr.Array]:
+        arrays = super()._digest_arrays(zone)
+        s2 = self._groups[zone.name].get("s2_obs_count") if self.min_s2_obs is not None else None
+        return arrays + ([s2] if isinstance(s2, zarr.Array) else [])
+
     def describe(self) -> dict[str, Any]:
         attrs = self.root.attrs
         return {**identity(self), "checkpoint_id": attrs.get("checkpoint_id"),

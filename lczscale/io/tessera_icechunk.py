@@ -47,12 +47,13 @@ from zarr.core.buffer import default_buffer_prototype
 
 from lczscale.errors import ConfigError, NoDataError, SourceError, exception_chain
 from lczscale.grid import Window, Zone
+from lczscale.io import input_digest
 from lczscale.io import tessera_dclimate as dc
 from lczscale.io.shards import index_layout, index_mask
 from lczscale.io.source import EmbeddingWindow, identity
 from lczscale.io.stores import is_remote, local_path
 from lczscale.io.tessera_dclimate_zarr import is_dclimate_tessera
-from lczscale.io.tessera_registry import embedded_shards, registry_url
+from lczscale.io.tessera_registry import embedded_shards, latest_rows, registry_url
 from lczscale.io.tessera_zarr import FIX, corrupt_message, corruption, read_array
 from lczscale.plan import Availability
 
@@ -72,6 +73,7 @@ class _Part:
     shape: tuple[int, int]  # the group's (rows, cols)
     owned: Window  # canonical pixels this group is the nominal source of (its hemisphere)
     block: tuple[int, int]  # the group's shard (rows, cols)
+    inner: tuple[int, int]  # the inner chunk (rows, cols) of its scales
     complete: tuple[int, ...]  # years_complete
     tindex: tuple[tuple[int, int], ...]  # (year, time index)
 
@@ -135,6 +137,24 @@ def _mark(blocks: set[tuple[int, int]], w: Window | None, within: Window | None,
         for r in range((w.row - origin[0]) // cell[0], (w.row_stop - 1 - origin[0]) // cell[0] + 1)
         for c in range((w.col - origin[1]) // cell[1], (w.col_stop - 1 - origin[1]) // cell[1] + 1)
     )
+
+
+def _meets(part: _Part, shard: tuple[int, int], within: Window | None) -> bool:
+    """Whether a group's shard meets the window (and the rows the group owns)."""
+    w = Window(part.offset[0] + shard[0] * part.block[0], part.offset[1] + shard[1] *
+               part.block[1], *part.block).intersection(part.owned)
+    return w is not None and (within is None or w.intersection(within) is not None)
+
+
+def _band_first(emb: np.ndarray, out: np.ndarray) -> None:
+    """``out[:] = emb`` moved from (y, x, band) to (band, y, x), a strip of rows at a time: the
+    whole-array strided copy is several times slower (cache misses on every element)."""
+    h, w, b = emb.shape
+    step = max(1, 8192 // max(1, w))  # about 1 MiB of codes per strip: stays in cache
+    for r in range(0, h, step):
+        part = emb[r : r + step]
+        flat = np.ascontiguousarray(part.reshape(-1, b).T)
+        out[:, r : r + step] = flat.reshape(b, part.shape[0], w)
 
 
 def _years_of(times: np.ndarray) -> list[int]:
@@ -303,7 +323,8 @@ class TesseraIcechunkSource:
         complete = dc.years_complete(dict(g.attrs), where)
         shards = emb.shards or emb.chunks
         return _Part(group, offset, (emb.shape[1], emb.shape[2]), owned,
-                     (shards[1], shards[2]), tuple(complete),
+                     (shards[1], shards[2]), (scales.chunks[1], scales.chunks[2]),
+                     tuple(complete),
                      tuple((y, i) for i, y in enumerate(_years_of(np.asarray(times)))))
 
     def _georeference(self, zone: Zone, group: str, g: zarr.Group,
@@ -371,9 +392,10 @@ class TesseraIcechunkSource:
                  if p.owned.height and (within is None or within.intersection(p.owned))]
         if not parts:
             return Availability((1, 1), (0, 0), frozenset())
-        found = {p.group: self._shards(p, year, self._time(p, year)) for p in parts}
+        found = {p.group: {s for s in self._shards(p, year, self._time(p, year))
+                           if _meets(p, s, within)} for p in parts}
         refine = sum(map(len, found.values())) <= REFINE_LIMIT
-        cell = (self._inner(parts[0]) if refine else parts[0].block)
+        cell = parts[0].inner if refine else parts[0].block
         origin = (parts[0].offset[0] % cell[0], parts[0].offset[1] % cell[1])
         blocks: set[tuple[int, int]] = set()
         for part in parts:
@@ -383,17 +405,13 @@ class TesseraIcechunkSource:
                 top = part.offset[0] + sy * part.block[0]
                 left = part.offset[1] + sx * part.block[1]
                 mask = masks.get((sy, sx))
-                inner = self._inner(part)
+                inner = part.inner
                 windows = ([Window(top, left, *part.block)] if mask is None else
                            [Window(top + i * inner[0], left + j * inner[1], *inner)
                             for i, j in zip(*np.nonzero(mask), strict=True)])
                 for w in windows:
                     _mark(blocks, w.intersection(part.owned), within, origin, cell)
         return Availability(cell, origin, frozenset(blocks))
-
-    def _inner(self, part: _Part) -> tuple[int, int]:
-        chunks = self._groups[part.group]["scales"].chunks  # type: ignore[union-attr]
-        return (int(chunks[1]), int(chunks[2]))
 
     async def _masks(self, part: _Part, t: int, shards: set[tuple[int, int]]
                      ) -> dict[tuple[int, int], np.ndarray | None]:
@@ -428,6 +446,38 @@ class TesseraIcechunkSource:
 
         return {(int(c[1]), int(c[2])) for c in _run(coords()) if int(c[0]) == t}
 
+    def input_digest(self, zone: Zone, window: Window, year: int) -> str:
+        """What a read of ``window`` depends on: per shard it touches, the registry row's run
+        (``run_id``, ``assembled_at``: a refill changes it); without a registry, the pinned
+        snapshot (coarser: any new commit restales)."""
+        items: list[tuple[Any, ...]] = []
+        for part in self._parts(zone):
+            inner = window.intersection(part.owned)
+            if inner is None:
+                continue
+            rows = self._registry_rows(part.group, year)
+            if rows is None:
+                items.append((part.group, "snapshot", self.snapshot))
+                continue
+            r0, c0 = inner.row - part.offset[0], inner.col - part.offset[1]
+            for sy in range(r0 // part.block[0], (r0 + inner.height - 1) // part.block[0] + 1):
+                for sx in range(c0 // part.block[1], (c0 + inner.width - 1) // part.block[1] + 1):
+                    row = rows.get(f"chunk_{sy}_{sx}")
+                    items.append((part.group, sy, sx, *(row or ("absent", ""))))
+        return input_digest.digest(items)
+
+    def input_digests(self, zone: Zone, windows: list[Window], year: int
+                      ) -> dict[Window, str]:
+        return {w: self.input_digest(zone, w, year) for w in windows}
+
+    def _registry_rows(self, group: str, year: int) -> dict[str, tuple[str, str]] | None:
+        cache: dict[tuple[str, int], Any] = self.__dict__.setdefault("_row_cache", {})
+        if (group, year) not in cache:
+            rows = latest_rows(registry_url(self.url), self.storage_options, group, year)
+            cache[(group, year)] = None if rows is None else {
+                r["tile"]: (str(r["run_id"]), str(r["assembled_at"])) for r in rows}
+        return cache[(group, year)]  # type: ignore[no-any-return]
+
     # ---- reading -----------------------------------------------------------------------
 
     def read(self, zone: Zone, window: Window, year: int) -> EmbeddingWindow:
@@ -447,7 +497,7 @@ class TesseraIcechunkSource:
                    slice(inner.col - part.offset[1], inner.col_stop - part.offset[1]))
             dst = inner.relative_to(window)
             emb = self._fetch(g["embeddings"], (t, *src, slice(None)), year, inner)  # type: ignore[arg-type]
-            codes[(slice(None), *dst)] = np.moveaxis(emb, -1, 0)
+            _band_first(np.asarray(emb), codes[(slice(None), *dst)])
             sc[dst] = self._fetch(g["scales"], (t, *src), year, inner)  # type: ignore[arg-type]
             if self.min_s2_obs is not None:
                 obs = self._fetch(g["s2_obs_count"], (t, *src), year, inner)  # type: ignore[arg-type]

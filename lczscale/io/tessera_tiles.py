@@ -465,7 +465,4 @@ class TesseraTilesSource:
             **identity(self),
             "form": c.layout.form,
             "indexed_by": c.indexed_by,
-            "tiles": {str(y): len(k) for y, k in sorted(c.index.tiles.items())},
-            "incomplete_tiles": sum(len(b) for b in c.index.broken.values()),
-            "generated_at": c.generated_at,
-        }
+        }  # no catalogue counts or dates: tiles added elsewhere must not restale this cube

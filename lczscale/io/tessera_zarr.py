@@ -50,7 +50,7 @@ from affine import Affine
 
 from lczscale.errors import NoDataError, SourceError, exception_chain
 from lczscale.grid import Window, Zone
-from lczscale.io import zarr_calls
+from lczscale.io import input_digest, zarr_calls
 from lczscale.io.shards import inner_chunk_mask, stored_chunks
 from lczscale.io.source import EmbeddingWindow, identity
 from lczscale.io.stores import open_store, root_attributes, store_filesystem
@@ -414,6 +414,33 @@ class TesseraZarrSource:
             **identity(self),
             "build_version": self.root.attrs.get("geoemb:build_version"),
         }
+
+    def _digest_arrays(self, zone: Zone) -> list[zarr.Array]:
+        """The arrays a tile reads (embeddings and scales; subclasses add what they read)."""
+        _, _, emb, scales = self._zone_info[zone.name]
+        return [emb, scales]
+
+    def input_digest(self, zone: Zone, window: Window, year: int,
+                     listings: dict[str, input_digest.Listing | None] | None = None) -> str:
+        """Digest of the stored objects (shards) a read of ``window`` touches: their keys,
+        sizes and ETags or mtimes (see :mod:`lczscale.io.input_digest`)."""
+        offset, t, _, _ = self._locate(zone, year)
+        items = []
+        for arr in self._digest_arrays(zone):
+            fs, root = store_filesystem(arr.store_path.store)
+            known = (listings or {}).get(arr.path)
+            for path in input_digest.objects_under(arr, (t,), window, offset):
+                items.append((path[len(root):], *input_digest.stat(fs, path, known)))
+        return input_digest.digest(items)
+
+    def input_digests(self, zone: Zone, windows: list[Window], year: int
+                      ) -> dict[Window, str] | None:
+        """``input_digest`` of many windows from one listing per array (None where the store
+        cannot list: plain HTTP)."""
+        listings = {arr.path: input_digest.listing(arr) for arr in self._digest_arrays(zone)}
+        if any(v is None for v in listings.values()):
+            return None
+        return {w: self.input_digest(zone, w, year, listings) for w in windows}
 
 
 def corrupt_message(

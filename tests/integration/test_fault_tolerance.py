@@ -34,7 +34,7 @@ from lczscale.execute.run import map_context, prepare, run_map
 from lczscale.execute.tile import MapContext, TileRunner
 from lczscale.grid import Window, zone_by_name
 from lczscale.io import ledger
-from lczscale.io.cube import read_window, write_tile
+from lczscale.io.cube import cube_attrs, read_window, write_tile
 from lczscale.model.checkpoint import load_checkpoint, model_hash, save_checkpoint
 from lczscale.plan import TileTask
 
@@ -361,8 +361,18 @@ def test_a_changed_model_recomputes_every_tile_and_nothing_changed_none(world, t
 
     retrain_in_place(model)
     assert model_hash(model) != old_hash
-    second = run_cli(cmd)
+    # another model over the cube's tiles: refused, nothing changed, unless --overwrite
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
+                             env=cli_env(), check=False)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert f"{planned} of the {planned} tiles" in refused.stderr
+    assert "differs in: model_hash" in refused.stderr and "--overwrite" in refused.stderr
+    assert_same(old_arrays, cube_arrays(str(out), world))
+    second = run_cli([*cmd, "--overwrite"])
     assert second["computed"] == planned and second["skipped"] == 0
+    history = cube_attrs(str(out))["lczscale:history"]
+    assert [h["overwrote"] for h in history] == [0, planned]
+    cfg = cfg.model_copy(update={"overwrite": True})
     new_hash = prepare(cfg).provenance_hash
     assert done_keys(out, new_hash) == {t.key for t in prepare(cfg).planned}
     new_arrays = cube_arrays(str(out), world)

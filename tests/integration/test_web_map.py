@@ -166,11 +166,13 @@ def test_point_endpoint_and_errors(server: str, cube: str, world: World) -> None
         got = json.load(r)
     assert got == CubeView(cube).point(city["lon"], city["lat"])
     assert got["name"] == classes.LCZ_CLASS_NAMES[got["code"] - 1]
-    for bad in ("/point?lon=x&lat=1", "/tiles/1/2.png", "/tiles/3/99/0.png",
-                "/point?lon=1&lat=1&year=1990"):
+    # malformed: 400; a well-formed tile outside the pyramid: 404, as on any XYZ server
+    for bad, status in (("/point?lon=x&lat=1", 400), ("/tiles/1/2.png", 400),
+                        ("/tiles/3/99/0.png", 404), ("/tiles/8589934592/0/0.png", 404),
+                        ("/point?lon=1&lat=1&year=1990", 400)):
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(server + bad)
-        assert err.value.code == 400 and "error" in json.load(err.value)
+        assert err.value.code == status and "error" in json.load(err.value)
     with urllib.request.urlopen(f"{server}/legend.json") as r:
         legend = json.load(r)
     assert [e["color"] for e in legend] == classes.LCZ_PALETTE
