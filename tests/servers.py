@@ -1,5 +1,7 @@
 """Real servers on loopback for tests: an S3 endpoint (moto's server) and a STAC API
-(``rustac serve``), each a separate process started and stopped by a fixture."""
+(``rustac serve``), each a separate process started and stopped by a fixture; and a small
+in-process static file server with byte ranges that watches its clients (User-Agent, reads in
+flight at once)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from lczscale.execute.train_dask import environment as environment  # re-exported for tests
@@ -125,3 +129,135 @@ def stac_api(hrefs: list[Path], log_dir: Path) -> Iterator[str]:
     cmd = [exe, "serve", "--addr", addr, *[str(h) for h in hrefs]]
     with process(cmd, port, "rustac serve", log_dir / "rustac.log"):
         yield f"http://{addr}"
+
+
+def need_module(name: str, install: str) -> None:
+    """Skip without ``name`` — except under CI (env CI set), where a missing server is a
+    failure: CI must run these tests, not quietly skip them."""
+    import importlib.util
+    import os
+
+    import pytest
+
+    if importlib.util.find_spec(name) is None:
+        reason = f"{name} is not installed: {install}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} — CI (.ci/run) must install it")
+        pytest.skip(reason)
+
+
+class _RangeHandler(BaseHTTPRequestHandler):
+    """GET/HEAD of the files under the server's root, with single byte ranges — what GDAL's
+    /vsicurl/ and /vsis3/ (path style: ``/bucket/key``) and fsspec's HTTP client ask for."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as real object stores
+    server: RangeServer
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet: pytest shows failures
+        pass
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def _serve(self, body: bool) -> None:
+        srv = self.server
+        if srv.stopped:  # a kept-alive connection outliving the server: hang up on it
+            self.close_connection = True
+            return
+        rel = self.path.split("?", 1)[0].lstrip("/")
+        path = (srv.root / rel).resolve()
+        srv.seen(self.command, rel, self.headers.get("User-Agent", ""))
+        if srv.root not in path.parents or not path.is_file():
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        data = path.read_bytes()
+        start, stop, status = 0, len(data), 200
+        ranged = self.headers.get("Range", "")
+        if ranged.startswith("bytes=") and "," not in ranged:
+            a, _, b = ranged[6:].partition("-")
+            start = int(a) if a else max(0, len(data) - int(b))
+            stop = min(len(data), int(b) + 1) if a and b else len(data)
+            status = 206
+        if body and rel.endswith(".tiff"):
+            srv.rendezvous(rel)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Length", str(stop - start))
+            self.send_header("Accept-Ranges", "bytes")
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(data)}")
+            self.end_headers()
+            if body:
+                self.wfile.write(data[start:stop])
+        finally:
+            if body and rel.endswith(".tiff"):
+                srv.done(rel)
+
+
+class RangeServer(ThreadingHTTPServer):
+    """A static file server on loopback (one thread per connection) that records every
+    request's User-Agent and the most distinct ``.tiff`` files being served at one moment.
+
+    With ``hold`` set, a GET of a ``.tiff`` waits (up to ``hold`` seconds) until a GET of
+    another ``.tiff`` is in flight too: two readers that really run at the same time meet
+    there at once, while readers serialised behind a lock never do (``overlapped`` stays
+    False; after one wait in vain the server stops holding). A correctness check of
+    concurrency that does not depend on timings."""
+
+    daemon_threads = True
+    request_queue_size = 128  # GDAL opens many connections at once for one window's blocks
+
+    def __init__(self, root: Path, hold: float = 0.0) -> None:
+        super().__init__(("127.0.0.1", 0), _RangeHandler)
+        self.root = root.resolve()
+        self.hold = hold
+        self.requests: list[tuple[str, str, str]] = []  # (method, path, User-Agent)
+        self.overlapped = False
+        self.stopped = False
+        self._in_flight: dict[str, int] = {}
+        self._cond = threading.Condition()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def seen(self, method: str, path: str, agent: str) -> None:
+        with self._cond:
+            self.requests.append((method, path, agent))
+
+    def rendezvous(self, path: str) -> None:
+        with self._cond:
+            self._in_flight[path] = self._in_flight.get(path, 0) + 1
+            if len(self._in_flight) >= 2:
+                self.overlapped = True
+                self._cond.notify_all()
+            elif self.hold and not self.overlapped and not self._cond.wait_for(
+                lambda: self.overlapped, timeout=self.hold
+            ):
+                self.hold = 0.0  # no second reader came: stop holding (a failing test ends)
+
+    def done(self, path: str) -> None:
+        with self._cond:
+            self._in_flight[path] -= 1
+            if not self._in_flight[path]:
+                del self._in_flight[path]
+
+
+@contextlib.contextmanager
+def range_server(root: Path, hold: float = 0.0) -> Iterator[RangeServer]:
+    """:class:`RangeServer` over ``root``, serving from a background thread."""
+    server = RangeServer(root, hold)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stopped = True
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

@@ -2,7 +2,9 @@
 
 Local paths and every fsspec URL (``s3://``, ``https://``, ``memory://`` …) go through the same
 two functions, so no source or writer has a special case for where its bytes live. Credentials
-are never stored here: fsspec/s3fs read them from the environment on each worker.
+are never stored here: fsspec/s3fs read them from the environment on each worker. What this
+process adds to the caller's options (:func:`client_options`: the User-Agent, the GCS billing
+project, unsigned reads of Source Cooperative) is also read from the environment at each call.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
 from lczscale.errors import CubeError
+from lczscale.io.remote_env import USER_AGENT, billing_project, is_source_coop, s3_endpoint
 
 
 def is_remote(url: str) -> bool:
@@ -30,13 +33,40 @@ def local_path(url: str) -> Path:
     return Path(url.removeprefix("file://")).expanduser()
 
 
+def client_options(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """fsspec options for ``url``: the caller's, plus what this process's environment implies
+    and the caller did not set — a ``User-Agent`` on HTTP(S) and S3 requests (Source
+    Cooperative refuses some default agents), ``anon`` for Source Cooperative's public S3 data,
+    and gcsfs's ``requester_pays`` project for GCS. Not stored anywhere: made at each call."""
+    opts = dict(storage_options or {})
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme in ("http", "https"):
+        client = dict(opts.get("client_kwargs") or {})
+        headers = dict(client.get("headers") or {})
+        if not any(k.lower() == "user-agent" for k in headers):
+            headers["User-Agent"] = USER_AGENT
+        opts["client_kwargs"] = {**client, "headers": headers}
+    elif scheme in ("s3", "s3a"):
+        config = dict(opts.get("config_kwargs") or {})
+        config.setdefault("user_agent_extra", USER_AGENT)
+        opts["config_kwargs"] = config
+        bucket = url.split("://", 1)[1].split("/", 1)[0]
+        if "anon" not in opts and is_source_coop(bucket, s3_endpoint(opts)):
+            opts["anon"] = True
+    elif scheme in ("gs", "gcs"):
+        project = billing_project(opts)
+        if project and "requester_pays" not in opts:
+            opts["requester_pays"] = project
+    return opts
+
+
 def open_store(
     url: str, *, read_only: bool = True, storage_options: dict[str, Any] | None = None
 ) -> Store:
     """A zarr store rooted at ``url``."""
     if is_remote(url):
         return FsspecStore.from_url(
-            url, storage_options=storage_options or {}, read_only=read_only
+            url, storage_options=client_options(url, storage_options), read_only=read_only
         )
     path = local_path(url)
     if not read_only:
@@ -50,7 +80,7 @@ def filesystem(
     """(filesystem, path inside it) for a URL or local path."""
     if not is_remote(url):
         return fsspec.filesystem("file"), str(local_path(url).absolute())
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, path = fsspec.core.url_to_fs(url, **client_options(url, storage_options))
     return fs, path
 
 
