@@ -387,11 +387,7 @@ class AefCogSource:
         return {
             **identity(self),
             "index": None if self.index is None else self.index[0].rsplit("/", 1)[-1],
-            "files": len(self.files),
-            "years": self.years,
-            "zones": sorted({f.zone_label for f in self.files},
-                            key=lambda z: (int(z[:-1]), z[-1])),
-        }
+        }  # no file counts, years or zones: files added elsewhere must not restale a cube
 
 
 def read_window(ds: Any, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:

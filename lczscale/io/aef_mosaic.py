@@ -322,8 +322,7 @@ class AefMosaicSource:
         arr, transform, _ = self._info
         return {
             **identity(self),
-            "years": self.years,
-            "crs": "EPSG:4326",
-            "shape": list(arr.shape),
+            "crs": "EPSG:4326",  # no years: a year appended must not restale a cube
+            "shape": list(arr.shape[1:]),
             "transform": list(transform)[:6],
         }
