@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from lczscale.config import ModelConfig, _Strict, reject_credentials
 
@@ -30,7 +30,7 @@ class LabelSet(_Strict):
     @field_validator("path")
     @classmethod
     def _no_credentials(cls, v: str) -> str:
-        return reject_credentials(v)
+        return reject_credentials(v, "labels: path")
 
 
 class SplitConfig(_Strict):
@@ -114,8 +114,8 @@ class TrainJob(_Strict):
 
     @field_validator("source", "out")
     @classmethod
-    def _no_credentials(cls, v: str) -> str:
-        return reject_credentials(v)
+    def _no_credentials(cls, v: str, info: ValidationInfo) -> str:
+        return reject_credentials(v, str(info.field_name))
 
     @model_validator(mode="after")
     def _labels(self) -> TrainJob:

@@ -6,18 +6,29 @@ cluster settings are kept out of the map's provenance so a run resumed on anothe
 skips the tiles already written.
 
 Credentials never appear here: storage credentials come from each machine's environment (or,
-on Kubernetes, from a named Secret mounted as environment variables), TLS keys are files.
+on Kubernetes, from a named Secret mounted as environment variables), TLS keys are files or
+temporary; plain ``env``, job-script lines and the scheduler address are screened for them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from lczscale.errors import ConfigError
+from lczscale.screening import reject_env_secrets, reject_shell_secrets, reject_url_secrets
 
 
 class _Strict(BaseModel):
@@ -27,27 +38,46 @@ class _Strict(BaseModel):
 class SecurityConfig(_Strict):
     """TLS between client, scheduler and workers (distributed ``Security``).
 
-    The paths must exist on every machine that runs a scheduler, worker or client (a shared
-    file system on SLURM; a mounted Secret on Kubernetes, see ``tls_secret``).
+    ``tls`` unset means the platform's default: **on** for ``slurm`` and ``kubernetes`` (their
+    schedulers listen on a network other users share), off for ``local`` (loopback only) and
+    ``address`` (the scheduler's owner decides; distributed's own ``comm.tls`` config still
+    applies). ``tls: false`` is the opt-out.
+
+    With TLS on and no files named, the certificates are temporary (distributed's
+    ``Security.temporary()``, a fresh self-signed CA/key per cluster): kept in memory on a local
+    cluster; written by dask-jobqueue as 0600 files into ``shared_temp_directory`` for SLURM
+    jobs; on Kubernetes a Secret that ``lczscale deploy kubernetes`` renders. Named files must
+    exist on every machine that runs a scheduler, worker or client (a shared file system on
+    SLURM; the mounted Secret on Kubernetes, see ``tls_secret``).
     """
 
-    tls: bool = False
+    tls: bool | None = Field(
+        None, description="None: on for slurm and kubernetes, off for local and address"
+    )
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
     tls_secret: str | None = Field(
-        None, description="Kubernetes: the Secret holding ca.pem/cert.pem/key.pem, mounted at "
-        "/etc/lczscale/tls"
+        None, description="Kubernetes: the Secret holding the CA, certificate and key, mounted "
+        "at /etc/lczscale/tls; unset: `lczscale deploy kubernetes` renders <name>-tls"
     )
 
     @model_validator(mode="after")
     def _files(self) -> SecurityConfig:
-        if self.tls and not (self.ca_file and self.cert_file and self.key_file):
+        files = (self.ca_file, self.cert_file, self.key_file)
+        if self.tls is not False and any(files) and not all(files):
             raise ValueError(
-                "security.tls needs ca_file, cert_file and key_file (PEM files readable on "
-                "every machine); make them with `openssl` or distributed's Security.temporary()"
+                "security: give all of ca_file, cert_file and key_file (PEM files readable on "
+                "every machine), or none of them for temporary certificates"
             )
+        for name, path in zip(("ca_file", "cert_file", "key_file"), files, strict=True):
+            if path:
+                reject_url_secrets(path, f"security.{name}")
         return self
+
+    @property
+    def has_files(self) -> bool:
+        return bool(self.ca_file and self.cert_file and self.key_file)
 
 
 class AdaptiveConfig(_Strict):
@@ -67,6 +97,17 @@ class AdaptiveConfig(_Strict):
 
 class _ClusterBase(_Strict):
     security: SecurityConfig = SecurityConfig()
+    _tls_default: ClassVar[bool] = False
+
+    @model_validator(mode="after")
+    def _tls(self) -> _ClusterBase:
+        """Settle ``security.tls``: the platform's default when unset (on wherever files are
+        named), so everything downstream reads a plain bool."""
+        sec = self.security
+        if sec.tls is None:
+            tls = self._tls_default or sec.has_files
+            object.__setattr__(self, "security", sec.model_copy(update={"tls": tls}))
+        return self
 
 
 class LocalClusterConfig(_ClusterBase):
@@ -84,8 +125,10 @@ class LocalClusterConfig(_ClusterBase):
 
 
 class SlurmClusterConfig(_ClusterBase):
-    """dask-jobqueue ``SLURMCluster``: each SLURM job runs ``processes`` workers."""
+    """dask-jobqueue ``SLURMCluster``: each SLURM job runs ``processes`` workers; TLS on unless
+    ``security.tls: false``."""
 
+    _tls_default: ClassVar[bool] = True
     kind: Literal["slurm"] = "slurm"
     partition: str | None = None
     account: str | None = None
@@ -111,6 +154,16 @@ class SlurmClusterConfig(_ClusterBase):
     start_timeout: str = Field(
         "1h", description="how long to wait for the first worker job to start (queue time)"
     )
+    shared_temp_directory: str = Field(
+        "~/.lczscale/tls", description="with TLS on and no certificate files: where the "
+        "temporary certificate and key are written (0600) for the worker jobs, on a file system "
+        "every node sees; removed when the cluster closes"
+    )
+
+    @field_validator("job_script_prologue", "job_extra_directives")
+    @classmethod
+    def _no_shell_secrets(cls, v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        return reject_shell_secrets(v, f"slurm.{info.field_name}")
 
     @model_validator(mode="after")
     def _gpus(self) -> SlurmClusterConfig:
@@ -130,8 +183,10 @@ class Toleration(_Strict):
 
 
 class KubernetesClusterConfig(_ClusterBase):
-    """dask-kubernetes operator ``DaskCluster``: one worker pod per GPU."""
+    """dask-kubernetes operator ``DaskCluster``: one worker pod per GPU; TLS on unless
+    ``security.tls: false``."""
 
+    _tls_default: ClassVar[bool] = True
     kind: Literal["kubernetes"] = "kubernetes"
     name: str = Field("lczscale", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)
     namespace: str = "default"
@@ -161,12 +216,32 @@ class KubernetesClusterConfig(_ClusterBase):
     )
     volume_mount: str = Field("/data", pattern=r"^/[^:]*[^/:]$")
 
+    @field_validator("env")
+    @classmethod
+    def _no_env_secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        return reject_env_secrets(v, "env")
+
 
 class AddressClusterConfig(_ClusterBase):
     """A scheduler someone else started."""
 
     kind: Literal["address"] = "address"
     address: str
+
+    @field_validator("address")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        return reject_url_secrets(v, "address")
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> AddressClusterConfig:
+        if self.security.tls and not self.security.has_files:
+            raise ValueError(
+                "security.tls with an existing scheduler needs ca_file, cert_file and key_file "
+                "(certificates signed by the CA the scheduler trusts); temporary certificates "
+                "only work for clusters lczscale starts itself"
+            )
+        return self
 
 
 ClusterConfig = Annotated[

@@ -16,9 +16,11 @@ its ``LocalCUDACluster`` is used instead: it puts each worker's own GPU first in
 no GPU (or ``device: cpu``) there are ``workers`` CPU workers.
 
 SLURM (dask-jobqueue): each job books ``cores`` CPUs, ``memory`` and ``--gres=gpu:N`` and runs
-``processes`` workers. SLURM gives the whole job its N GPUs in one ``CUDA_VISIBLE_DEVICES``;
-with N > 1 the nanny preload ``lczscale.execute.gpu_pin`` hands worker ``NAME-i`` (names from
-``dask worker --nworkers N``) the ``i``-th of them before its process starts. Workers retire
+``processes`` workers, over TLS unless the config says ``security: {tls: false}`` (temporary
+certificates in ``shared_temp_directory`` when it names no files). SLURM gives the whole job
+its N GPUs in one ``CUDA_VISIBLE_DEVICES``; with N > 1 the nanny preload
+``lczscale.execute.gpu_pin`` hands worker ``NAME-i`` (names from ``dask worker --nworkers N``)
+the ``i``-th of them before its process starts. Workers retire
 gracefully at ``worker_lifetime`` ± ``lifetime_stagger``, before the walltime kills them, and
 their job ends; the cluster always runs adaptively (fixed size = ``jobs × processes``) with an
 adaptive policy that resubmits ended jobs, so retired, walltime-killed or preempted jobs are
@@ -72,17 +74,22 @@ def gpu_count() -> int:
 def security(cfg: SecurityConfig) -> Security | None:
     """A distributed ``Security`` requiring TLS for every role, or None when TLS is off.
 
-    One certificate/key pair serves client, scheduler and workers; distributed checks it
-    against the CA, not against host names.
+    From the PEM files the config names (one certificate/key pair serves client, scheduler and
+    workers; distributed checks it against the CA, not against host names), else temporary:
+    a fresh self-signed CA/certificate/key held in memory (``Security.temporary()``), which
+    only a cluster started here can share with its workers.
     """
     if not cfg.tls:
         return None
+    if not cfg.has_files:
+        return Security.temporary()  # require_encryption=True
     files = {"ca_file": cfg.ca_file, "cert_file": cfg.cert_file, "key_file": cfg.key_file}
     missing = [f"{k}={v}" for k, v in files.items() if not v or not Path(v).is_file()]
     if missing:
         raise ConfigError(
             f"security.tls is on but these files are missing here: {', '.join(missing)}; the "
-            "PEM files must exist on every machine (a shared file system on SLURM)"
+            "PEM files must exist on every machine (a shared file system on SLURM), or leave "
+            "ca_file/cert_file/key_file unset for temporary certificates"
         )
     cert, key = cfg.cert_file, cfg.key_file
     return Security(
@@ -255,10 +262,12 @@ def check_lifetime(cfg: SlurmClusterConfig) -> None:
 
 
 def slurm_job_kwargs(cfg: SlurmClusterConfig, threads: int = 1) -> dict[str, Any]:
-    """Keyword arguments of dask-jobqueue's ``SLURMJob``/``SLURMCluster`` for ``cfg``.
+    """Keyword arguments of dask-jobqueue's ``SLURMCluster`` for ``cfg``.
 
     dask-jobqueue's ``cores`` is the Dask threads of a job, ``job_cpu`` what SLURM books: one
-    thread per worker, all ``cfg.cores`` booked for torch.
+    thread per worker, all ``cfg.cores`` booked for torch. With TLS on and no certificate files
+    the ``security`` is temporary (in memory) and ``shared_temp_directory`` is where
+    dask-jobqueue writes the workers' copy (0600 files the job scripts name, never the PEM text).
     """
     check_lifetime(cfg)
     sec = security(cfg.security)
@@ -272,7 +281,7 @@ def slurm_job_kwargs(cfg: SlurmClusterConfig, threads: int = 1) -> dict[str, Any
         args += ["--resources", "GPU=1"]
         if cfg.processes > 1:
             args += ["--preload-nanny", "lczscale.execute.gpu_pin"]
-    return {
+    kwargs = {
         "queue": cfg.partition, "account": cfg.account, "walltime": cfg.walltime,
         "cores": cfg.processes, "processes": cfg.processes, "job_cpu": cfg.cores,
         "memory": cfg.memory, "job_extra_directives": directives, "worker_extra_args": args,
@@ -284,6 +293,24 @@ def slurm_job_kwargs(cfg: SlurmClusterConfig, threads: int = 1) -> dict[str, Any
         "job_name": JOB_NAME, "security": sec, "protocol": "tls://" if sec else None,
         "shebang": "#!/usr/bin/env bash",
     }
+    if sec is not None and not cfg.security.has_files:
+        kwargs["shared_temp_directory"] = tls_directory(cfg)
+    return kwargs
+
+
+def tls_directory(cfg: SlurmClusterConfig) -> str:
+    """``shared_temp_directory`` as an absolute path (``~`` and variables expanded here: the
+    job scripts name the files by this path)."""
+    return os.path.abspath(os.path.expanduser(os.path.expandvars(cfg.shared_temp_directory)))
+
+
+def _placeholder_security(directory: str) -> Security:
+    """What the job scripts of a temporary-TLS cluster point at: the files dask-jobqueue
+    writes into ``directory`` (their random suffixes shown as XXXXXXXX)."""
+    def name(key: str) -> str:
+        return os.path.join(directory, f".dask-jobqueue.worker.{key}.XXXXXXXX")
+    return Security(tls_ca_file=name("ca_file"), tls_worker_cert=name("cert"),
+                    tls_worker_key=name("key"), require_encryption=True)
 
 
 def slurm_job_script(cfg: SlurmClusterConfig, threads: int = 1,
@@ -292,6 +319,9 @@ def slurm_job_script(cfg: SlurmClusterConfig, threads: int = 1,
     from dask_jobqueue.slurm import SLURMJob
 
     kwargs = slurm_job_kwargs(cfg, threads)
+    directory = kwargs.pop("shared_temp_directory", None)
+    if directory is not None:  # never the in-memory key: the files its workers will read
+        kwargs["security"] = _placeholder_security(directory)
     if kwargs["security"] is not None:
         scheduler = scheduler.replace("tcp://", "tls://")
     return str(SLURMJob(scheduler, name="dummy-name", config_name="slurm", **kwargs)
@@ -339,12 +369,37 @@ def _slurm(cfg: SlurmClusterConfig, threads: int) -> Iterator[Client]:
     elif not maximum:
         raise ConfigError("slurm.jobs is 0 and adaptive is unset: no worker would ever start; "
                           "set jobs ≥ 1 or adaptive: {minimum: 0, maximum: N}")
-    with SLURMCluster(scheduler_options=options, **kwargs) as cluster, \
-            Client(cluster, security=kwargs["security"]) as client:
-        cluster.adapt(minimum=minimum, maximum=maximum, Adaptive=ReplacingAdaptive)
-        if minimum:
-            _wait_for_workers(client, cfg)
-        yield client
+    if "shared_temp_directory" in kwargs:
+        _private_directory(kwargs["shared_temp_directory"])
+    with SLURMCluster(scheduler_options=options, **kwargs) as cluster:
+        try:
+            with Client(cluster, security=kwargs["security"]) as client:
+                cluster.adapt(minimum=minimum, maximum=maximum, Adaptive=ReplacingAdaptive)
+                if minimum:
+                    _wait_for_workers(client, cfg)
+                yield client
+        finally:
+            _remove_temporary_certificates(cluster)
+
+
+def _private_directory(path: str) -> None:
+    """Create the directory the temporary certificates go to, readable by this user only."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"slurm.shared_temp_directory {path}: cannot create it ({exc.strerror}); name a "
+            "directory on a file system every node sees, or certificate files in security"
+        ) from exc
+
+
+def _remove_temporary_certificates(cluster: Any) -> None:
+    """Delete the key/certificate files dask-jobqueue wrote for the worker jobs (it only
+    drops them when the cluster object is garbage collected)."""
+    for name in [n for n in vars(cluster) if n.startswith("_job_")]:
+        handle = getattr(cluster, name)
+        if hasattr(handle, "close") and hasattr(handle, "name"):
+            handle.close()
 
 
 def _wait_for_workers(client: Client, cfg: SlurmClusterConfig) -> None:

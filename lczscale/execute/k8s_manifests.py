@@ -9,6 +9,10 @@ Three kustomize directories, each one ``kubectl apply -k``:
   Job: one pod and one GPU per data-parallel rank.
 - ``cluster/``: a standing ``DaskCluster`` (what ``open_kube_cluster`` creates), for clients
   that bring their own work (``lczscale map --scheduler ...`` through a port-forward).
+- ``tls/``: the Secret with the scheduler's, workers' and client's TLS certificate and key,
+  when TLS is on (the default) and no ``security.tls_secret`` of your own is named; applied
+  once, before the others. It holds a private key: ``kubernetes.write_manifests`` writes it
+  0600 and keeps it across renders, and it never goes into version control.
 
 Separate directories because they run at different times: training must finish before the
 map reads its checkpoint. Pure: dicts in, dicts out; ``kubernetes.write_manifests`` writes them.
@@ -186,6 +190,24 @@ def train_job(cfg: KubernetesClusterConfig, job: TrainJob, ranks: int) -> Json:
     }
 
 
+SECRET_HEADER = (
+    "# Rendered by `lczscale deploy kubernetes`: the TLS certificate and PRIVATE KEY of the Dask"
+    "\n# scheduler, workers and map client (a temporary self-signed CA, valid for a year).\n"
+    "# Apply once (kubectl apply -k tls); never commit it. Delete this directory to make a new"
+    " one.\n"
+)
+
+
+def tls_secret(cfg: KubernetesClusterConfig, mount: pods.TlsMount, sec: Any) -> Json:
+    """The Secret ``mount`` names, holding ``sec``'s CA, certificate and key (a distributed
+    ``Security.temporary()``: one self-signed certificate is the CA and every role's)."""
+    files = {mount.ca: sec.tls_ca_file, mount.cert: sec.tls_scheduler_cert,
+             mount.key: sec.tls_scheduler_key}
+    return {"apiVersion": "v1", "kind": "Secret",
+            "metadata": _meta(cfg, mount.secret, "tls"), "type": "Opaque",
+            "stringData": {path.rsplit("/", 1)[-1]: text for path, text in files.items()}}
+
+
 def kustomization(files: list[str]) -> Json:
     return {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
             "resources": list(files)}
@@ -238,7 +260,7 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 _Dumper.add_representer(str, _str)
 
 
-def to_yaml(manifest: Json) -> str:
+def to_yaml(manifest: Json, header: str = HEADER) -> str:
     """The file text: a header, then the manifest (deterministic, so examples can be diffed)."""
     json.dumps(manifest)  # plain JSON types only: what the API server receives
-    return HEADER + yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, width=100)
+    return header + yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, width=100)

@@ -8,9 +8,11 @@ The decisions every pod shares live here once:
   ``--nthreads 1`` and a pinned ``OMP_NUM_THREADS``, because the CPU thread count is part of
   what makes the cube bit-reproducible;
 - credentials only by reference (``envFrom`` a Secret by name), never a value in a manifest;
-- TLS: the Secret named by ``security.tls_secret`` mounted read-only at ``TLS_DIR`` and
+- TLS (on unless ``security.tls: false``): a Secret mounted read-only at ``TLS_DIR`` and
   distributed pointed at its files through ``DASK_DISTRIBUTED__COMM__TLS__*`` (every role uses
-  the one certificate: distributed checks the CA, not host names);
+  the one certificate: distributed checks the CA, not host names). The Secret is
+  ``security.tls_secret`` (yours, e.g. cert-manager's), else ``<name>-tls`` with keys
+  ``ca.pem``/``cert.pem``/``key.pem``, which ``lczscale deploy kubernetes`` renders;
 - ports are referred to by name: the operator's CRDs type int-or-string fields as strings.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -59,21 +62,49 @@ def check(cfg: KubernetesClusterConfig) -> None:
             "manifests; put them in a Secret (kubectl create secret generic NAME "
             "--from-literal=...) and set env_secret: NAME"
         )
-    if cfg.security.tls:
-        if not cfg.security.tls_secret:
+    sec = cfg.security
+    if sec.tls and sec.has_files and not sec.tls_secret:
+        raise ConfigError(
+            "security.ca_file/cert_file/key_file on Kubernetes name the keys of a Secret: set "
+            f"security.tls_secret to the Secret holding them (mounted at {TLS_DIR}; kubectl "
+            "create secret generic NAME --from-file=ca.pem --from-file=cert.pem "
+            "--from-file=key.pem), or leave the files unset and apply the Secret that "
+            "`lczscale deploy kubernetes` renders"
+        )
+    mount = tls_mount(cfg)
+    if mount is None:
+        return
+    for field, path in (("ca_file", mount.ca), ("cert_file", mount.cert), ("key_file", mount.key)):
+        if PurePosixPath(path).parent != PurePosixPath(TLS_DIR):
             raise ConfigError(
-                "security.tls on Kubernetes needs security.tls_secret: the Secret holding the "
-                f"CA, certificate and key, mounted at {TLS_DIR} (kubectl create secret generic "
-                "NAME --from-file=ca.pem --from-file=cert.pem --from-file=key.pem)"
+                f"security.{field} {path!r}: on Kubernetes the TLS files are the keys of "
+                f"the Secret {mount.secret!r}, mounted at {TLS_DIR}; set it to "
+                f"{TLS_DIR}/<key>, e.g. {TLS_DIR}/{field.split('_')[0]}.pem"
             )
-        for field in ("ca_file", "cert_file", "key_file"):
-            path = getattr(cfg.security, field)
-            if PurePosixPath(path).parent != PurePosixPath(TLS_DIR):
-                raise ConfigError(
-                    f"security.{field} {path!r}: on Kubernetes the TLS files are the keys of "
-                    f"the Secret {cfg.security.tls_secret!r}, mounted at {TLS_DIR}; set it to "
-                    f"{TLS_DIR}/<key>, e.g. {TLS_DIR}/{field.split('_')[0]}.pem"
-                )
+
+
+@dataclass(frozen=True)
+class TlsMount:
+    """Where the pods find their TLS files: the Secret, the three paths under ``TLS_DIR``, and
+    whether ``lczscale deploy kubernetes`` renders the Secret (no ``tls_secret`` given)."""
+
+    secret: str
+    ca: str
+    cert: str
+    key: str
+    rendered: bool
+
+
+def tls_mount(cfg: KubernetesClusterConfig) -> TlsMount | None:
+    """The TLS Secret and files of ``cfg``; None with ``security.tls: false``."""
+    sec = cfg.security
+    if not sec.tls:
+        return None
+    return TlsMount(secret=sec.tls_secret or f"{cfg.name}-tls",
+                    ca=sec.ca_file or f"{TLS_DIR}/ca.pem",
+                    cert=sec.cert_file or f"{TLS_DIR}/cert.pem",
+                    key=sec.key_file or f"{TLS_DIR}/key.pem",
+                    rendered=sec.tls_secret is None)
 
 
 def labels(cfg: KubernetesClusterConfig, component: str) -> dict[str, str]:
@@ -103,14 +134,14 @@ def _env(values: dict[str, str]) -> list[Json]:
 
 
 def _tls_env(cfg: KubernetesClusterConfig) -> dict[str, str]:
-    if not cfg.security.tls:
+    mount = tls_mount(cfg)
+    if mount is None:
         return {}
-    sec = cfg.security
     env = {"DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
-           "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(sec.ca_file)}
+           "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": mount.ca}
     for role in ("SCHEDULER", "WORKER", "CLIENT"):
-        env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT"] = str(sec.cert_file)
-        env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__KEY"] = str(sec.key_file)
+        env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT"] = mount.cert
+        env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__KEY"] = mount.key
     return env
 
 
@@ -121,16 +152,18 @@ def _resources(cpu: str, memory: str, gpus: int = 0) -> Json:
 
 
 def _volumes(cfg: KubernetesClusterConfig, config_map: str | None = None, data: bool = True,
-             shm: bool = False) -> tuple[list[Json], list[Json]]:
-    """(pod volumes, container mounts): the config map, the TLS Secret, the data claim, shm."""
+             shm: bool = False, tls: bool = True) -> tuple[list[Json], list[Json]]:
+    """(pod volumes, container mounts): the config map, the TLS Secret (Dask pods), the data
+    claim, shm."""
     volumes: list[Json] = []
     mounts: list[Json] = []
     if config_map:
         volumes.append({"name": "config", "configMap": {"name": config_map}})
         mounts.append({"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
-    if cfg.security.tls:
+    mount = tls_mount(cfg) if tls else None
+    if mount is not None:
         # 0440 and fsGroup: readable by the non-root user, by nobody else.
-        volumes.append({"name": "tls", "secret": {"secretName": cfg.security.tls_secret,
+        volumes.append({"name": "tls", "secret": {"secretName": mount.secret,
                                                   "defaultMode": 0o440}})
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
     if data and cfg.volume_claim:
@@ -262,7 +295,7 @@ def rank_pod(cfg: KubernetesClusterConfig, job: str, ranks: int, gpus: int, thre
         "MASTER_PORT": str(RENDEZVOUS_PORT), "OMP_NUM_THREADS": str(threads),
     })
     command = ["python", "-m", "lczscale.model.launch", f"{CONFIG_DIR}/train_job.json"]
-    volumes, mounts = _volumes(cfg, config_map, shm=True)
+    volumes, mounts = _volumes(cfg, config_map, shm=True, tls=False)  # torch, not Dask
     c = _container(cfg, "rank", command, env,
                    _resources(cfg.worker_cpu, cfg.worker_memory, gpus), mounts, secrets=True)
     c["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}]

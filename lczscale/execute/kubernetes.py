@@ -9,18 +9,27 @@ for handing the operator the rendered spec.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
 from lczscale.config import MapConfig, load_yaml
 from lczscale.errors import ConfigError
 from lczscale.execute import k8s_pods as pods
 from lczscale.execute.cluster_config import KubernetesClusterConfig, load_cluster_config
-from lczscale.execute.k8s_manifests import dask_cluster, render, to_yaml
+from lczscale.execute.k8s_manifests import (
+    SECRET_HEADER,
+    dask_cluster,
+    kustomization,
+    render,
+    tls_secret,
+    to_yaml,
+)
 from lczscale.train_config import TrainJob
 
 # The files this module writes; a stale one (say, the autoscaler of an earlier adaptive
@@ -70,7 +79,51 @@ def write_manifests(cluster: str | Path, map_config: str | Path, out: str | Path
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(to_yaml(manifest))
         written.append(path)
-    return written
+    return written + write_tls_secret(cfg, root)
+
+
+def write_tls_secret(cfg: KubernetesClusterConfig, root: Path) -> list[Path]:
+    """``root/tls/``: the TLS Secret the pods mount, when TLS is on and no Secret of the
+    user's is named. Made once (a temporary self-signed certificate) and kept while it still
+    fits the config, so rendering again never changes the certificate of a running cluster;
+    removed when TLS is off or ``tls_secret`` names the user's own."""
+    mount = pods.tls_mount(cfg)
+    directory = root / "tls"
+    secret, kustom = directory / "secret.yaml", directory / "kustomization.yaml"
+    if mount is None or not mount.rendered:
+        for f in (secret, kustom):
+            f.unlink(missing_ok=True)
+        return []
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not _fits(secret, cfg, mount):
+        from distributed.security import Security
+
+        _write_private(secret, to_yaml(tls_secret(cfg, mount, Security.temporary()),
+                                       header=SECRET_HEADER))
+    kustom.write_text(to_yaml(kustomization([secret.name])))
+    return [secret, kustom]
+
+
+def _fits(path: Path, cfg: KubernetesClusterConfig, mount: pods.TlsMount) -> bool:
+    """Whether an earlier render's Secret names the same Secret, namespace and keys."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    keys = {p.rsplit("/", 1)[-1] for p in (mount.ca, mount.cert, mount.key)}
+    return (isinstance(doc, dict) and doc.get("kind") == "Secret"
+            and doc.get("metadata", {}).get("name") == mount.secret
+            and doc.get("metadata", {}).get("namespace") == cfg.namespace
+            and set(doc.get("stringData") or {}) == keys
+            and all("-----BEGIN" in str(v) for v in doc["stringData"].values()))
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` readable by this user only (0600 from the start, not chmod after)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)
 
 
 def _kube_cluster_class() -> Any:
@@ -92,16 +145,18 @@ def open_kube_cluster(cfg: KubernetesClusterConfig, device: str = "auto",
     rendered spec is the one ``lczscale deploy kubernetes`` writes to ``cluster/``. Not run in
     this repository's tests (no Kubernetes API there).
 
-    TLS is refused: KubeCluster itself talks to the scheduler over plain ``tcp://`` and has no
-    ``Security``, so it cannot reach a TLS scheduler. With TLS, run the map as the rendered
-    DaskJob (the client runs inside the cluster, with the certificates mounted).
+    TLS (the default) is refused: KubeCluster itself talks to the scheduler over plain
+    ``tcp://`` and has no ``Security``, so it cannot reach a TLS scheduler. With TLS, run the map
+    as the rendered DaskJob (the client runs inside the cluster, with the certificates
+    mounted); ``security: {tls: false}`` opts out, for a cluster whose network you trust.
     """
     if cfg.security.tls:
         raise ConfigError(
-            "security.tls with a kubernetes cluster from Python: dask-kubernetes' KubeCluster "
-            "connects to the scheduler over plain tcp:// and cannot use TLS. Render the "
-            "manifests (`lczscale deploy kubernetes`) and run the map as the DaskJob, which "
-            "connects with tls:// from inside the cluster, or drop security.tls"
+            "a kubernetes cluster from Python cannot use TLS (on by default): dask-kubernetes' "
+            "KubeCluster connects to the scheduler over plain tcp://. Render the manifests "
+            "(`lczscale deploy kubernetes`) and run the map as the DaskJob, which connects "
+            "with tls:// from inside the cluster, or set `security: {tls: false}` in the "
+            "cluster YAML if its network is trusted"
         )
     spec = dask_cluster(cfg, pods.gpus_for(cfg, device), threads, allowed_failures)
     kube_cluster = _kube_cluster_class()

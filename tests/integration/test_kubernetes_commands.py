@@ -2,7 +2,9 @@
 
 Schema validation says the manifests are well formed; this says their *contents* work: the
 scheduler, worker and ``lczscale map`` command lines and environment, taken from the rendered
-DaskJob with TLS on, are started as local processes (paths and host names mapped to this
+DaskJob with TLS on (the default: no ``security`` section, certificates from the Secret that
+``lczscale deploy kubernetes`` renders, "mounted" by writing its keys out), are started as
+local processes (paths and host names mapped to this
 machine, ``$(VAR)`` expanded as the kubelet does), map the synthetic world, and give the same
 cube as a serial run (with a ``GPU=1`` worker on the GPU where there is one). It also checks
 what the operator relies on: the scheduler's health endpoint (readiness probe) and the HTTP API
@@ -22,6 +24,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from cube_compare import assert_same, cube_arrays
 from distributed import Client
 from servers import free_port
@@ -29,20 +32,20 @@ from servers import free_port
 from lczscale.execute import k8s_manifests as km
 from lczscale.execute.cluster_config import KubernetesClusterConfig
 from lczscale.execute.k8s_pods import CONFIG_DIR, TLS_DIR
+from lczscale.execute.kubernetes import write_tls_secret
 from lczscale.execute.run import run_map
 
 pytestmark = pytest.mark.integration
 
 
-def _write_tls(directory: Path) -> None:
-    """One self-signed certificate for every role, as the README makes it."""
-    from distributed import Security
-
-    sec = Security.temporary()
+def _mount_rendered_secret(cfg: KubernetesClusterConfig, directory: Path) -> None:
+    """What the kubelet does with the Secret deploy renders: each key a file in the mount."""
+    [secret_file, _] = write_tls_secret(cfg, directory.parent / "rendered")
+    secret = yaml.safe_load(secret_file.read_text())
+    assert secret["metadata"]["name"] == "lcz-tls"
     directory.mkdir()
-    (directory / "ca.pem").write_text(sec.tls_ca_file)
-    (directory / "cert.pem").write_text(sec.tls_scheduler_cert)
-    (directory / "key.pem").write_text(sec.tls_scheduler_key)
+    for name, text in secret["stringData"].items():
+        (directory / name).write_text(text)
 
 
 class Pods:
@@ -96,13 +99,11 @@ def _http(url: str, timeout: float = 60) -> Any:
 
 
 def test_rendered_daskjob_maps_over_tls_like_a_serial_run(world, tmp_path: Path) -> None:
-    _write_tls(tmp_path / "tls")
     cfg = KubernetesClusterConfig(
         name="lcz", namespace="maps", workers=1, worker_gpus=int(torch.cuda.is_available()),
-        volume_claim="data",
-        volume_mount=str(world.dir),
-        security={"tls": True, "tls_secret": "lcz-tls", "ca_file": f"{TLS_DIR}/ca.pem",
-                  "cert_file": f"{TLS_DIR}/cert.pem", "key_file": f"{TLS_DIR}/key.pem"})
+        volume_claim="data", volume_mount=str(world.dir))
+    assert cfg.security.tls, "TLS is the default"
+    _mount_rendered_secret(cfg, tmp_path / "tls")
     out = world.dir / "k8s-tls.zarr"
     map_cfg = world.map_config(out, executor="dask")
     job = km.dask_job(cfg, map_cfg)

@@ -1,12 +1,14 @@
 """Maps through dask-jobqueue's SLURMCluster on a real single-node SLURM cluster (slurmctld,
 slurmd, munged) started here by ``deploy/slurm/start-local-slurm.sh``: the cube is the
-LocalCluster cube byte for byte, also over TLS with worker jobs that retire mid-run and are
-replaced. And ``train.sbatch`` trains with one srun rank per task."""
+LocalCluster cube byte for byte, over TLS by default (temporary certificates written for the
+jobs and removed after), and over TLS from certificate files with worker jobs that retire
+mid-run and are replaced. And ``train.sbatch`` trains with one srun rank per task."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -70,6 +72,7 @@ def slurm_config(root: Path, **kw: object) -> SlurmClusterConfig:
         "memory": "3GiB", "processes": 1, "jobs": 2, "worker_lifetime": None,
         "interface": "lo", "log_directory": str(root / "logs"),
         "local_directory": str(root / "work"), "start_timeout": "3m",
+        "shared_temp_directory": str(root / "tls"),
     }
     return SlurmClusterConfig.model_validate(base | kw)
 
@@ -83,7 +86,11 @@ def reference(world, tmp_path_factory) -> str:
 
 
 def test_slurm_map_equals_the_local_cluster_cube(world, slurm, reference, tmp_path) -> None:
-    cluster = write_cluster(slurm_config(slurm), tmp_path / "cluster.yaml")
+    """TLS by default: no certificate files named, so temporary ones are written for the jobs
+    (the worker logs say tls://), and removed when the map's cluster closes."""
+    cfg = slurm_config(slurm)
+    assert cfg.security.tls and not cfg.security.has_files
+    cluster = write_cluster(cfg, tmp_path / "cluster.yaml")
     out = tmp_path / "slurm.zarr"
     report = run_map(world.map_config(out, executor="dask", cluster=cluster), progress=False)
     all_done(report)
@@ -92,6 +99,10 @@ def test_slurm_map_equals_the_local_cluster_cube(world, slurm, reference, tmp_pa
     assert_same(cube_arrays(reference, world), cube_arrays(str(out), world))
     logs = list((slurm / "logs").glob("lczscale-worker-*.err"))
     assert logs and any("Start worker" in p.read_text() for p in logs), "no SLURM worker job"
+    text = "".join(p.read_text() for p in logs)
+    assert re.search(r"Start worker at:\s+tls://", text), text[-2000:]
+    assert not re.search(r"Start worker at:\s+tcp://", text), "a plain worker joined"
+    assert not list((slurm / "tls").iterdir()), "the temporary key outlived its cluster"
 
 
 def test_tls_slurm_jobs_that_retire_mid_run_are_replaced(world, slurm, reference,

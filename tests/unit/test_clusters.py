@@ -59,7 +59,9 @@ def test_the_example_slurm_config_parses() -> None:
     ({"kind": "pbs"}, "invalid pbs cluster"),
     ({"kind": "slurm", "partitions": "gpu"}, "partitions"),
     ({"kind": "slurm", "gpus_per_job": 4, "processes": 1}, "processes=4"),
-    ({"kind": "local", "security": {"tls": True}}, "ca_file, cert_file and key_file"),
+    ({"kind": "address", "address": "tls://h:1", "security": {"tls": True}},
+     "ca_file, cert_file and key_file"),
+    ({"kind": "slurm", "security": {"ca_file": "/ca.pem"}}, "all of ca_file, cert_file"),
     ({"kind": "slurm", "adaptive": {"minimum": 3, "maximum": 2}}, "minimum 3 > "),
 ])
 def test_bad_cluster_configs_say_what_is_wrong(data: dict, match: str) -> None:
@@ -186,8 +188,65 @@ def test_tls_job_script(pem: SecurityConfig) -> None:
     for flag, path in (("--tls-ca-file", pem.ca_file), ("--tls-cert", pem.cert_file),
                        ("--tls-key", pem.key_file)):
         assert f"{flag} {path}" in script
-    plain = slurm_job_script(SlurmClusterConfig())
+    plain = slurm_job_script(SlurmClusterConfig(security={"tls": False}))
     assert "tls" not in plain
+
+
+# -- TLS by default ---------------------------------------------------------------------------
+
+
+def test_tls_is_on_by_default_for_slurm_and_kubernetes_only() -> None:
+    for kind in ("slurm", "kubernetes"):
+        assert parse_cluster_config({"kind": kind}).security.tls is True, kind
+        assert parse_cluster_config({"kind": kind, "security": {"tls": False}}) \
+            .security.tls is False, f"{kind}: the opt-out"
+    assert parse_cluster_config({"kind": "local"}).security.tls is False
+    assert parse_cluster_config({"kind": "address", "address": "tcp://h:1"}).security.tls \
+        is False
+
+
+def test_naming_certificate_files_turns_tls_on(pem: SecurityConfig) -> None:
+    files = pem.model_dump(exclude={"tls"})
+    assert LocalClusterConfig(security=files).security.tls is True
+    assert LocalClusterConfig(security=files | {"tls": False}).security.tls is False
+
+
+def test_slurm_default_tls_uses_temporary_certificates_in_files(tmp_path: Path) -> None:
+    """No files named: a fresh in-memory ``Security.temporary()`` for scheduler and client,
+    and the job scripts name the files dask-jobqueue writes into shared_temp_directory: the
+    key itself is never in a script."""
+    cfg = SlurmClusterConfig(shared_temp_directory=str(tmp_path / "tls"))
+    kwargs = slurm_job_kwargs(cfg)
+    sec = kwargs["security"]
+    assert sec.require_encryption and "-----BEGIN" in sec.tls_scheduler_key
+    assert kwargs["protocol"] == "tls://" and kwargs["shared_temp_directory"] == str(
+        tmp_path / "tls")
+    script = slurm_job_script(cfg, scheduler="tcp://head:8786")
+    assert "tls://head:8786" in script and "--protocol tls://" in script
+    for flag in ("--tls-ca-file", "--tls-cert", "--tls-key"):
+        assert f"{flag} {tmp_path}/tls/.dask-jobqueue.worker." in script, flag
+    assert "BEGIN" not in script
+    home = slurm_job_kwargs(SlurmClusterConfig())["shared_temp_directory"]
+    assert home == str(Path("~/.lczscale/tls").expanduser())
+
+
+def test_secrets_in_job_script_lines_are_refused() -> None:
+    for field, line in (("job_script_prologue", f"export AWS_SECRET_ACCESS_KEY={SECRET}"),
+                        ("job_script_prologue", f"AWS_SESSION_TOKEN='{SECRET}' true"),
+                        ("job_extra_directives", f"--export=ALL,AWS_SECRET_ACCESS_KEY={SECRET}"),
+                        ("job_script_prologue", f"curl https://user:{SECRET}@host/x")):
+        with pytest.raises(ConfigError, match=f"slurm.{field}") as err:
+            parse_cluster_config({"kind": "slurm", field: [line]})
+        assert SECRET not in str(err.value) and "\n" not in str(err.value)
+    ok = ("set -a; source ~/.config/lczscale/credentials.env; set +a",
+          "export AWS_SECRET_ACCESS_KEY=$VAULT_SECRET", "module load cuda")
+    assert SlurmClusterConfig(job_script_prologue=ok).job_script_prologue == ok
+
+
+def test_scheduler_addresses_with_credentials_are_refused() -> None:
+    with pytest.raises(ConfigError, match="address: the URL tls://h:8786 carries") as err:
+        parse_cluster_config({"kind": "address", "address": f"tls://{SECRET}@h:8786"})
+    assert SECRET not in str(err.value)
 
 
 # -- GPU pinning ------------------------------------------------------------------------------

@@ -173,7 +173,7 @@ def test_polar_aoi_on_utm_is_a_clear_error_and_works_on_the_global_grid() -> Non
 
 
 def test_credentials_in_urls_are_refused() -> None:
-    with pytest.raises(ValueError, match="environment") as err:
+    with pytest.raises(ConfigError, match="environment") as err:
         MapConfig(source="s3://AKIAXXX:top-secret@bucket/emb.zarr", model="m", out="o")
     assert "top-secret" not in str(err.value)
     MapConfig(source="s3://bucket/emb.zarr", model="m", out="https://host/cube.zarr")

@@ -234,9 +234,16 @@ def test_tls_mounts_the_secret_and_uses_tls_addresses() -> None:
     client = env_of(job["spec"]["job"]["spec"]["containers"][0])
     assert client["DASK_SCHEDULER_ADDRESS"] == \
         "tls://lcz-map-scheduler.maps.svc.cluster.local:8786"  # the job's own scheduler
-    plain = km.render(cluster(), map_cfg())
+    plain = km.render(cluster(security={"tls": False}), map_cfg())  # the opt-out
     assert "DASK_DISTRIBUTED__COMM__TLS__CA_FILE" not in str(plain)
-    assert "tls://" not in str(plain)
+    assert "tls://" not in str(plain) and "secretName" not in str(plain)
+
+
+def test_tls_is_on_by_default_with_the_rendered_secret() -> None:
+    """No security section: TLS anyway, from the Secret <name>-tls that deploy renders."""
+    default, named = km.render(cluster(), map_cfg()), km.render(cluster(security=TLS), map_cfg())
+    assert default == named  # the Secret lcz-tls and its ca/cert/key.pem either way
+    assert "tls://lcz-map-scheduler" in str(default["map/daskjob.yaml"])
 
 
 def test_map_client_command_parses_and_its_config_loads() -> None:
@@ -411,7 +418,7 @@ def _render_examples(out: Path) -> list[Path]:
 def test_each_kustomization_lists_exactly_its_files(tmp_path: Path) -> None:
     written = _render_examples(tmp_path)
     dirs = {p.parent for p in written}
-    assert {d.name for d in dirs} == {"cluster", "map", "train"}
+    assert {d.name for d in dirs} == {"cluster", "map", "train", "tls"}
     for d in dirs:
         listed = yaml.safe_load((d / "kustomization.yaml").read_text())["resources"]
         assert sorted(listed) == sorted(p.name for p in d.iterdir()
@@ -431,7 +438,7 @@ def test_kustomize_builds_each_directory(tmp_path: Path) -> None:
             pytest.fail("kubectl is missing on the CI machine: kustomize builds are not checked")
         pytest.skip("kubectl (kustomize) not installed")
     _render_examples(tmp_path)
-    for d in ("cluster", "map", "train"):
+    for d in ("cluster", "map", "train", "tls"):
         out = subprocess.run(["kubectl", "kustomize", str(tmp_path / d)], capture_output=True,
                              text=True, timeout=60, check=True).stdout
         built = sorted(m["kind"] for m in yaml.safe_load_all(out))
@@ -442,9 +449,11 @@ def test_kustomize_builds_each_directory(tmp_path: Path) -> None:
 def test_example_manifests_are_up_to_date(tmp_path: Path) -> None:
     """deploy/kubernetes/manifests is what the renderer makes of the example configs; when
     this fails, render them again (the command is in deploy/kubernetes/README.md)."""
-    fresh = {p.relative_to(tmp_path): p.read_text() for p in _render_examples(tmp_path)}
+    fresh = {p.relative_to(tmp_path): p.read_text() for p in _render_examples(tmp_path)
+             if p.parent.name != "tls"}  # a fresh private key each time: never committed
     committed = {p.relative_to(EXAMPLES / "manifests"): p.read_text()
-                 for p in (EXAMPLES / "manifests").rglob("*.yaml")}
+                 for p in (EXAMPLES / "manifests").rglob("*.yaml")
+                 if p.parent.name != "tls"}
     assert sorted(fresh) == sorted(committed)
     stale = [str(p) for p in fresh if fresh[p] != committed[p]]
     assert not stale, f"re-render deploy/kubernetes/manifests: {stale} differ"
@@ -495,7 +504,7 @@ def test_open_kube_cluster_hands_the_operator_the_rendered_spec(
     _Recorder.calls = []
     monkeypatch.setattr(kube, "_kube_cluster_class", lambda: _Recorder)
     monkeypatch.setattr(distributed, "Client", _client)
-    cfg = cluster(adaptive=adaptive)
+    cfg = cluster(adaptive=adaptive, security={"tls": False})
     with kube.open_kube_cluster(cfg, device="auto", allowed_failures=5, threads=2) as client:
         assert client == "client"
     (_, init), (action, arg), close = _Recorder.calls
@@ -504,6 +513,46 @@ def test_open_kube_cluster_hands_the_operator_the_rendered_spec(
     schemas.validate(init["custom_cluster_spec"], VERSIONS[-1])
     assert (action, arg) == (("adapt", adaptive) if adaptive else ("scale", 3))
     assert close == ("close", None)
-    with pytest.raises(ConfigError, match="KubeCluster"), \
-            kube.open_kube_cluster(cluster(security=TLS)):
-        pass
+    for tls in (TLS, {}):  # TLS is the default: refused unless the config opts out
+        with pytest.raises(ConfigError, match=r"KubeCluster.*tls: false"), \
+                kube.open_kube_cluster(cluster(security=tls)):
+            pass
+
+
+def test_deploy_renders_the_tls_secret_once_and_privately(tmp_path: Path) -> None:
+    """TLS by default: ``tls/secret.yaml`` holds a CA/certificate/key pair that fits (the
+    Secret validates; the key signs what the certificate verifies), written 0600, kept when
+    rendering again (a running cluster keeps its certificate), removed with the opt-out or a
+    Secret of the user's own."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    path = tmp_path / "cluster.yaml"
+    base = cluster().model_dump(mode="json", exclude={"security"})
+    path.write_text(yaml.safe_dump(base))
+    (tmp_path / "map.yaml").write_text(yaml.safe_dump(map_cfg().model_dump(mode="json")))
+    out = tmp_path / "out"
+    written = kube.write_manifests(path, tmp_path / "map.yaml", out)
+    secret_file = out / "tls" / "secret.yaml"
+    assert secret_file in written and (secret_file.stat().st_mode & 0o777) == 0o600
+    assert ((out / "tls").stat().st_mode & 0o077) == 0
+    text = secret_file.read_text()
+    assert "PRIVATE KEY" in text and "never commit" in text
+    secret = yaml.safe_load(text)
+    for version in VERSIONS:
+        schemas.validate(secret, version)
+    assert secret["metadata"] == {"name": "lcz-tls", "namespace": "maps",
+                                  "labels": km.pods.labels(cluster(), "tls")}
+    data = {k: v.encode() for k, v in secret["stringData"].items()}
+    assert sorted(data) == ["ca.pem", "cert.pem", "key.pem"]
+    cert = x509.load_pem_x509_certificate(data["cert.pem"])
+    key = serialization.load_pem_private_key(data["key.pem"], None)
+    assert cert.public_key() == key.public_key()  # type: ignore[union-attr]
+    assert yaml.safe_load((out / "tls" / "kustomization.yaml").read_text())["resources"] == [
+        "secret.yaml"]
+    kube.write_manifests(path, tmp_path / "map.yaml", out)
+    assert secret_file.read_text() == text, "rendering again must keep the certificate"
+    for security in ({"tls": False}, TLS):  # opt-out; a Secret of one's own (cert-manager …)
+        path.write_text(yaml.safe_dump(base | {"security": security}))
+        kube.write_manifests(path, tmp_path / "map.yaml", out)
+        assert not secret_file.exists() and not (out / "tls" / "kustomization.yaml").exists()
