@@ -29,6 +29,7 @@ setup() {
     "$(find_python)" -m venv .venv
   fi
   PY=.venv/bin/python
+  export PATH="$PWD/.venv/bin:$PATH"  # the venv's commands (lczscale, dask) for the tests
   "$PY" -m pip install --quiet --upgrade pip
   # PyPI's torch for Python 3.12 is a CUDA build (about 3 GB with its libraries); it runs on the
   # CPU as well. Pinned so that CPU results (the tests hold the cube bit for bit) do not move.

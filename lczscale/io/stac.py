@@ -18,6 +18,7 @@ from urllib.parse import urljoin
 
 from lczscale.errors import NoDataError, SourceError
 from lczscale.io.retry import retry_io
+from lczscale.screening import reject_url_secrets
 
 ASSET_KEY = "data"
 
@@ -64,6 +65,8 @@ def assets_of(items: list[dict[str, Any]], base: str, asset_key: str = ASSET_KEY
         href = str(assets[asset_key]["href"])
         if "://" not in href and not href.startswith("/"):
             href = urljoin(base, href)
+        # a signed link (SAS, presigned) would travel in every pickled task and the cube
+        reject_url_secrets(href, f"the {asset_key!r} asset of STAC item {item.get('id')!r}")
         props = item.get("properties") or {}
         bbox = item.get("bbox")
         out.append(StacAsset(

@@ -237,3 +237,21 @@ def test_deploy_refuses_a_secret_in_any_input(tmp_path: Path,
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and SECRET not in err, (name, err)
         assert not out.exists(), name
+
+
+def test_a_signed_stac_asset_link_is_refused() -> None:
+    """A STAC API that signs its asset links (Azure SAS, presigned S3) would put the signature
+    into every pickled task and the cube: refused, naming the item, never echoing it."""
+    import pytest as _pytest
+
+    from lczscale.errors import ConfigError
+    from lczscale.io.stac import assets_of
+
+    item = {"id": "x1", "properties": {"datetime": "2024-01-01T00:00:00Z"},
+            "assets": {"data": {"href": "https://acct.blob.core.windows.net/c/x.tif?sv=2024&"
+                                        "sig=SeCrEt123"}}}
+    with _pytest.raises(ConfigError, match="x1") as err:
+        assets_of([item], "https://example.org/")
+    assert "SeCrEt123" not in str(err.value)
+    item["assets"]["data"]["href"] = "https://example.org/x.tif"  # type: ignore[index]
+    assert assets_of([item], "https://example.org/")[0].href == "https://example.org/x.tif"
