@@ -472,7 +472,7 @@ def test_gpu_cluster_plans_cuda_and_a_worker_on_another_device_refuses_its_tiles
     slurm = tmp_path / "slurm.yaml"
     slurm.write_text("kind: slurm\nprocesses: 1\ngpus_per_job: 1\n")
     cfg = reference.cfg.model_copy(update={"out": str(out), "cluster": str(slurm),
-                                           "device": "auto"})
+                                           "device": "auto", "overwrite": True})
     plan = prepare(cfg)
     assert plan.provenance["device_type"] == "cuda" and plan.provenance["threads"] is None
     assert {t.key for t in plan.tasks} == reference.planned  # CUDA bytes differ: all to redo
