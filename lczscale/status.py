@@ -116,5 +116,5 @@ def _stale_reason(entry: dict[str, Any], now: dict[str, str]) -> str:
     then = entry.get("provenance_parts")
     if not isinstance(then, dict):
         return "made by an older lczscale that did not record what it depended on"
-    changed = sorted(k for k in now if then.get(k) != now[k])
+    changed = sorted(k for k in {*now, *then} if then.get(k) != now.get(k))
     return ("changed: " + ", ".join(changed)) if changed else "provenance differs"

@@ -248,8 +248,8 @@ def check_lineage(out: str, planned: list[TileTask], entries: dict[str, dict[str
     changed: set[str] = set()
     for entry in others.values():
         then = entry.get("provenance_parts")
-        changed |= ({k for k in parts if then.get(k) != parts[k]} if isinstance(then, dict)
-                    else {"unknown (an older lczscale)"})
+        changed |= ({k for k in {*parts, *then} if then.get(k) != parts.get(k)}
+                    if isinstance(then, dict) else {"unknown (an older lczscale)"})
     raise CubeError(
         f"{len(others)} of the {len(planned)} tiles this run would write are already in {out} "
         f"with another provenance (differs in: {', '.join(sorted(changed)) or 'provenance'}); "

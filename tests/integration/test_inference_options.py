@@ -44,8 +44,13 @@ def test_bf16_is_recorded_and_close_to_fp32(world, tmp_path) -> None:
             mapped = b[key] > 0
             assert (a[key] > 0).sum() == mapped.sum()
             assert (a[key][mapped] == b[key][mapped]).mean() >= 0.9, key
-    # the fp32 settings do not count bf16 tiles as done
-    rerun = run_map(world.map_config(out), progress=False)
+    # the fp32 settings do not count bf16 tiles as done: another lineage, so they are
+    # remade only when asked (--overwrite), never silently
+    from lczscale.errors import CubeError
+
+    with pytest.raises(CubeError, match=r"differs in: inference.*--overwrite"):
+        run_map(world.map_config(out), progress=False)
+    rerun = run_map(world.map_config(out, overwrite=True), progress=False)
     assert rerun.skipped == 0 and rerun.computed > 0
 
 
