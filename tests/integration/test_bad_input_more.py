@@ -144,18 +144,42 @@ def test_out_on_a_filesystem_nobody_can_write_is_probed(scene, capsys, monkeypat
     assert digest(tmp, s.dir) == before
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a 0o555 directory anyway; "
-                    "the /proc and /sys tests cover the probe as root")
-def test_out_in_a_read_only_directory(scene, capsys) -> None:
-    s, tmp = scene
-    ro = tmp / "ro"
+def test_out_in_a_read_only_directory() -> None:
+    """A directory its user cannot write into (0o555). Root ignores the mode, so as root the
+    check runs with the effective uid and gid of ``nobody``, as an ordinary user would."""
+    import contextlib
+    import shutil
+    import tempfile
+
+    from lczscale.errors import LczscaleError
+
+    base = Path(tempfile.mkdtemp(prefix="lczscale-ro-", dir="/tmp"))
+    base.chmod(0o755)
+    ro = base / "ro"
     ro.mkdir()
     ro.chmod(0o555)
+
+    @contextlib.contextmanager
+    def as_nobody():  # type: ignore[no-untyped-def]
+        if os.geteuid() != 0:
+            yield
+            return
+        os.setegid(65534)
+        os.seteuid(65534)
+        try:
+            yield
+        finally:
+            os.seteuid(0)
+            os.setegid(0)
+
     try:
-        refused(map_args(s, ro / "cube.zarr"), capsys, "not writable", str(ro))
+        with as_nobody(), pytest.raises(LczscaleError, match="not writable") as err:
+            out_path.check_writable_out(str(ro / "cube.zarr"), "map --out", "dir")
+        assert str(ro) in str(err.value) and "\n" not in str(err.value)
         assert list(ro.iterdir()) == []
     finally:
         ro.chmod(0o755)
+        shutil.rmtree(base)
 
 
 @pytest.mark.parametrize("command", ["map", "train"])
