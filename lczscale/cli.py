@@ -428,9 +428,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--years", type=int, nargs="+", default=[2023, 2024])
     s.add_argument("--layout", nargs="+", default=["tessera-zarr"],
-                   choices=["tessera-zarr", "tessera-tiles", "aef-cogs", "aef-mosaic"],
+                   choices=["tessera-zarr", "tessera-tiles", "aef-cogs", "aef-mosaic",
+                            "tessera-icechunk", "tessera-dclimate-zarr"],
                    help="embedding layouts to write (DIR/embeddings.zarr, DIR/tiles/, DIR/aef/, "
-                   "DIR/aef-mosaic.zarr); the same world in each")
+                   "DIR/aef-mosaic.zarr, DIR/dclimate.icechunk + DIR/dclimate.registry/, "
+                   "DIR/dclimate.zarr); the same world in each")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_synth)
 
