@@ -83,6 +83,7 @@ from zarr.core.array_spec import ArrayConfigParams
 from lczscale.errors import ConfigError
 from lczscale.grid import Window, Zone
 from lczscale.io.source import quantise_per_pixel
+from lczscale.io.tessera_registry import SCHEMA
 from lczscale.synth import BUILD_VERSION, SynthCity
 from lczscale.synth_layout import BANDS
 
@@ -176,31 +177,8 @@ ROOT_ATTRS: dict[str, Any] = {
     "optical_min_obs": OPTICAL_MIN_OBS,
 }
 
-REGISTRY_SCHEMA = pa.schema([
-    pa.field("tile", pa.string(), nullable=False),
-    pa.field("run_id", pa.string(), nullable=False),
-    pa.field("assembled_at", pa.string(), nullable=False),
-    pa.field("embedded", pa.bool_(), nullable=False),
-    pa.field("eligible_px", pa.int64()),
-    pa.field("chunk_px", pa.int64()),
-    pa.field("refused_px", pa.int64()),
-    pa.field("refused_no_optical_px", pa.int64()),
-    pa.field("refused_thin_px", pa.int64()),
-    pa.field("refused_no_radar_px", pa.int64()),
-    pa.field("px_with_any_optical", pa.int64()),
-    pa.field("obs_max", pa.int64()),
-    pa.field("median_obs_where_any", pa.float64()),
-    pa.field("median_obs_where_thin", pa.float64()),
-    pa.field("px_with_any_radar", pa.int64()),
-    pa.field("radar_rule_enforced", pa.bool_()),
-    pa.field("optical_min_obs", pa.int64()),
-    pa.field("bbox_west", pa.float64()),
-    pa.field("bbox_south", pa.float64()),
-    pa.field("bbox_east", pa.float64()),
-    pa.field("bbox_north", pa.float64()),
-    pa.field("code_version", pa.string()),
-    pa.field("code_commit", pa.string()),
-])
+# the registry's declared 23 columns (dClimate registry.py), one definition for reader and writer
+REGISTRY_SCHEMA = SCHEMA
 
 Render = Callable[[SynthCity, int], np.ndarray]
 

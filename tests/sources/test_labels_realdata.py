@@ -20,7 +20,8 @@ import pytest
 from lczscale.grid import Aoi, Window, Zone, utm_zone, utm_zone_number
 from lczscale.io.labels import label_bounds, open_labels, read_labels
 
-REAL = Path("/work/shared/realdata")
+REPO = Path(__file__).resolve().parents[2]
+REAL = REPO / ".." / "shared" / "realdata"  # beside the repository, never copied into it
 SYDNEY = REAL / "lcz-sydney"
 ZARAGOZA = REAL / "lcz-zaragoza"
 
