@@ -24,17 +24,17 @@ from typing import Any
 from common import YEAR, main_quick, record, shared_world
 
 from lczscale.config import GridConfig, ModelConfig, StitchConfig
-from lczscale.grid import Window, zone_by_name
-from lczscale.io.sources import open_source
-from lczscale.model.unet import receptive_field
-from lczscale.plan import (
+from lczscale.core.grid import Window, zone_by_name
+from lczscale.core.stitch import Lattice
+from lczscale.core.tiling import (
     Availability,
     TileTask,
     patch_amplification,
     plan_tasks,
     read_amplification,
 )
-from lczscale.stitch import Lattice
+from lczscale.io.sources.registry import open_source
+from lczscale.model.unet import receptive_field
 
 TARGET = 1.15
 DEFAULT_TILE = GridConfig().tile_size

@@ -23,13 +23,13 @@ import dask
 import torch
 
 from lczscale.config import ModelConfig
-from lczscale.execute.worker_config import NO_PROFILER, NO_PROFILER_ENV
-from lczscale.io.sources import open_source
+from lczscale.execute.clusters.worker_profiler import NO_PROFILER, NO_PROFILER_ENV
+from lczscale.io.sources.registry import open_source
 from lczscale.model.checkpoint import InputSpec, save_untrained
 
 REPO = Path(__file__).resolve().parent.parent
 # The benchmarks' own LocalClusters run without Dask's sampling profiler, as lczscale's do (it
-# can deadlock CPython < 3.12 workers: lczscale.execute.worker_config).
+# can deadlock CPython < 3.12 workers: lczscale.execute.clusters.worker_profiler).
 dask.config.set(NO_PROFILER)
 os.environ.update(NO_PROFILER_ENV)
 if str(REPO) not in sys.path:  # tests.servers (the loopback S3 server) lives there
@@ -115,7 +115,7 @@ def workdir() -> Path:
 def shared_world(size_km: float, layouts: tuple[str, ...] = LAYOUTS) -> dict[str, Any]:
     """One city (Zurich, UTM 32) in ``layouts``, written once per size per work directory
     (a world with every layout serves a request for fewer)."""
-    from lczscale.synth import write_world
+    from lczscale.synth.world import write_world
 
     for have in (LAYOUTS, layouts):
         root = workdir() / f"world-{size_km:g}km-{'+'.join(have)}"

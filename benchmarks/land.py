@@ -22,8 +22,8 @@ import numpy as np
 import shapely
 from pyproj import Transformer
 
-from lczscale.grid import UTM_LAT_MAX, UTM_LAT_MIN, Zone
-from lczscale.plan import Availability
+from lczscale.core.grid import UTM_LAT_MAX, UTM_LAT_MIN, Zone
+from lczscale.core.tiling import Availability
 
 EARTH_LAND_KM2 = 148.9e6
 EARTH_RADIUS_KM = 6371.0072  # authalic radius: cell areas on the sphere of the Earth's area

@@ -23,8 +23,8 @@ from common import main_quick, model_summary, record
 from torch.utils.flop_counter import FlopCounterMode
 
 from lczscale.config import ModelConfig
-from lczscale.model.features import model_input
-from lczscale.model.predict import AMP_DTYPES, pick_device, pinned_threads
+from lczscale.infer.features import model_input
+from lczscale.infer.predict import AMP_DTYPES, pick_device, pinned_threads
 from lczscale.model.unet import LczUNet, location_channels
 
 BYTES_PER_PX_INT8 = 128 + 4 + 1  # TESSERA: 128 int8 codes, a float32 scale, a validity byte

@@ -59,11 +59,11 @@ def child(all_masks: bool) -> dict[str, Any]:
     import land
 
     from lczscale.config import GridConfig, ModelConfig, StitchConfig
-    from lczscale.grid import utm_zone
-    from lczscale.model.predict import tile_memory_bytes
+    from lczscale.core.grid import utm_zone
+    from lczscale.core.stitch import Lattice
+    from lczscale.core.tiling import check_disjoint_writes, check_halo, plan_tasks
+    from lczscale.infer.predict import tile_memory_bytes
     from lczscale.model.unet import receptive_field
-    from lczscale.plan import check_disjoint_writes, check_halo, plan_tasks
-    from lczscale.stitch import Lattice
 
     grid, stitch, model = GridConfig(), StitchConfig(), ModelConfig()
     rf = receptive_field(model)

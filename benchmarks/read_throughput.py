@@ -25,8 +25,8 @@ import zarr
 from common import LAYOUTS, YEAR, emit, record, shared_world, workdir
 
 from lczscale.config import GridConfig
-from lczscale.grid import Window, zone_by_name
-from lczscale.io.sources import open_source
+from lczscale.core.grid import Window, zone_by_name
+from lczscale.io.sources.registry import open_source
 from lczscale.io.stores import open_store
 
 PATHS = {"tessera-zarr": "embeddings.zarr", "tessera-tiles": "tiles", "aef-cogs": "aef",

@@ -7,7 +7,7 @@ time. Lines ``scaling_point`` (one per N) and ``scaling`` (the curve).
 
 SLURM: ``--slurm`` runs the same curve on a single-node SLURM cluster started on this machine
 with ``deploy/slurm/start-local-slurm.sh`` (one 1-core job per worker, through the map's
-``cluster`` YAML and ``lczscale.execute.clusters.open_cluster``). Without the flag, or where
+``cluster`` YAML and ``lczscale.execute.clusters.start.open_cluster``). Without the flag, or where
 those pieces or slurm-wlm are missing, the SLURM curve is reported as not run, with the reason.
 
     python benchmarks/scaling.py [--quick] [--workers 1 2 4] [--slurm]
@@ -55,9 +55,9 @@ def slurm_missing() -> str | None:
     if not SLURM_SCRIPT.exists():
         return f"{SLURM_SCRIPT.relative_to(REPO)} is missing"
     try:
-        from lczscale.execute.clusters import open_cluster  # noqa: F401
+        from lczscale.execute.clusters.start import open_cluster  # noqa: F401
     except ImportError:
-        return "lczscale.execute.clusters.open_cluster is missing"
+        return "lczscale.execute.clusters.start.open_cluster is missing"
     if "cluster" not in MapConfig.model_fields:
         return "MapConfig has no 'cluster' field to name a SLURM cluster YAML"
     if not (shutil.which("slurmctld") and shutil.which("munged")):
@@ -82,7 +82,7 @@ def local_slurm(directory: Path) -> Iterator[None]:
 
 
 def slurm_yaml(directory: Path, jobs: int) -> str:
-    from lczscale.execute.cluster_config import SlurmClusterConfig
+    from lczscale.execute.clusters.settings import SlurmClusterConfig
 
     cfg = SlurmClusterConfig(cores=1, memory="3GiB", processes=1, jobs=jobs,
                              walltime="00:30:00", worker_lifetime=None, lifetime_stagger=None,

@@ -24,7 +24,7 @@ from distributed import Client, LocalCluster
 from lczscale.config import GridConfig, MapConfig, ModelConfig, StitchConfig
 from lczscale.execute.run import run_map
 from lczscale.execute.tile import TileResult
-from lczscale.synth import write_world
+from lczscale.synth.world import write_world
 
 # Two levels, one conv per block: receptive field 11 px, so 32 px patches are allowed and a
 # 64 px tile costs milliseconds — the soak measures the executor, not the model.

@@ -1,6 +1,6 @@
 """Planning a country from the dClimate TESSERA v1.1 Icechunk store, and reading it.
 
-A replica of the store (``lczscale.synth_dclimate``'s zone groups: the real extents, the eight
+A replica of the store (``lczscale.synth.dclimate``'s zone groups: the real extents, the eight
 arrays, ``write_empty_chunks=False``) is written to local disk for a country-sized AOI: every
 2048 px shard of the zone groups the AOI touches whose WGS84 footprint meets the AOI holds a
 ``scales`` shard with one 256 × 256 inner chunk of data (at a position that varies from shard
@@ -48,18 +48,17 @@ import zarr
 from common import emit, record, workdir
 from pyproj import Transformer
 
-import lczscale.io.tessera_icechunk as tic
+import lczscale.io.sources.tessera_icechunk as tic
 from lczscale.config import GridConfig, ModelConfig, StitchConfig
-from lczscale.grid import Aoi, Window, Zone, zones_for_aoi
-from lczscale.io.source import quantise_per_pixel
-from lczscale.io.tessera_dclimate_zarr import TesseraDclimateZarrSource
-from lczscale.io.tessera_icechunk import TesseraIcechunkSource
-from lczscale.io.tessera_registry import meets_bbox
+from lczscale.core.grid import Aoi, Window, Zone, zones_for_aoi
+from lczscale.core.stitch import Lattice
+from lczscale.core.tiling import plan_tasks
+from lczscale.io.sources.dclimate_registry import meets_bbox
+from lczscale.io.sources.protocol import quantise_per_pixel
+from lczscale.io.sources.tessera_dclimate_zarr import TesseraDclimateZarrSource
+from lczscale.io.sources.tessera_icechunk import TesseraIcechunkSource
 from lczscale.model.unet import receptive_field
-from lczscale.plan import plan_tasks
-from lczscale.stitch import Lattice
-from lczscale.synth import BUILD_VERSION, make_world
-from lczscale.synth_dclimate import (
+from lczscale.synth.dclimate import (
     ASSEMBLED_AT,
     CHUNK_PX,
     CODE_COMMIT,
@@ -77,6 +76,7 @@ from lczscale.synth_dclimate import (
     write_tessera_icechunk,
     write_tessera_plain_zarr,
 )
+from lczscale.synth.world import BUILD_VERSION, make_world
 
 YEAR = 2024
 # minlon, minlat, maxlon, maxlat

@@ -31,10 +31,10 @@ from common import emit, model_summary, random_model, record, shared_world, work
 from distributed import Client, LocalCluster
 
 from lczscale.config import GridConfig, InferenceConfig, MapConfig, ModelConfig, StitchConfig
+from lczscale.core.tiling import patch_amplification, read_amplification
 from lczscale.execute.run import MapReport, prepare, run_map
-from lczscale.model.predict import pick_device, pinned_threads
+from lczscale.infer.predict import pick_device, pinned_threads
 from lczscale.model.unet import LczUNet, location_channels
-from lczscale.plan import patch_amplification, read_amplification
 
 
 def model_forward_seconds(cfg: ModelConfig, patch: int, batch: int, threads: int,
@@ -62,7 +62,7 @@ def model_forward_seconds(cfg: ModelConfig, patch: int, batch: int, threads: int
 def _warm() -> None:
     """Import what a tile needs on a worker before the clock starts."""
     import lczscale.execute.tile
-    import lczscale.io.tessera_zarr  # noqa: F401
+    import lczscale.io.sources.tessera_zarr  # noqa: F401
 
 
 def settings(cfg: MapConfig, workers: int, device: str, quick: bool) -> dict[str, Any]:

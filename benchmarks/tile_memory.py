@@ -37,11 +37,11 @@ def child(tile: int, streamed: bool) -> dict[str, Any]:
     from planning import PeakRss
 
     from lczscale.config import InferenceConfig, ModelConfig, StitchConfig
-    from lczscale.grid import Window, utm_zone
-    from lczscale.io.source import EmbeddingWindow
+    from lczscale.core.grid import Window, utm_zone
+    from lczscale.infer.predict import Predictor, tile_memory_bytes
+    from lczscale.infer.tile_input import row_bands
+    from lczscale.io.sources.protocol import EmbeddingWindow
     from lczscale.model.checkpoint import InputSpec, load_checkpoint, save_untrained
-    from lczscale.model.predict import Predictor, tile_memory_bytes
-    from lczscale.model.tile_input import row_bands
 
     model_cfg = ModelConfig(in_dim=DIMS, widths=MODEL_WIDTHS, convs_per_block=1)
     stitch = StitchConfig(patch_size=PATCH, batch_size=BATCH)

@@ -24,9 +24,9 @@ import torch
 from common import emit
 
 from lczscale.config import ModelConfig
-from lczscale.model.launch import run_training
-from lczscale.synth import write_world
-from lczscale.train_config import TrainConfig, TrainJob, label_sets
+from lczscale.synth.world import write_world
+from lczscale.train.launch import run_training
+from lczscale.train.settings import TrainConfig, TrainJob, label_sets
 
 
 def rank_counts(device: str, wanted: list[int] | None) -> list[int]:

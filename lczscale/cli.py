@@ -53,7 +53,7 @@ def _check_aoi_file(geojson: str | None) -> None:
 
 def cmd_synth(a: argparse.Namespace) -> int:
     from lczscale.io.out_path import check_writable_out
-    from lczscale.synth import write_world
+    from lczscale.synth.world import write_world
 
     check_writable_out(a.dir, "synth DIR", "dir")
     summary = write_world(a.dir, cities=a.cities, size_km=a.size_km, seed=a.seed,
@@ -64,9 +64,9 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from lczscale.export import checked_bbox
+    from lczscale.browse.export import checked_bbox
     from lczscale.io.out_path import check_input, check_writable_out
-    from lczscale.model.launch import run_training
+    from lczscale.train.launch import run_training
 
     job = train_job_from_args(a)
     if a.bbox is not None:
@@ -87,7 +87,7 @@ def train_job_from_args(a: argparse.Namespace) -> Any:
 
     from lczscale.config import ModelConfig, load_yaml
     from lczscale.errors import ConfigError
-    from lczscale.train_config import TrainConfig, TrainJob, label_sets
+    from lczscale.train.settings import TrainConfig, TrainJob, label_sets
 
     cfg = load_yaml(a.config, TrainConfig) if a.config else TrainConfig()
     updates = {k: v for k, v in {"steps": a.steps, "year": a.year, "seed": a.seed,
@@ -163,7 +163,7 @@ def cmd_map(a: argparse.Namespace) -> int:
     check_writable_out(cfg.out, "map --out", "dir")
 
     if cfg.source_kind in ("auto", "") and exists(cfg.source, cfg.source_options):
-        from lczscale.io.sources import detect_layout
+        from lczscale.io.sources.registry import detect_layout
 
         layout, found = detect_layout(cfg.source, cfg.source_options)
         print(f"source {cfg.source}: {found} (kind {layout})", file=sys.stderr)
@@ -186,7 +186,7 @@ def cmd_map(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from lczscale.evaluate import evaluate
+    from lczscale.studies.evaluate import evaluate
 
     if a.report:
         from lczscale.io.out_path import check_writable_out
@@ -194,7 +194,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         check_writable_out(a.report, "eval --report", "dir")
     result = evaluate(a.cube, a.truth, year=a.year, baseline=a.baseline, bbox=a.bbox)
     if a.report:
-        from lczscale.eval_report import write_eval_report
+        from lczscale.studies.report import write_eval_report
 
         files = write_eval_report(result, a.report)
         if not a.json:  # --json: stdout holds the one JSON object and nothing else
@@ -221,7 +221,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from lczscale.status import cube_status
+    from lczscale.execute.status import cube_status
 
     status = cube_status(a.cube)
     if a.json:
@@ -248,9 +248,9 @@ def source_options(text: str | None) -> dict[str, Any]:
 
 
 def cmd_coverage(a: argparse.Namespace) -> int:
-    from lczscale.grid import Aoi
-    from lczscale.io.sources import open_source
-    from lczscale.io.tessera_coverage import coverage
+    from lczscale.core.grid import Aoi
+    from lczscale.io.sources.dclimate_coverage import coverage
+    from lczscale.io.sources.registry import open_source
 
     if bool(a.bbox) == bool(a.geojson):
         raise LczscaleError("coverage needs an AOI: give --bbox or --geojson (one of them)")
@@ -283,9 +283,9 @@ def cmd_coverage(a: argparse.Namespace) -> int:
 
 
 def cmd_plot(a: argparse.Namespace) -> int:
-    from lczscale.export import checked_bbox
+    from lczscale.browse.export import checked_bbox
+    from lczscale.browse.plot import plot_confusion_file, plot_cube, plot_cube_fractions
     from lczscale.io.out_path import check_writable_out
-    from lczscale.plot import plot_confusion_file, plot_cube, plot_cube_fractions
 
     if a.bbox is not None:
         checked_bbox(a.bbox)  # the rule map and export apply: no silently swapped box
@@ -307,7 +307,7 @@ def cmd_plot(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from lczscale.export import export
+    from lczscale.browse.export import export
 
     path = export(a.cube, a.bbox, a.out, a.format, zone=a.zone, year=a.year, crs=a.crs,
                   resolution=a.resolution, resampling=a.resampling, blocksize=a.blocksize,
@@ -321,9 +321,9 @@ def cmd_experiment(a: argparse.Namespace) -> int:
 
     from lczscale.config import load_yaml
     from lczscale.errors import ConfigError
-    from lczscale.experiment import ExperimentConfig, from_world, run_experiment
     from lczscale.io.out_path import check_input, check_writable_out
-    from lczscale.train_config import TrainConfig
+    from lczscale.studies.experiment import ExperimentConfig, from_world, run_experiment
+    from lczscale.train.settings import TrainConfig
 
     if a.world and not a.config:
         check_input(a.world, "--world", "dir", "give a directory written by `lczscale synth`")
@@ -358,8 +358,8 @@ def cmd_experiment(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from lczscale.demo import run_demo
     from lczscale.io.out_path import check_writable_out
+    from lczscale.studies.demo import run_demo
 
     check_writable_out(a.dir, "demo --dir", "dir")
     report = run_demo(Path(a.dir), workers=a.workers, quick=a.quick)
@@ -368,7 +368,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_deploy_kubernetes(a: argparse.Namespace) -> int:
-    from lczscale.execute.kubernetes import write_manifests
+    from lczscale.execute.clusters.kubernetes_cluster import write_manifests
     from lczscale.io.out_path import check_writable_out, read_yaml_mapping
 
     read_yaml_mapping(a.cluster, "--cluster")
@@ -379,8 +379,8 @@ def cmd_deploy_kubernetes(a: argparse.Namespace) -> int:
 
 
 def cmd_pyramid(a: argparse.Namespace) -> int:
+    from lczscale.io.cube.pyramid import build_pyramid
     from lczscale.io.out_path import check_writable_out, local_path
-    from lczscale.io.pyramid import build_pyramid
 
     local = local_path(a.cube)
     if local is not None and local.is_dir():  # the overviews are written into the cube
@@ -395,7 +395,7 @@ def cmd_pyramid(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    from lczscale.serve import Limits, export_static, serve
+    from lczscale.browse.serve import Limits, export_static, serve
 
     if a.static:
         from lczscale.io.out_path import check_writable_out
@@ -409,8 +409,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def cmd_stac(a: argparse.Namespace) -> int:
+    from lczscale.browse.stac_export import write_stac
     from lczscale.io.out_path import check_writable_out
-    from lczscale.stac_export import write_stac
 
     check_writable_out(a.out, "stac --out", "dir")
     _print_json(write_stac(a.cube, a.out, collection_id=a.id, href=a.href))

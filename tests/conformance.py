@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from lczscale.grid import Window, Zone
-from lczscale.io.source import EmbeddingSource, EmbeddingWindow, dequantised
+from lczscale.core.grid import Window, Zone
+from lczscale.io.sources.protocol import EmbeddingSource, EmbeddingWindow, dequantised
 
 SECRET = "conformance-secret-Kq8Zr1"  # put in the environment; must never reach a pickle
 

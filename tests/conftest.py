@@ -10,15 +10,15 @@ import dask
 import pytest
 
 from lczscale.config import GridConfig, MapConfig, ModelConfig, StitchConfig
-from lczscale.execute.worker_config import NO_PROFILER, NO_PROFILER_ENV
-from lczscale.model.train import train_job
-from lczscale.synth import write_world
-from lczscale.train_config import LabelSet, TrainConfig, TrainJob
+from lczscale.execute.clusters.worker_profiler import NO_PROFILER, NO_PROFILER_ENV
+from lczscale.synth.world import write_world
+from lczscale.train.loop import train_job
+from lczscale.train.settings import LabelSet, TrainConfig, TrainJob
 
 TINY_MODEL = ModelConfig(widths=(8, 16, 32))
 
 # Clusters the tests start themselves run without Dask's sampling profiler, as lczscale's own
-# do: it can deadlock a CPython < 3.12 process (see lczscale.execute.worker_config).
+# do: it can deadlock a CPython < 3.12 process (see lczscale.execute.clusters.worker_profiler).
 dask.config.set(NO_PROFILER)
 os.environ.update(NO_PROFILER_ENV)
 

@@ -11,7 +11,7 @@ import numpy as np
 import lczscale
 from lczscale.config import GridConfig, MapConfig, ModelConfig, StitchConfig
 from lczscale.execute.run import MapReport, run_map
-from lczscale.io.source import EmbeddingSource
+from lczscale.io.sources.protocol import EmbeddingSource
 from lczscale.model.checkpoint import InputSpec, save_untrained
 
 DEQUANTISATION = {"tessera": "per_pixel_scale", "alphaearth": "sign_square"}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from lczscale.execute.train_dask import environment as environment  # re-exported for tests
+from lczscale.train.on_dask import environment as environment  # re-exported for tests
 
 # Credentials for the loopback endpoint only; tests check they never reach a pickle or a cube.
 S3_KEY_ID = "lczscale-test-key-id"

@@ -19,9 +19,9 @@ import numpy as np
 from odc.geo import geom
 
 from lczscale.config import CubeConfig, GridConfig
-from lczscale.grid import Window, Zone, tiles_for_geometry, utm_zone
-from lczscale.io import ledger
-from lczscale.io.cube import create_cube, write_tile
+from lczscale.core.grid import Window, Zone, tiles_for_geometry, utm_zone
+from lczscale.io.cube import ledger
+from lczscale.io.cube.store import create_cube, write_tile
 
 TILE = 256
 GRID = GridConfig(tile_size=TILE)

@@ -45,7 +45,7 @@ class CountModelLoads(WorkerPlugin):
     name = "test-count-model-loads"
 
     def setup(self, worker: Any) -> None:
-        from lczscale.model.predict import Predictor
+        from lczscale.infer.predict import Predictor
 
         original = Predictor.from_checkpoint.__func__  # type: ignore[attr-defined]
         if getattr(original, "counted", False):

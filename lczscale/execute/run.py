@@ -24,20 +24,20 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lczscale.config import MapConfig, OutputsConfig
+from lczscale.core.grid import Aoi, Window, zone_by_name, zones_for_aoi
+from lczscale.core.stitch import Lattice
+from lczscale.core.tiling import TileTask, check_disjoint_writes, check_halo, plan_tasks
 from lczscale.errors import ConfigError, CubeError, NoDataError
 from lczscale.execute.tile import MapContext, TileResult
-from lczscale.grid import Aoi, Window, zone_by_name, zones_for_aoi
-from lczscale.io import ledger
-from lczscale.io.cube import create_cube, cube_attrs, half_created, is_cube, stored_block
-from lczscale.io.cube_lock import writer_lock
-from lczscale.io.source import EmbeddingSource
-from lczscale.io.sources import open_source
+from lczscale.infer.predict import pick_device, tile_memory_bytes
+from lczscale.io.cube import ledger
+from lczscale.io.cube.lock import writer_lock
+from lczscale.io.cube.store import create_cube, cube_attrs, half_created, is_cube, stored_block
+from lczscale.io.sources.protocol import EmbeddingSource
+from lczscale.io.sources.registry import open_source
 from lczscale.io.stores import exists
 from lczscale.model.checkpoint import check_input, load_checkpoint
-from lczscale.model.predict import pick_device, tile_memory_bytes
 from lczscale.model.unet import receptive_field
-from lczscale.plan import TileTask, check_disjoint_writes, check_halo, plan_tasks
-from lczscale.stitch import Lattice
 from lczscale.version import code_version
 
 
@@ -117,8 +117,8 @@ def _open_source(cfg: MapConfig, aoi: Aoi | None) -> EmbeddingSource:
     """The configured source; with ``source_kind: stac`` the files a STAC search finds."""
     if cfg.source_kind != "stac":
         return open_source(cfg.source, cfg.source_kind, cfg.source_options, cfg.min_s2_obs)
-    from lczscale.io.aef_cogs import AefCogSource
-    from lczscale.io.stac import search_api, search_geoparquet
+    from lczscale.io.sources.aef_cogs import AefCogSource
+    from lczscale.io.sources.stac_search import search_api, search_geoparquet
 
     if cfg.year is None or aoi is None:
         raise ConfigError("a STAC source needs --year and an AOI (--bbox or --geojson) to search")
@@ -266,8 +266,8 @@ def planned_device_type(cfg: MapConfig) -> str:
     client's own answer is used, and a worker that disagrees refuses its tiles."""
     if cfg.device != "auto" or cfg.executor != "dask":
         return pick_device(cfg.device).type
-    from lczscale.execute.cluster_config import KubernetesClusterConfig, SlurmClusterConfig
-    from lczscale.execute.clusters import cluster_for_map
+    from lczscale.execute.clusters.settings import KubernetesClusterConfig, SlurmClusterConfig
+    from lczscale.execute.clusters.start import cluster_for_map
 
     cluster = cluster_for_map(cfg)
     if isinstance(cluster, SlurmClusterConfig):
@@ -403,7 +403,7 @@ def _run_locked(
         results = execute(plan.tasks, ctx)
         seconds = time.perf_counter() - t0
         if cfg.outputs.fractions:
-            from lczscale.execute.aggregate_pass import run_products_for_plan
+            from lczscale.execute.products_pass import run_products_for_plan
 
             products = run_products_for_plan(plan, client, progress)
     return MapReport(
@@ -437,7 +437,7 @@ def _executor(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    from lczscale.execute.aggregate_pass import blocks_to_do
+    from lczscale.execute.products_pass import blocks_to_do
 
     with ExitStack() as stack:
         # 100 m blocks left to make need the cluster too, though no tile is (a resume that
@@ -446,8 +446,8 @@ def _executor(
             check_memory(plan, [psutil.virtual_memory().total], "this machine has")
             client = None
         else:
-            from lczscale.execute.clusters import cluster_for_map, open_cluster
-            from lczscale.execute.dask import worker_memory_limits
+            from lczscale.execute.clusters.start import cluster_for_map, open_cluster
+            from lczscale.execute.dask_waves import worker_memory_limits
 
             client = stack.enter_context(open_cluster(
                 cluster_for_map(cfg), cfg.device, cfg.faults.allowed_failures,
@@ -474,7 +474,7 @@ def _executor(
                     from lczscale.execute.serial import run_serial
 
                     return run_serial(tasks, ctx, on_result=advance)
-                from lczscale.execute.dask import run_dask
+                from lczscale.execute.dask_waves import run_dask
 
                 if show and client.dashboard_link:
                     bar.console.print(f"dask dashboard: {client.dashboard_link}")

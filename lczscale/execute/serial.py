@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from lczscale.core.tiling import TileTask
 from lczscale.execute.tile import MapContext, TileResult, TileRunner
-from lczscale.plan import TileTask
 
 
 def run_serial(

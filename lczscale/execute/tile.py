@@ -27,15 +27,15 @@ from lczscale.config import (
     OutputsConfig,
     StitchConfig,
 )
+from lczscale.core.grid import Zone, zone_by_name
+from lczscale.core.tiling import TileTask
 from lczscale.errors import ConfigError
 from lczscale.execute.faults import describe, is_transient, with_retries
-from lczscale.grid import Zone, zone_by_name
-from lczscale.io import ledger
-from lczscale.io.cube import write_tile
-from lczscale.io.source import EmbeddingSource
-from lczscale.model.predict import Predictor, TilePrediction
-from lczscale.model.tile_input import TileInput, row_bands
-from lczscale.plan import TileTask
+from lczscale.infer.predict import Predictor, TilePrediction
+from lczscale.infer.tile_input import TileInput, row_bands
+from lczscale.io.cube import ledger
+from lczscale.io.cube.store import write_tile
+from lczscale.io.sources.protocol import EmbeddingSource
 
 T = TypeVar("T")
 

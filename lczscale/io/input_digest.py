@@ -16,7 +16,7 @@ from typing import Any
 import zarr
 from fsspec import AbstractFileSystem
 
-from lczscale.grid import Window
+from lczscale.core.grid import Window
 from lczscale.io.shards import can_list
 from lczscale.io.stores import store_filesystem
 

@@ -8,7 +8,8 @@ abandoned to its daemon thread, so that zarr makes a new one for the retry. The 
 then records the loop's wake-up sockets and pending tasks.
 
 (The hangs first blamed on zarr's loop were a whole-process deadlock in Dask's sampling
-profiler, fixed in ``lczscale.execute.worker_config``; this guard stays for the loop itself.)
+profiler, fixed in ``lczscale.execute.clusters.worker_profiler``; this guard stays for the loop
+itself.)
 """
 
 from __future__ import annotations

@@ -11,11 +11,11 @@ import torch
 from cube_compare import assert_same, cube_arrays
 
 from lczscale.config import InferenceConfig, StitchConfig
+from lczscale.core.grid import Window, utm_zone
 from lczscale.execute.run import run_map
-from lczscale.grid import Window, utm_zone
-from lczscale.io.cube import cube_attrs
+from lczscale.infer.predict import Predictor
+from lczscale.io.cube.store import cube_attrs
 from lczscale.model.checkpoint import load_checkpoint
-from lczscale.model.predict import Predictor
 
 pytestmark = [
     pytest.mark.gpu,

@@ -20,8 +20,8 @@ from lczscale.cli import main
 from lczscale.config import GridConfig, MapConfig, StitchConfig
 from lczscale.execute.run import run_map
 from lczscale.io import out_path
-from lczscale.io.sources import open_source
-from lczscale.synth import write_world
+from lczscale.io.sources.registry import open_source
+from lczscale.synth.world import write_world
 from tests.mapping import random_model
 
 pytestmark = pytest.mark.integration

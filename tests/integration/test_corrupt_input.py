@@ -16,11 +16,13 @@ import zarr
 
 from lczscale.cli import main
 from lczscale.config import GridConfig, MapConfig, ModelConfig
+from lczscale.core.grid import Window, zone_by_name
+from lczscale.core.tiling import TileTask
 from lczscale.execute.run import prepare
-from lczscale.grid import Window, zone_by_name
-from lczscale.io import ledger
-from lczscale.io.cube import read_window
-from lczscale.io.tessera_zarr import TesseraZarrSource
+from lczscale.execute.status import cube_status
+from lczscale.io.cube import ledger
+from lczscale.io.cube.store import read_window
+from lczscale.io.sources.tessera_zarr import TesseraZarrSource
 from lczscale.model.checkpoint import (
     InputSpec,
     Normalisation,
@@ -29,9 +31,7 @@ from lczscale.model.checkpoint import (
     save_untrained,
 )
 from lczscale.model.unet import LczUNet
-from lczscale.plan import TileTask
-from lczscale.status import cube_status
-from lczscale.synth import write_world
+from lczscale.synth.world import write_world
 
 pytestmark = pytest.mark.integration
 

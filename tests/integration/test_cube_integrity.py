@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lczscale import synth
 from lczscale.cli import main
 from lczscale.errors import CubeError
-from lczscale.io import cube_lock, ledger
-from lczscale.io.cube import cube_attrs
-from lczscale.io.sources import open_source
-from lczscale.status import cube_status
+from lczscale.execute.status import cube_status
+from lczscale.io.cube import ledger
+from lczscale.io.cube import lock as cube_lock
+from lczscale.io.cube.store import cube_attrs
+from lczscale.io.sources.registry import open_source
+from lczscale.synth import world as synth
 from tests.mapping import cube_window, map_source, random_model
 from tests.servers import S3Server, environment, s3_server
 
@@ -297,8 +298,8 @@ def test_rewriting_one_shard_restales_exactly_the_tiles_that_read_it(
 
     import zarr
 
-    from lczscale.grid import Window, zone_by_name
-    from lczscale.status import INPUTS_REASON
+    from lczscale.core.grid import Window, zone_by_name
+    from lczscale.execute.status import INPUTS_REASON
 
     source = tmp_path / "embeddings.zarr"
     shutil.copytree(world["source"], source)

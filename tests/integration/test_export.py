@@ -20,9 +20,9 @@ from pyproj import Transformer
 
 import lczscale
 from lczscale import classes
+from lczscale.browse.export import export
 from lczscale.cli import main
 from lczscale.errors import ConfigError, CubeError, NoDataError
-from lczscale.export import export
 from tests.small_cubes import EAST, SOUTH, WEST, Region, build, codes
 
 pytestmark = pytest.mark.integration
@@ -89,7 +89,7 @@ def test_web_map_tiles_and_points_follow_the_same_stitching_rule(cube: str) -> N
     """The web map's pictures and click read-out combine zones as open_cube(crs=) does: the
     owner of a pixel's longitude, else the other zone with a class (here: both zones hold data
     on both sides of 6°E, with nodata blocks, so the fallback is exercised)."""
-    from lczscale.view import CubeView
+    from lczscale.browse.view import CubeView
 
     ds = lczscale.open_cube(cube, ACROSS, crs="EPSG:4326", year=2024)
     stitched = ds["lcz"].sel(time=2024).values
@@ -238,7 +238,7 @@ def test_plot_fractions_and_confusion(cube: str, tmp_path: Path,
 def test_fraction_plot_draws_one_panel_per_class_present(cube: str, tmp_path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from lczscale.plot import plot_fractions
+    from lczscale.browse.plot import plot_fractions
 
     frac = _native(cube, IN_EAST, "utm32").lcz.fractions(100)
     present = [c for c in range(1, 18) if (frac.sel({"class": c}).fillna(0) > 0).any()]

@@ -30,13 +30,13 @@ from distributed import Client, LocalCluster
 
 import lczscale
 from lczscale.config import GridConfig, MapConfig, dump_yaml
+from lczscale.core.grid import Window, zone_by_name
+from lczscale.core.tiling import TileTask
 from lczscale.execute.run import map_context, prepare, run_map
 from lczscale.execute.tile import MapContext, TileRunner
-from lczscale.grid import Window, zone_by_name
-from lczscale.io import ledger
-from lczscale.io.cube import cube_attrs, read_window, write_tile
+from lczscale.io.cube import ledger
+from lczscale.io.cube.store import cube_attrs, read_window, write_tile
 from lczscale.model.checkpoint import load_checkpoint, model_hash, save_checkpoint
-from lczscale.plan import TileTask
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,8 @@ import pytest
 from pyproj import CRS
 
 from lczscale.config import CubeConfig, GridConfig
-from lczscale.grid import Window, Zone, tile_window, utm_zone
-from lczscale.io.cube import create_cube, open_cube, write_tile
+from lczscale.core.grid import Window, Zone, tile_window, utm_zone
+from lczscale.io.cube.store import create_cube, open_cube, write_tile
 
 pytestmark = pytest.mark.integration
 
@@ -203,7 +203,7 @@ def test_gdal_reads_south_cube(tmp_path: Path, gdal: ModuleType) -> None:
     """Zone 37 (East Africa): tiles across the equator and at the zone's southern edge.
 
     Zones use the *northern* EPSG (326NN) for both hemispheres, so southern pixels simply have
-    negative northings (lczscale.grid), and GDAL must report EPSG:32637 with the same affine.
+    negative northings (lczscale.core.grid), and GDAL must report EPSG:32637 with the same affine.
     """
     url = tmp_path / "south.zarr"
     zone = utm_zone(37)

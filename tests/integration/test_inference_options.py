@@ -11,8 +11,8 @@ from cube_compare import assert_same, cube_arrays
 
 from lczscale.config import InferenceConfig
 from lczscale.execute.run import run_map
-from lczscale.io.cube import cube_attrs
-from lczscale.io.tessera_zarr import TesseraZarrSource
+from lczscale.io.cube.store import cube_attrs
+from lczscale.io.sources.tessera_zarr import TesseraZarrSource
 
 pytestmark = pytest.mark.integration
 

@@ -11,12 +11,12 @@ import worker_hooks
 from cluster_maps import all_done, assert_same_chunks, pid_of, processes, tls_files, write_cluster
 from distributed import Client, Nanny, Scheduler, SpecCluster
 
-from lczscale.execute.cluster_config import (
+from lczscale.execute.clusters.settings import (
     AddressClusterConfig,
     LocalClusterConfig,
     SlurmClusterConfig,
 )
-from lczscale.execute.clusters import open_cluster
+from lczscale.execute.clusters.start import open_cluster
 from lczscale.execute.run import prepare, run_map
 
 pytestmark = pytest.mark.integration

@@ -15,16 +15,16 @@ import zarr
 from cube_compare import assert_same, cube_arrays
 
 import lczscale
-from lczscale.aggregate import gaussian_mode_filter
 from lczscale.cli import main
 from lczscale.config import GridConfig, OutputsConfig, dump_yaml
-from lczscale.execute.aggregate_pass import LEDGER_PREFIX, BlockTask
+from lczscale.core.grid import Window, zone_by_name
+from lczscale.execute.products_pass import LEDGER_PREFIX, BlockTask
 from lczscale.execute.run import run_map
-from lczscale.grid import Window, zone_by_name
-from lczscale.io import ledger
-from lczscale.io.cube_outputs import CELL_VARIABLES, SEAM_VARIABLES
-from lczscale.products import seam_counts, seam_rates
-from lczscale.status import cube_status
+from lczscale.execute.status import cube_status
+from lczscale.io.cube import ledger
+from lczscale.io.cube.outputs import CELL_VARIABLES, SEAM_VARIABLES
+from lczscale.products.cells import seam_counts, seam_rates
+from lczscale.products.counts import gaussian_mode_filter
 
 pytestmark = pytest.mark.integration
 

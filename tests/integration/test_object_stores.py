@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lczscale import synth
 from lczscale.config import GridConfig, MapConfig
 from lczscale.errors import ConfigError, SourceError
 from lczscale.execute.run import map_context, prepare
-from lczscale.io.aef_cogs import AefCogSource
-from lczscale.io.sources import open_source
+from lczscale.io.sources.aef_cogs import AefCogSource
+from lczscale.io.sources.registry import open_source
 from lczscale.io.stores import filesystem
+from lczscale.synth import world as synth
 from tests.conformance import SourceCase, SourceConformance
 from tests.mapping import cube_window, map_source, random_model
 from tests.servers import S3_SECRET, S3Server, environment, free_port, need_module, s3_server

@@ -13,10 +13,10 @@ from cube_compare import assert_same, cube_arrays
 import lczscale
 from lczscale.cli import main
 from lczscale.config import GridConfig
+from lczscale.core.grid import utm_zone
 from lczscale.execute import run as run_module
 from lczscale.execute.run import run_map
-from lczscale.grid import utm_zone
-from lczscale.status import cube_status
+from lczscale.execute.status import cube_status
 
 pytestmark = pytest.mark.integration
 

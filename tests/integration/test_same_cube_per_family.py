@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lczscale import synth
 from lczscale.cli import main
 from lczscale.config import GridConfig
-from lczscale.io.sources import open_source
+from lczscale.io.sources.registry import open_source
+from lczscale.synth import world as synth
 from tests.mapping import cube_window, map_source, random_model
 
 pytestmark = pytest.mark.integration
@@ -99,8 +99,8 @@ def test_training_on_alphaearth_and_the_128d_model_refuses_it(world: dict[str, A
     refuses the 64-d AlphaEarth source with an error naming both."""
     from lczscale.config import ModelConfig
     from lczscale.errors import CheckpointError
-    from lczscale.model.train import train_job
-    from lczscale.train_config import LabelSet, TrainConfig, TrainJob
+    from lczscale.train.loop import train_job
+    from lczscale.train.settings import LabelSet, TrainConfig, TrainJob
 
     d: Path = world["dir"]
     labels = (LabelSet(name="coarse", path=world["summary"]["coarse_labels"]),)

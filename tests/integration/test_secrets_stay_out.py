@@ -19,11 +19,11 @@ import pytest
 import yaml
 from distributed.protocol import pickle as dask_pickle
 
-from lczscale import synth
 from lczscale.cli import main
 from lczscale.config import GridConfig, MapConfig, StitchConfig
 from lczscale.execute.run import map_context, prepare, run_map
-from lczscale.io.sources import open_source
+from lczscale.io.sources.registry import open_source
+from lczscale.synth import world as synth
 from tests.mapping import random_model
 from tests.servers import S3Server, environment, need_module, s3_server
 

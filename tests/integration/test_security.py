@@ -16,7 +16,7 @@ from lczscale.cli import main
 from lczscale.config import GridConfig
 from lczscale.errors import CubeError
 from lczscale.execute.run import run_map
-from lczscale.io.cube import cube_zones, open_root
+from lczscale.io.cube.store import cube_zones, open_root
 
 pytestmark = pytest.mark.integration
 

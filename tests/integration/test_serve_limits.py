@@ -24,10 +24,10 @@ import psutil
 import pytest
 from PIL import Image
 
+from lczscale.browse.serve import Limits, make_server
+from lczscale.browse.view import CubeView, lonlat_to_tile, tile_geobox
 from lczscale.errors import ConfigError, NoDataError
-from lczscale.io.pyramid import build_pyramid
-from lczscale.serve import Limits, make_server
-from lczscale.view import CubeView, lonlat_to_tile, tile_geobox
+from lczscale.io.cube.pyramid import build_pyramid
 from tests.small_cubes import make_cube
 
 pytestmark = pytest.mark.integration
@@ -137,7 +137,7 @@ def test_a_failing_render_is_a_generic_500_with_the_detail_in_the_log(
         raise RuntimeError(secret)
 
     monkeypatch.setattr(view, "tile", boom)
-    with serving(view) as port, caplog.at_level(logging.ERROR, logger="lczscale.serve"):
+    with serving(view) as port, caplog.at_level(logging.ERROR, logger="lczscale.browse.serve"):
         status, headers, body = get(port, "/tiles/{}/{}/{}.png".format(*tile))
     assert status == 500
     rid = headers["X-Request-Id"]

@@ -25,11 +25,11 @@ from cluster_maps import (
 from cube_compare import assert_same, cube_arrays
 
 import lczscale
-from lczscale.execute.cluster_config import AddressClusterConfig, SlurmClusterConfig
-from lczscale.execute.clusters import open_cluster
+from lczscale.execute.clusters.settings import AddressClusterConfig, SlurmClusterConfig
+from lczscale.execute.clusters.start import open_cluster
 from lczscale.execute.run import prepare, run_map
-from lczscale.model.launch import write_job
-from lczscale.train_config import LabelSet, TrainConfig, TrainJob
+from lczscale.train.launch import write_job
+from lczscale.train.settings import LabelSet, TrainConfig, TrainJob
 
 pytestmark = pytest.mark.integration
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import rustac
 
-from lczscale import synth
 from lczscale.cli import main
-from lczscale.io.sources import open_source
-from lczscale.io.stac import search_api
+from lczscale.io.sources.registry import open_source
+from lczscale.io.sources.stac_search import search_api
+from lczscale.synth import world as synth
 from tests.mapping import cube_window, random_model
 from tests.servers import stac_api
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
-from lczscale import synth
 from lczscale.cli import main
 from lczscale.errors import CheckpointError
-from lczscale.io.sources import open_source
+from lczscale.io.sources.registry import open_source
+from lczscale.synth import world as synth
 from tests.mapping import cube_window, map_source, random_model
 
 pytestmark = pytest.mark.integration

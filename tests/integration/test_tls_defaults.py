@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from distributed import Client
 
-from lczscale.execute.cluster_config import LocalClusterConfig, SlurmClusterConfig
-from lczscale.execute.clusters import open_cluster
+from lczscale.execute.clusters.settings import LocalClusterConfig, SlurmClusterConfig
+from lczscale.execute.clusters.start import open_cluster
 
 pytestmark = pytest.mark.integration
 

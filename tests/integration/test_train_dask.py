@@ -10,16 +10,16 @@ from distributed import Client, LocalCluster
 
 from lczscale.config import ModelConfig
 from lczscale.errors import ConfigError
-from lczscale.execute.train_dask import (
+from lczscale.model.checkpoint import load_checkpoint
+from lczscale.synth.world import write_world
+from lczscale.train.loop import train_job
+from lczscale.train.on_dask import (
     DaskTrainingFailed,
     _device_slots,
     _local_ranks,
     train_on_dask,
 )
-from lczscale.model.checkpoint import load_checkpoint
-from lczscale.model.train import train_job
-from lczscale.synth import write_world
-from lczscale.train_config import TrainConfig, TrainJob, label_sets
+from lczscale.train.settings import TrainConfig, TrainJob, label_sets
 
 pytestmark = pytest.mark.integration
 
@@ -102,8 +102,8 @@ def test_each_rank_gets_its_own_gpu() -> None:
 
 def _fail_at_call(n: int) -> None:
     """In a worker process: the training loss raises on its ``n``-th call (0 = undo)."""
-    import lczscale.model.losses as losses
-    import lczscale.model.train as train
+    import lczscale.train.loop as train
+    import lczscale.train.losses as losses
 
     calls = [0]
 

@@ -20,9 +20,9 @@ import yaml
 from lczscale.cli import main
 from lczscale.config import ModelConfig
 from lczscale.model.checkpoint import load_checkpoint
-from lczscale.model.launch import run_training
-from lczscale.synth import write_world
-from lczscale.train_config import TrainConfig, TrainJob, label_sets
+from lczscale.synth.world import write_world
+from lczscale.train.launch import run_training
+from lczscale.train.settings import TrainConfig, TrainJob, label_sets
 
 pytestmark = pytest.mark.integration
 SMALL = ModelConfig(widths=(8, 16), convs_per_block=1)

@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 from lczscale import classes
+from lczscale.browse.view import CubeView, lonlat_to_tile
 from lczscale.cli import main
-from lczscale.view import CubeView, lonlat_to_tile
 from tests.conftest import World
 from tests.servers import free_port, process
 

@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lczscale.config import GridConfig
-from lczscale.grid import Window, Zone, tile_window, tiles_for_geometry
-from lczscale.plan import Availability, plan_tasks, tiles_with_data
-from lczscale.stitch import Lattice, blend_window, patch_overlap
+from lczscale.core.grid import Window, Zone, tile_window, tiles_for_geometry
+from lczscale.core.stitch import Lattice, blend_window, patch_overlap
+from lczscale.core.tiling import Availability, plan_tasks, tiles_with_data
 
 
 def small_zone(h: int, w: int) -> Zone:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lczscale import synth
-from lczscale.grid import Window, Zone
+from lczscale.core.grid import Window, Zone
+from lczscale.synth import world as synth
 
 
 def tessera_reference(
@@ -23,7 +23,7 @@ def tessera_reference(
 
 def aef_dequantise(codes: np.ndarray) -> np.ndarray:
     """float32 AlphaEarth values of int8 codes, NaN where the codes say no data (−128)."""
-    from lczscale.io.source import SIGN_SQUARE
+    from lczscale.io.sources.protocol import SIGN_SQUARE
 
     out = SIGN_SQUARE[codes.astype(np.int16) + 128]
     out[:, codes[0] == -128] = np.nan
@@ -45,7 +45,7 @@ def aef_reference(
     """(zone, padded city window, de-quantised AEF values with NaN where no data) of one city
     of ``synth.make_world(cities, size_km, seed, years=(year,))`` — what the AEF writers of
     ``synth.write_world(..., layouts=("aef-cogs",))`` were given."""
-    from lczscale.synth_aef import aef_codes
+    from lczscale.synth.aef import aef_codes
 
     c = synth.make_world(cities=cities, size_km=size_km, seed=seed, years=(year,))[city]
     extent, codes = aef_padded(c.window, aef_codes(c, c.embeddings[year], seed))

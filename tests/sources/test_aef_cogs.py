@@ -19,13 +19,13 @@ import pytest
 import rasterio
 import shapely
 
-from lczscale import synth
+from lczscale.core.grid import Window, utm_zone
 from lczscale.errors import NoDataError, SourceError
-from lczscale.grid import Window, utm_zone
-from lczscale.io import sources
-from lczscale.io.aef_cogs import AefCogSource, resolve_href
-from lczscale.io.aef_warp import sample_nearest
-from lczscale.synth_aef import (
+from lczscale.io.sources import registry as sources
+from lczscale.io.sources.aef_cogs import AefCogSource, resolve_href
+from lczscale.io.sources.aef_warp import sample_nearest
+from lczscale.synth import world as synth
+from lczscale.synth.aef import (
     aef_codes,
     mosaic_window,
     mosaic_zone,
@@ -372,7 +372,7 @@ def test_stac_items_of_the_written_index_feed_from_assets(
     reference implementation) become StacAssets (lon/lat bbox, no UTM bounds), then a source
     that reads like the index's. (``stac.search_geoparquet`` needs DuckDB's spatial extension,
     downloaded at run time, so the bbox filter is done here.)"""
-    stac = pytest.importorskip("lczscale.io.stac")
+    stac = pytest.importorskip("lczscale.io.sources.stac_search")
     rustac = pytest.importorskip("rustac")
     index = tree / "aef_index_stac_geoparquet.parquet"
     c = world[2]

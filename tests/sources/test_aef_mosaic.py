@@ -12,15 +12,15 @@ import pytest
 import zarr
 from pyproj import Transformer
 
-from lczscale import synth
+from lczscale.core.grid import UTM_X0, UTM_Y_TOP, Window, utm_zone
 from lczscale.errors import NoDataError, SourceError
-from lczscale.grid import UTM_X0, UTM_Y_TOP, Window, utm_zone
-from lczscale.io import sources
-from lczscale.io.aef_cogs import AefCogSource
-from lczscale.io.aef_mosaic import AefMosaicSource, decode_years
-from lczscale.io.aef_warp import nearest_utm_pixels, sample_nearest
-from lczscale.io.source import SIGN_SQUARE
-from lczscale.synth_aef import MOSAIC_SHAPE, aef_codes, mosaic_window, mosaic_zone, utm_reader
+from lczscale.io.sources import registry as sources
+from lczscale.io.sources.aef_cogs import AefCogSource
+from lczscale.io.sources.aef_mosaic import AefMosaicSource, decode_years
+from lczscale.io.sources.aef_warp import nearest_utm_pixels, sample_nearest
+from lczscale.io.sources.protocol import SIGN_SQUARE
+from lczscale.synth import world as synth
+from lczscale.synth.aef import MOSAIC_SHAPE, aef_codes, mosaic_window, mosaic_zone, utm_reader
 from tests.conformance import SourceCase, SourceConformance
 
 SEED = 7

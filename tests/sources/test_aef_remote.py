@@ -20,16 +20,17 @@ import pyarrow.parquet as pq
 import pytest
 from rasterio.errors import RasterioIOError
 
-from lczscale import synth
 from lczscale.errors import NoDataError, SourceError
-from lczscale.io import aef_index, remote_env
-from lczscale.io.aef_cogs import AefCogSource, AefFile
+from lczscale.io import remote_env
 from lczscale.io.cog_files import RemoteReadError, classify
 from lczscale.io.gdal_vsi import vsi_target
 from lczscale.io.retry import is_transient
-from lczscale.io.sources import detect_layout
+from lczscale.io.sources import aef_index
+from lczscale.io.sources.aef_cogs import AefCogSource, AefFile
+from lczscale.io.sources.registry import detect_layout
 from lczscale.io.stores import client_options
-from lczscale.synth_aef import aef_codes, write_aef_cogs
+from lczscale.synth import world as synth
+from lczscale.synth.aef import aef_codes, write_aef_cogs
 from tests.servers import RangeServer, range_server
 
 SEED = 5

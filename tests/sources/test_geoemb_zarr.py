@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import zarr
 
-from lczscale import synth
 from lczscale.errors import SourceError
-from lczscale.io.sources import detect_layout, open_source
+from lczscale.io.sources.registry import detect_layout, open_source
+from lczscale.synth import world as synth
 from tests.conformance import SourceCase, SourceConformance
 from tests.sources.reference import tessera_reference
 

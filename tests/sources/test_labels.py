@@ -18,12 +18,12 @@ import pytest
 import rasterio
 from affine import Affine
 
+from lczscale.core.grid import Window, utm_zone
 from lczscale.errors import ConfigError, SourceError
-from lczscale.grid import Window, utm_zone
-from lczscale.io.labels import label_bounds, open_labels, read_labels, sniff
-from lczscale.io.labels_encoding import class_value, decode
-from lczscale.synth import LCZ_COARSE_RES, SynthCity, make_world
-from lczscale.synth_labels import write_label_formats
+from lczscale.io.labels.encoding import class_value, decode
+from lczscale.io.labels.reader import label_bounds, open_labels, read_labels, sniff
+from lczscale.synth.labels import write_label_formats
+from lczscale.synth.world import LCZ_COARSE_RES, SynthCity, make_world
 
 ENCODINGS = {
     "global": "lcz 1-17",
@@ -473,7 +473,7 @@ def test_kind_detection_by_content(formats: dict[str, Any]) -> None:
 
 def test_vrt_mosaic_and_cache_follows_the_file(world: list[SynthCity],
                                                formats: dict[str, Any], tmp_path: Path) -> None:
-    from lczscale.synth import _write_vrt, coarse_labels
+    from lczscale.synth.world import _write_vrt, coarse_labels
 
     parts = []
     for c in world[:2]:

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lczscale.core.grid import Window, Zone, utm_zone
 from lczscale.errors import ConfigError, SourceError
-from lczscale.grid import Window, Zone, utm_zone
-from lczscale.io.labels import detect_kind, open_labels, read_labels
-from lczscale.synth import SynthCity, make_world, write_world
+from lczscale.io.labels.reader import detect_kind, open_labels, read_labels
+from lczscale.synth.world import SynthCity, make_world, write_world
 
 YEAR = 2024
 

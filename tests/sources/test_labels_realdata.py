@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lczscale.grid import Aoi, Window, Zone, utm_zone, utm_zone_number
-from lczscale.io.labels import label_bounds, open_labels, read_labels
+from lczscale.core.grid import Aoi, Window, Zone, utm_zone, utm_zone_number
+from lczscale.io.labels.reader import label_bounds, open_labels, read_labels
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = REPO / ".." / "shared" / "realdata"  # beside the repository, never copied into it

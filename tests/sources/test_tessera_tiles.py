@@ -21,11 +21,11 @@ import rasterio
 from affine import Affine
 from pyproj import Transformer
 
-from lczscale import synth
+from lczscale.core.grid import Window, Zone, utm_zone
 from lczscale.errors import SourceError
-from lczscale.grid import Window, Zone, utm_zone
-from lczscale.io.sources import detect_layout, open_source
-from lczscale.io.tessera_tiles import TesseraTilesSource, tile_footprint
+from lczscale.io.sources.registry import detect_layout, open_source
+from lczscale.io.sources.tessera_tiles import TesseraTilesSource, tile_footprint
+from lczscale.synth import world as synth
 from tests.conformance import SourceCase, SourceConformance
 from tests.servers import S3_SECRET, environment, s3_server
 from tests.sources.reference import tessera_reference

@@ -1,5 +1,5 @@
 """The dClimate TESSERA v1.1 store (Icechunk) and its plain Zarr copy, on replicas written by
-``lczscale.synth_dclimate`` in the published formats: both pass the conformance suite (a
+``lczscale.synth.dclimate`` in the published formats: both pass the conformance suite (a
 northern and a southern zone), a NaN scale is nodata and never water, ``years_complete`` is
 honoured, each row comes from its own hemisphere's group, the registry's traps are handled, and
 damaged or inconsistent stores fail with one clear error."""
@@ -20,15 +20,17 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from lczscale import synth, synth_dclimate
+from lczscale.core.grid import Window, utm_zone
 from lczscale.errors import NoDataError, SourceError
-from lczscale.grid import Window, utm_zone
-from lczscale.io import tessera_icechunk, tessera_registry
-from lczscale.io.source import dequantised
-from lczscale.io.sources import detect_layout, open_source
-from lczscale.io.tessera_dclimate_zarr import TesseraDclimateZarrSource
-from lczscale.io.tessera_icechunk import TesseraIcechunkSource
-from lczscale.io.tessera_zarr import TesseraZarrSource
+from lczscale.io.sources import dclimate_registry as tessera_registry
+from lczscale.io.sources import tessera_icechunk
+from lczscale.io.sources.protocol import dequantised
+from lczscale.io.sources.registry import detect_layout, open_source
+from lczscale.io.sources.tessera_dclimate_zarr import TesseraDclimateZarrSource
+from lczscale.io.sources.tessera_icechunk import TesseraIcechunkSource
+from lczscale.io.sources.tessera_zarr import TesseraZarrSource
+from lczscale.synth import dclimate as synth_dclimate
+from lczscale.synth import world as synth
 from tests.conformance import SourceCase, SourceConformance
 from tests.servers import S3Server, environment, s3_server
 from tests.sources.reference import dclimate_reference
@@ -252,7 +254,7 @@ def test_neighbouring_zone_data_is_never_mapped_outside_its_band(tmp_path: Path)
     assert source.zone_names() == ["utm33"]
     assert source.availability(z33, 2024, moved.window).blocks  # 33N does hold it
     from lczscale.config import GridConfig
-    from lczscale.grid import Aoi, zones_for_aoi
+    from lczscale.core.grid import Aoi, zones_for_aoi
 
     aoi = Aoi.from_bbox((11.92, lat - 0.01, 11.98, lat + 0.01))
     assert [z.name for z, _ in zones_for_aoi(aoi, GridConfig())] == ["utm32"]

@@ -17,8 +17,8 @@ import xarray as xr
 
 import lczscale
 from lczscale import classes
-from lczscale.aggregate import block_counts, block_majority
 from lczscale.errors import ConfigError, NoDataError
+from lczscale.products.counts import block_counts, block_majority
 from tests.small_cubes import WEST, build, codes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,16 +46,16 @@ def _origin(ds: xr.Dataset) -> tuple[int, int]:
 @pytest.mark.parametrize("how", ["import", "open_cube"])
 def test_accessor_registered_by_its_module_or_by_open_cube(cube: str, how: str) -> None:
     """What ``lczscale.open_cube`` returns always has ``.lcz``, as does anything once
-    ``lczscale.accessor`` is imported; ``import lczscale`` alone stays light, and the cube
+    ``lczscale.browse.accessor`` is imported; ``import lczscale`` alone stays light, and the cube
     reader (``lczscale.io``) does not reach forward to the accessor layer."""
-    use = ("import lczscale.accessor" if how == "import"
+    use = ("import lczscale.browse.accessor" if how == "import"
            else f"ds = lczscale.open_cube({cube!r}, zone='utm31'); assert hasattr(ds, 'lcz')")
     code = (
         "import sys\n"
         "import lczscale\n"
         "light = 'xarray' not in sys.modules\n"
-        "import lczscale.io.cube\n"
-        "assert 'lczscale.accessor' not in sys.modules, 'io.cube imports the accessor'\n"
+        "import lczscale.io.cube.store\n"
+        "assert 'lczscale.browse.accessor' not in sys.modules, 'io.cube imports the accessor'\n"
         f"{use}\n"
         "import xarray as xr\n"
         "assert hasattr(xr.Dataset, 'lcz') and hasattr(xr.DataArray, 'lcz')\n"

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lczscale.core.grid import Window, utm_zone
+from lczscale.core.stitch import Lattice
+from lczscale.core.tiling import TileTask, patch_amplification, read_amplification
 from lczscale.execute.run import MapReport
 from lczscale.execute.tile import TileResult
-from lczscale.grid import Window, utm_zone
-from lczscale.plan import TileTask, patch_amplification, read_amplification
-from lczscale.stitch import Lattice
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 

@@ -12,8 +12,8 @@ import yaml
 from lczscale.cli import map_config, parser
 from lczscale.config import MapConfig
 from lczscale.errors import ConfigError
-from lczscale.execute import gpu_pin
-from lczscale.execute.cluster_config import (
+from lczscale.execute.clusters import gpu_pin
+from lczscale.execute.clusters.settings import (
     AddressClusterConfig,
     LocalClusterConfig,
     SecurityConfig,
@@ -21,7 +21,7 @@ from lczscale.execute.cluster_config import (
     load_cluster_config,
     parse_cluster_config,
 )
-from lczscale.execute.clusters import (
+from lczscale.execute.clusters.start import (
     cluster_for_map,
     local_worker_specs,
     security,
@@ -30,7 +30,7 @@ from lczscale.execute.clusters import (
     slurm_seconds,
     visible_gpus,
 )
-from lczscale.execute.dask import cuda_index
+from lczscale.execute.dask_waves import cuda_index
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "lczscale-unit-secret-5d1e"
@@ -164,7 +164,7 @@ def test_job_script_carries_the_slurm_settings(monkeypatch, tmp_path: Path) -> N
                      f"{sys.executable} -m distributed.cli.dask_worker",
                      "--nthreads 1", "--nworkers 4", "--lifetime 110m",
                      "--lifetime-stagger 5m", "--resources GPU=1",
-                     "--preload-nanny lczscale.execute.gpu_pin", "--interface ib0"):
+                     "--preload-nanny lczscale.execute.clusters.gpu_pin", "--interface ib0"):
         assert expected in script, expected
     assert "--lifetime-restart" not in script  # the job ends; the cluster submits a new one
     assert SECRET not in script and "AWS_" not in script
@@ -301,7 +301,7 @@ def test_stop_profiler_stops_a_running_workers_sampler() -> None:
     """For workers lczscale did not start (an address cluster): the map's plugin stops it."""
     from types import SimpleNamespace
 
-    from lczscale.execute.worker_config import stop_profiler
+    from lczscale.execute.clusters.worker_profiler import stop_profiler
 
     class Callback:
         running = True

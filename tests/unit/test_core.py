@@ -8,11 +8,11 @@ import torch
 from odc.geo import geom
 
 from lczscale.config import CubeConfig, GridConfig, MapConfig, StitchConfig, auto_overlap
+from lczscale.core.grid import Aoi, Window, utm_zone, utm_zone_number, zones_for_aoi
 from lczscale.errors import ConfigError, CubeError
-from lczscale.grid import Aoi, Window, utm_zone, utm_zone_number, zones_for_aoi
-from lczscale.io import ledger
-from lczscale.io.cube import create_cube, cube_zones, read_window, write_tile
-from lczscale.model.features import dequantise, model_input
+from lczscale.infer.features import dequantise, model_input
+from lczscale.io.cube import ledger
+from lczscale.io.cube.store import create_cube, cube_zones, read_window, write_tile
 
 
 def test_utm_zone_numbers_follow_tessera() -> None:

@@ -16,15 +16,15 @@ import pytest
 from PIL import Image
 from pyproj import Transformer
 
-from lczscale.aggregate import block_counts, block_majority, complete, majority, merge
 from lczscale.cli import main
 from lczscale.config import CubeConfig, GridConfig
 from lczscale.errors import CubeError
-from lczscale.eval_report import write_eval_report
-from lczscale.evaluate import confusion, evaluate, scores
-from lczscale.io.cube import create_cube, write_tile
-from lczscale.io.labels import read_labels
-from lczscale.synth import SynthCity, make_world, write_world
+from lczscale.io.cube.store import create_cube, write_tile
+from lczscale.io.labels.reader import read_labels
+from lczscale.products.counts import block_counts, block_majority, complete, majority, merge
+from lczscale.studies.evaluate import confusion, evaluate, scores
+from lczscale.studies.report import write_eval_report
+from lczscale.synth.world import SynthCity, make_world, write_world
 
 YEAR = 2024
 SCORE_KEYS = ("miou", "oa", "kappa", "per_class_iou", "pixels")

@@ -9,14 +9,14 @@ from typing import ClassVar
 import pytest
 
 from lczscale.config import FaultConfig, GridConfig, MapConfig, StitchConfig
+from lczscale.core.grid import Aoi, Window, utm_zone, zones_for_aoi
+from lczscale.core.stitch import Lattice
+from lczscale.core.tiling import TileTask, check_disjoint_writes, check_halo
 from lczscale.errors import ConfigError, CubeError
 from lczscale.execute.faults import describe, is_transient, with_retries
 from lczscale.execute.run import check_memory
-from lczscale.grid import Aoi, Window, utm_zone, zones_for_aoi
-from lczscale.io import ledger
+from lczscale.io.cube import ledger
 from lczscale.io.stores import child_url
-from lczscale.plan import TileTask, check_disjoint_writes, check_halo
-from lczscale.stitch import Lattice
 
 FAST = FaultConfig(io_attempts=3, backoff_s=0.0, backoff_max_s=0.0)
 

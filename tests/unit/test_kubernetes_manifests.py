@@ -19,11 +19,11 @@ import yaml
 
 from lczscale.config import MapConfig
 from lczscale.errors import ConfigError
-from lczscale.execute import k8s_manifests as km
-from lczscale.execute import kubernetes as kube
-from lczscale.execute.cluster_config import KubernetesClusterConfig
-from lczscale.execute.k8s_pods import TLS_DIR
-from lczscale.train_config import LabelSet, TrainJob
+from lczscale.execute.clusters import k8s_manifests as km
+from lczscale.execute.clusters import kubernetes_cluster as kube
+from lczscale.execute.clusters.k8s_pods import TLS_DIR
+from lczscale.execute.clusters.settings import KubernetesClusterConfig
+from lczscale.train.settings import LabelSet, TrainJob
 
 REPO = Path(__file__).parents[2]
 EXAMPLES = REPO / "deploy" / "kubernetes"
@@ -264,7 +264,7 @@ def test_map_client_command_parses_and_its_config_loads() -> None:
 
 
 def test_training_ranks_find_each_other() -> None:
-    from lczscale.model.distributed import Ranks, from_environment
+    from lczscale.train.data_parallel import Ranks, from_environment
 
     manifests = km.render(cluster(), map_cfg(), train(), ranks=4)
     job, service = manifests["train/job.yaml"], manifests["train/service.yaml"]
@@ -284,7 +284,7 @@ def test_training_ranks_find_each_other() -> None:
     for index in range(4):
         seen = {k: v for k, v in env.items() if isinstance(v, str)} | {"RANK": str(index)}
         assert from_environment(seen) == Ranks(index, 4, 0)
-    assert c["command"] == ["python", "-m", "lczscale.model.launch", "/config/train_job.json"]
+    assert c["command"] == ["python", "-m", "lczscale.train.launch", "/config/train_job.json"]
     data = manifests["train/configmap.yaml"]["data"]["train_job.json"]
     assert TrainJob.model_validate_json(data) == train()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lczscale.aggregate import gaussian_mode_filter
+from lczscale.products.counts import gaussian_mode_filter
 
 
 def test_isolated_cell_takes_its_neighbours_class() -> None:

@@ -6,11 +6,17 @@ import numpy as np
 import pytest
 import zarr
 
-from lczscale.aggregate import gaussian_mode_filter
 from lczscale.config import CubeConfig, GridConfig, OutputsConfig
-from lczscale.grid import utm_zone
-from lczscale.io.cube import create_cube
-from lczscale.products import cell_products, fractions_255, seam_counts, seam_rates, seam_ratio
+from lczscale.core.grid import utm_zone
+from lczscale.io.cube.store import create_cube
+from lczscale.products.cells import (
+    cell_products,
+    fractions_255,
+    seam_counts,
+    seam_rates,
+    seam_ratio,
+)
+from lczscale.products.counts import gaussian_mode_filter
 
 
 def smooth_map(n: int, seed: int = 0, classes: int = 6, period: float = 25.0) -> np.ndarray:

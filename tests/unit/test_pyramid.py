@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from lczscale.aggregate import block_majority
+from lczscale.browse.view import CubeView, lonlat_to_tile, png, tile_geobox
 from lczscale.cli import main
-from lczscale.grid import utm_zone
-from lczscale.io import pyramid
-from lczscale.io.pyramid import TILE, build_pyramid, level_path, mode2x2, read_state
-from lczscale.view import CubeView, lonlat_to_tile, png, tile_geobox
+from lczscale.core.grid import utm_zone
+from lczscale.io.cube import pyramid
+from lczscale.io.cube.pyramid import TILE, build_pyramid, level_path, mode2x2, read_state
+from lczscale.products.counts import block_majority
 from tests.small_cubes import make_cube, write
 
 TILES = {"utm32": [(1600, 118), (1600, 119), (1601, 119)]}

@@ -12,14 +12,14 @@ import yaml
 from lczscale.cli import main
 from lczscale.config import MapConfig
 from lczscale.errors import ConfigError
-from lczscale.execute.cluster_config import parse_cluster_config
+from lczscale.execute.clusters.settings import parse_cluster_config
 from lczscale.screening import (
     SecretInConfigError,
     reject_env_secrets,
     reject_option_secrets,
     reject_url_secrets,
 )
-from lczscale.train_config import LabelSet, TrainJob
+from lczscale.train.settings import LabelSet, TrainJob
 
 SECRET = "zq7-planted-Secret-9vX"
 
@@ -245,7 +245,7 @@ def test_a_signed_stac_asset_link_is_refused() -> None:
     import pytest as _pytest
 
     from lczscale.errors import ConfigError
-    from lczscale.io.stac import assets_of
+    from lczscale.io.sources.stac_search import assets_of
 
     item = {"id": "x1", "properties": {"datetime": "2024-01-01T00:00:00Z"},
             "assets": {"data": {"href": "https://acct.blob.core.windows.net/c/x.tif?sv=2024&"

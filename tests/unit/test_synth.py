@@ -12,15 +12,15 @@ import pytest
 import rasterio
 import zarr
 
-from lczscale import synth
-from lczscale.aggregate import gaussian_mode_filter
+from lczscale.core.grid import Window
 from lczscale.errors import ConfigError
-from lczscale.grid import Window
+from lczscale.products.counts import gaussian_mode_filter
+from lczscale.synth import world as synth
 
 SIZE_KM = 3.0
 SHARD = 32  # one inner chunk per shard, so empty-chunk rules are visible at this small size
 YEARS = (2023, 2024)
-HAS_CUBE = importlib.util.find_spec("lczscale.io.cube") is not None
+HAS_CUBE = importlib.util.find_spec("lczscale.io.cube.store") is not None
 
 
 @pytest.fixture(scope="module")
@@ -311,9 +311,9 @@ def test_coarse_labels_are_the_filtered_mode_of_the_truth_with_errors(world3: tu
 # Truth cube and summary
 
 
-@pytest.mark.skipif(not HAS_CUBE, reason="lczscale.io.cube is not there yet")
+@pytest.mark.skipif(not HAS_CUBE, reason="lczscale.io.cube.store is not there yet")
 def test_truth_cube_holds_the_truth(world3: tuple) -> None:
-    from lczscale.io.cube import read_window
+    from lczscale.io.cube.store import read_window
 
     _, summary, world = world3
     for c in world:

@@ -22,10 +22,10 @@ import pytest
 import zarr
 from pyproj import Transformer
 
-from lczscale import synth
 from lczscale.errors import ConfigError
-from lczscale.io.source import quantise_per_pixel
-from lczscale.synth_dclimate import (
+from lczscale.io.sources.protocol import quantise_per_pixel
+from lczscale.synth import world as synth
+from lczscale.synth.dclimate import (
     HemisphereGroup,
     equator_city,
     shard_bbox_wgs84,

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import zarr
 
-from lczscale import synth
+from lczscale.core.grid import Window, utm_zone
 from lczscale.errors import SourceError
-from lczscale.grid import Window, utm_zone
-from lczscale.io.tessera_zarr import MAX_ABS_VALUE, TesseraZarrSource
+from lczscale.io.sources.tessera_zarr import MAX_ABS_VALUE, TesseraZarrSource
+from lczscale.synth import world as synth
 
 YEAR = 2024
 SHARD = 32  # the 100 px city spans 4 × 4 shards, so one can be damaged alone
@@ -362,8 +362,8 @@ def test_a_stalled_read_times_out_as_a_transient_error(
     instead of hanging the worker."""
     import asyncio
 
-    from lczscale.io import tessera_zarr
     from lczscale.io.retry import is_transient
+    from lczscale.io.sources import tessera_zarr
 
     path, window = pristine
     src = TesseraZarrSource(str(path))

@@ -11,16 +11,15 @@ import torch
 from pydantic import ValidationError
 
 from lczscale.config import ModelConfig
+from lczscale.core.grid import Window, utm_zone
 from lczscale.errors import CheckpointError
-from lczscale.grid import Window, utm_zone
-from lczscale.io.source import EmbeddingWindow
-from lczscale.model.data import Region
-from lczscale.model.global_norm import use_global_batchnorm
-from lczscale.model.losses import local_sum, segmentation_loss
-from lczscale.model.sampler import PatchSampler, rank_indices
-from lczscale.model.splits import TEST, TRAIN, VAL, block_splits, boundary_mask
+from lczscale.io.sources.protocol import EmbeddingWindow
 from lczscale.model.unet import LczUNet
-from lczscale.train_config import (
+from lczscale.train.data import Region
+from lczscale.train.global_batchnorm import use_global_batchnorm
+from lczscale.train.losses import local_sum, segmentation_loss
+from lczscale.train.sampler import PatchSampler, rank_indices
+from lczscale.train.settings import (
     LabelSet,
     LossConfig,
     SplitConfig,
@@ -28,6 +27,7 @@ from lczscale.train_config import (
     TrainJob,
     label_sets,
 )
+from lczscale.train.splits import TEST, TRAIN, VAL, block_splits, boundary_mask
 
 
 def test_block_splits_do_not_depend_on_the_window_read() -> None:
@@ -159,7 +159,7 @@ def test_train_job_validation_and_label_sets(tmp_path: Path) -> None:
 def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     from lczscale import classes
     from lczscale.model.checkpoint import CheckpointMeta, InputSpec, Normalisation
-    from lczscale.model.train_state import latest_state, load_state, save_state
+    from lczscale.train.state import latest_state, load_state, save_state
 
     cfg = ModelConfig(in_dim=4, widths=(8, 16), convs_per_block=1, location=False)
     net = LczUNet(cfg)
@@ -192,7 +192,7 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
 
 
 def test_ranks_from_torchrun_slurm_or_nothing() -> None:
-    from lczscale.model.distributed import Ranks, from_environment, slurm_rendezvous
+    from lczscale.train.data_parallel import Ranks, from_environment, slurm_rendezvous
 
     assert from_environment({}) == Ranks(0, 1, 0)
     torchrun = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "SLURM_PROCID": "0",

@@ -1,0 +1,1 @@
+"""lczscale.io.sources.registry."""

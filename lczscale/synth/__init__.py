@@ -1,0 +1,1 @@
+"""lczscale.synth.world."""
