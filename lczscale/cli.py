@@ -409,7 +409,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def cmd_stac(a: argparse.Namespace) -> int:
-    from lczscale.browse.stac_export import write_stac
+    from lczscale.browse.stac_catalog import write_stac
     from lczscale.io.out_path import check_writable_out
 
     check_writable_out(a.out, "stac --out", "dir")

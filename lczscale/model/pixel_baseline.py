@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lczscale.train.data import Region, pixel_values
 from lczscale.train.loop import N
+from lczscale.train.regions import Region, pixel_values
 from lczscale.train.splits import TRAIN
 
 

@@ -37,8 +37,8 @@ from lczscale.io.sources.registry import open_source
 from lczscale.model.pixel_baseline import fit_logistic, logistic_confusion
 from lczscale.model.unet import receptive_field
 from lczscale.studies.evaluate import confusion, evaluate, scores
-from lczscale.train.data import load_regions
 from lczscale.train.launch import run_training
+from lczscale.train.regions import load_regions
 from lczscale.train.settings import LabelSet, SplitConfig, TrainConfig, TrainJob
 
 Kind = Literal["transfer", "reference", "year"]

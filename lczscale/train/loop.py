@@ -37,9 +37,9 @@ from lczscale.io.sources.registry import open_source
 from lczscale.model.checkpoint import CheckpointMeta, InputSpec, Normalisation, save_checkpoint
 from lczscale.model.unet import LczUNet, size_multiple
 from lczscale.train import data_parallel as dist_
-from lczscale.train.data import Region, dequantisation, load_regions, normalisation
 from lczscale.train.global_batchnorm import use_global_batchnorm
 from lczscale.train.losses import segmentation_loss
+from lczscale.train.regions import Region, dequantisation, load_regions, normalisation
 from lczscale.train.sampler import PatchSampler, rank_indices
 from lczscale.train.settings import TrainJob
 from lczscale.train.splits import VAL

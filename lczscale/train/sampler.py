@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from lczscale.errors import NoDataError
-from lczscale.train.data import Region
+from lczscale.train.regions import Region
 from lczscale.train.splits import TRAIN
 
 

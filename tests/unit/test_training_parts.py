@@ -15,9 +15,9 @@ from lczscale.core.grid import Window, utm_zone
 from lczscale.errors import CheckpointError
 from lczscale.io.sources.protocol import EmbeddingWindow
 from lczscale.model.unet import LczUNet
-from lczscale.train.data import Region
 from lczscale.train.global_batchnorm import use_global_batchnorm
 from lczscale.train.losses import local_sum, segmentation_loss
+from lczscale.train.regions import Region
 from lczscale.train.sampler import PatchSampler, rank_indices
 from lczscale.train.settings import (
     LabelSet,
