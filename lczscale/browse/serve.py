@@ -71,7 +71,7 @@ REFUSE_WAIT = 0.1  # s a refused connection may take to send its request (see _r
 
 
 def asset(name: str) -> bytes:
-    return resources.files("lczscale").joinpath("web", name).read_bytes()
+    return resources.files("lczscale.browse").joinpath("web", name).read_bytes()
 
 
 def legend() -> list[dict[str, Any]]:
