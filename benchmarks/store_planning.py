@@ -5,7 +5,7 @@ arrays, ``write_empty_chunks=False``) is written to local disk for a country-siz
 2048 px shard of the zone groups the AOI touches whose WGS84 footprint meets the AOI holds a
 ``scales`` shard with one 256 × 256 inner chunk of data (at a position that varies from shard
 to shard), and the Parquet registry beside it has one row per such shard (the 23 declared
-columns). Planning is then what ``lczscale.execute.run.prepare`` does with the source: open
+columns). Planning is then what ``lczscale.planning.map_plan.prepare`` does with the source: open
 it, ``availability(zone, year, zone.bounding_window(part))`` for each zone the AOI touches,
 and ``plan_tasks`` at the default tile size (4096), in four modes:
 
@@ -59,22 +59,24 @@ from lczscale.io.sources.tessera_dclimate_zarr import TesseraDclimateZarrSource
 from lczscale.io.sources.tessera_icechunk import TesseraIcechunkSource
 from lczscale.model.unet import receptive_field
 from lczscale.synth.dclimate import (
-    ASSEMBLED_AT,
-    CHUNK_PX,
-    CODE_COMMIT,
     ICECHUNK_DIR,
-    OPTICAL_MIN_OBS,
     PLAIN_DIR,
     REGISTRY_DIR,
     REGISTRY_SCHEMA,
-    ROOT_ATTRS,
-    SHARD_PX,
     TIME_YEARS,
     HemisphereGroup,
-    _create_icechunk_group,
     shard_bbox_wgs84,
     write_tessera_icechunk,
     write_tessera_plain_zarr,
+)
+from lczscale.synth.dclimate.icechunk_store import _create_icechunk_group
+from lczscale.synth.dclimate.spec import (
+    ASSEMBLED_AT,
+    CHUNK_PX,
+    CODE_COMMIT,
+    OPTICAL_MIN_OBS,
+    ROOT_ATTRS,
+    SHARD_PX,
 )
 from lczscale.synth.world import BUILD_VERSION, make_world
 

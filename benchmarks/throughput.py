@@ -32,9 +32,10 @@ from distributed import Client, LocalCluster
 
 from lczscale.config import GridConfig, InferenceConfig, MapConfig, ModelConfig, StitchConfig
 from lczscale.core.tiling import patch_amplification, read_amplification
-from lczscale.execute.run import MapReport, prepare, run_map
+from lczscale.execute.run import MapReport, run_map
 from lczscale.infer.predict import pick_device, pinned_threads
 from lczscale.model.unet import LczUNet, location_channels
+from lczscale.planning.map_plan import prepare
 
 
 def model_forward_seconds(cfg: ModelConfig, patch: int, batch: int, threads: int,

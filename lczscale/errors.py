@@ -28,6 +28,13 @@ class CubeError(LczscaleError):
     """The output cube is missing, inconsistent, or would be overwritten."""
 
 
+class LczscaleWarning(UserWarning):
+    """Root of lczscale's own warnings: something worked, but not as asked (a default taken, a
+    fallback used). Warn with this class or a subclass, never a bare UserWarning, so that the
+    test suite can make every one of them an error without touching other libraries' warnings.
+    """
+
+
 def exception_chain(exc: BaseException) -> list[BaseException]:
     """The exception, then its causes and contexts (each once): what an error really was is
     often a few links down (an OSError under a codec's ValueError)."""

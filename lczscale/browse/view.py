@@ -125,6 +125,7 @@ class CubeView:
 
     @property
     def years(self) -> list[int]:
+        """Years held by any zone of the cube, ascending."""
         return sorted({y for z in self.zones for y in z.years})
 
     def bounds(self) -> tuple[float, float, float, float]:
@@ -281,5 +282,6 @@ def _clip_lonlat(dst: GeoBox) -> geom.Geometry | None:
 
 
 def check_year(view: CubeView, year: int | None) -> None:
+    """Refuse a year the cube does not hold, naming the ones it does (None: any year)."""
     if year is not None and year not in view.years:
         raise CubeError(f"cube {view.url} has no year {year} (years: {view.years})")

@@ -8,12 +8,8 @@ filter), computes them with ``lczscale.products.cells`` and writes each block in
 no two writers share a chunk, and no array bigger than a block is ever held. Because blocks sit
 on the zone's lattice, the products do not depend on the tile size, the executor or the order.
 
-Which blocks: those whose read window (halo included) touches a tile of this run's plan. A block
-is redone only when its ledger entry (key ``products100m/<zone>/<year>/<row>_<col>`` in cell
-units) is missing, failed, or records another *digest* — a hash of the ledger stamps (finish
-time, provenance) of every 10 m tile under its read window plus the pass's parameters. A tile
-(re)computed since the block was made therefore triggers it, also after a crash between the
-two passes; a resume with nothing new recomputes nothing.
+Which blocks a run makes, and which of them a resume redoes, is planned in
+``lczscale.planning.blocks``; this module makes them and the seam layer.
 
 The seam layer: each block also counts, per 10 m tile, the adjacent pixel pairs whose
 upper/left pixel it owns (border vs interior, valid pairs, class changes; see
@@ -22,76 +18,48 @@ up, so the driver sums them over the blocks under each planned tile and alone wr
 arrays (small: one value per tile), again only when some block changed
 (ledger key ``products100m/<zone>/<year>/seam``).
 
-Executors: in-process one block after another, or one Dask task per block on the run's client,
-at most ``wave`` in flight (as the 10 m tiles are).
+The blocks run through the run's executor (``products_pass``), in-process or one Dask task per
+block, exactly as the 10 m tiles do.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lczscale.config import FaultConfig, GridConfig, OutputsConfig
-from lczscale.core.grid import Window, Zone, zone_by_name
+from lczscale.core.grid import Window, zone_by_name
 from lczscale.core.tiling import TileTask
+from lczscale.execute.executor import Executor, Pass, SerialExecutor
 from lczscale.execute.faults import describe, with_retries
 from lczscale.io.cube import ledger
 from lczscale.io.cube.outputs import (
     FACTOR,
-    cells_shape,
     ensure_output_arrays,
     update_seam,
     write_cells,
 )
 from lczscale.io.cube.store import read_window, zone_year
+from lczscale.planning.blocks import (
+    HALO_CELLS,
+    LEDGER_PREFIX,
+    SIGMA_CELLS,
+    BlockTask,
+    block_hash,
+    plan_blocks,
+)
+from lczscale.planning.map_plan import MapPlan
 from lczscale.products.cells import SeamCounts, cell_products, seam_counts, seam_rates
 
-if TYPE_CHECKING:
-    from lczscale.execute.run import MapPlan
-
 log = logging.getLogger(__name__)
-
-LEDGER_PREFIX = "products100m"
-HALO_CELLS = 2  # the filter's radius: a 5x5 window
-SIGMA_CELLS = 1.0
-PASS_VERSION = 1  # bump when the products' bytes change for the same 10 m map
-
-
-@dataclass(frozen=True, order=True)
-class BlockTask:
-    """One block of 100 m cells (``cells`` in cell rows/cols) of a zone and year."""
-
-    zone: str
-    year: int
-    cells: Window
-    digest: str = field(compare=False)
-
-    @property
-    def key(self) -> str:
-        return f"{LEDGER_PREFIX}/{self.zone}/{self.year}/{self.cells.row}_{self.cells.col}"
-
-    @property
-    def read(self) -> Window:
-        """The 10 m window the block reads: its cells plus the halo, in zone pixels."""
-        c = self.cells
-        return Window((c.row - HALO_CELLS) * FACTOR, (c.col - HALO_CELLS) * FACTOR,
-                      (c.height + 2 * HALO_CELLS) * FACTOR, (c.width + 2 * HALO_CELLS) * FACTOR)
-
-    def own(self, zone: Zone) -> Window:
-        """The zone pixels of its own cells (the pairs it counts start there)."""
-        c = self.cells
-        r0, c0 = c.row * FACTOR, c.col * FACTOR
-        return Window(r0, c0, min(c.row_stop * FACTOR, zone.shape[0]) - r0,
-                      min(c.col_stop * FACTOR, zone.shape[1]) - c0)
 
 
 @dataclass(frozen=True)
@@ -114,77 +82,6 @@ class BlockResult:
     error: str = ""
     seam: dict[str, list[int]] = field(default_factory=dict)  # "ty_tx" → bc, bp, ic, ip
     seconds: float = 0.0
-
-
-def params(grid: GridConfig, outputs: OutputsConfig) -> dict[str, Any]:
-    """Everything besides the 10 m map that decides a block's bytes."""
-    return {"factor": FACTOR, "halo": HALO_CELLS, "sigma": SIGMA_CELLS,
-            "block_cells": outputs.block_cells, "tile_size": grid.tile_size,
-            "version": PASS_VERSION}
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
-def _tile_key(zone: str, year: int, ty: int, tx: int, tile_size: int) -> str:
-    return f"{zone}/{year}/{ty * tile_size}_{tx * tile_size}"  # as TileTask.key
-
-
-def _tile_range(window: Window, zone: Zone, tile_size: int) -> tuple[range, range]:
-    """Tile rows and columns of the tiles a window (clipped to the zone) touches."""
-    r0, r1 = max(window.row, 0), min(window.row_stop, zone.shape[0])
-    c0, c1 = max(window.col, 0), min(window.col_stop, zone.shape[1])
-    if r1 <= r0 or c1 <= c0:
-        return range(0), range(0)
-    return (range(r0 // tile_size, (r1 - 1) // tile_size + 1),
-            range(c0 // tile_size, (c1 - 1) // tile_size + 1))
-
-
-def plan_blocks(
-    planned: Sequence[TileTask],
-    grid: GridConfig,
-    outputs: OutputsConfig,
-    entries: dict[str, dict[str, Any]],
-) -> tuple[list[BlockTask], list[BlockTask]]:
-    """(every block the planned tiles touch, those to (re)do) given the current ledger."""
-    b = outputs.block_cells
-    ts = grid.tile_size
-    phash = _hash(params(grid, outputs))
-    by_zone: dict[tuple[str, int], set[tuple[int, int]]] = defaultdict(set)
-    zones: dict[str, Zone] = {}
-    for task in planned:
-        zone = zones.setdefault(task.zone, zone_by_name(task.zone, grid))
-        hc, wc = cells_shape(zone)
-        halo = HALO_CELLS * FACTOR
-        core = task.core
-        rows = range(max(0, (core.row - halo) // FACTOR) // b,
-                     (min(hc, -(-(core.row_stop + halo) // FACTOR)) - 1) // b + 1)
-        cols = range(max(0, (core.col - halo) // FACTOR) // b,
-                     (min(wc, -(-(core.col_stop + halo) // FACTOR)) - 1) // b + 1)
-        by_zone[(task.zone, task.year)].update((r, c) for r in rows for c in cols)
-    blocks: list[BlockTask] = []
-    todo: list[BlockTask] = []
-    for (name, year), indices in sorted(by_zone.items()):
-        zone = zones[name]
-        hc, wc = cells_shape(zone)
-        for bi, bj in sorted(indices):
-            cells = Window(bi * b, bj * b, min(b, hc - bi * b), min(b, wc - bj * b))
-            probe = BlockTask(name, year, cells, "")
-            trows, tcols = _tile_range(probe.read, zone, ts)
-            stamps = []
-            for ty in trows:
-                for tx in tcols:
-                    key = _tile_key(name, year, ty, tx, ts)
-                    e = entries.get(key)
-                    if e is not None and ledger.state(e) == ledger.DONE:
-                        stamps.append([key, e.get("finished_at"), e.get("provenance_hash")])
-            block = BlockTask(name, year, cells, _hash([phash, stamps]))
-            blocks.append(block)
-            old = entries.get(block.key)
-            if old is None or ledger.state(old) != ledger.DONE or old.get("digest") != block.digest:
-                todo.append(block)
-    return blocks, todo
 
 
 def run_block(task: BlockTask, ctx: ProductsContext) -> BlockResult:
@@ -251,42 +148,33 @@ def _seam_dict(counts: SeamCounts) -> dict[str, list[int]]:
     return out
 
 
-def _on_worker(task: BlockTask, ctx: ProductsContext) -> BlockResult:
-    return run_block(task, ctx)
+@dataclass(frozen=True)
+class BlockRunner:
+    """Makes blocks on a worker (no model: the runner is the context)."""
+
+    ctx: ProductsContext
+
+    def __call__(self, _gpu: str | None) -> BlockRunner:
+        """This runner, for any worker."""
+        return self
+
+    def run(self, task: BlockTask) -> BlockResult:
+        """One block; its failure is a failed result."""
+        return run_block(task, self.ctx)
+
+    def lost(self, task: BlockTask, exc: BaseException) -> BlockResult:
+        """A block whose worker died every time it ran it, recorded as failed."""
+        return record_block_failure(self.ctx, task, exc)
 
 
-def run_blocks(
-    tasks: Sequence[BlockTask],
-    ctx: ProductsContext,
-    client: Any | None = None,
-    wave: int | None = None,
-    on_result: Callable[[BlockResult], None] | None = None,
-) -> list[BlockResult]:
-    """Blocks in this process, or as Dask tasks with at most ``wave`` in flight."""
-    results: list[BlockResult] = []
-    if client is None:
-        for task in tasks:
-            results.append(run_block(task, ctx))
-            if on_result:
-                on_result(results[-1])
-        return results
-    from lczscale.execute.dask_waves import in_waves
+def _block_key(task: BlockTask) -> str:
+    return f"products-{task.key.replace('/', '-')}"
 
-    def collect(future: Any, task: BlockTask) -> BlockResult:
-        try:
-            result = future.result()
-            assert isinstance(result, BlockResult)
-            return result
-        except Exception as exc:  # the task itself died (e.g. KilledWorker)
-            return record_block_failure(ctx, task, exc)
 
-    return in_waves(
-        client, tasks,
-        lambda task: client.submit(_on_worker, task, ctx, pure=False,
-                                   key=f"products-{task.key.replace('/', '-')}-"
-                                       f"{uuid.uuid4().hex[:8]}"),
-        collect, wave, on_result,
-    )
+def products_pass(ctx: ProductsContext) -> Pass[BlockTask, BlockResult]:
+    """The 100 m block pass of a run, for any executor."""
+    runner = BlockRunner(ctx)
+    return Pass("products", runner, _block_key, runner.lost)
 
 
 def update_seams(
@@ -322,7 +210,7 @@ def update_seams(
                 stamps.append([block.key, block.digest])
         seam_key = f"{LEDGER_PREFIX}/{name}/{year}/seam"
         tiles = sorted(tiles_by_zone[(name, year)])
-        digest = _hash([sorted(stamps), tiles])
+        digest = block_hash([sorted(stamps), tiles])
         old = entries.get(seam_key)
         if old is not None and old.get("digest") == digest:
             continue
@@ -359,8 +247,7 @@ def update_seams(
 def run_products(
     planned: Sequence[TileTask],
     ctx: ProductsContext,
-    client: Any | None = None,
-    wave: int | None = None,
+    executor: Executor | None = None,
     on_result: Callable[[BlockResult], None] | None = None,
 ) -> dict[str, Any]:
     """The whole pass after a run's tiles: plan blocks from the ledger as it is now, run those
@@ -368,7 +255,7 @@ def run_products(
     t0 = time.perf_counter()
     entries = ledger.read_all(ctx.cube_url)
     blocks, todo = plan_blocks(planned, ctx.grid, ctx.outputs, entries)
-    results = run_blocks(todo, ctx, client, wave, on_result)
+    results = (executor or SerialExecutor()).run(products_pass(ctx), todo, on_result)
     seam_tiles = update_seams(planned, blocks, results, entries, ctx)
     failed = [r for r in results if r.status != "done"]
     return {
@@ -382,22 +269,9 @@ def run_products(
     }
 
 
-def blocks_to_do(plan: MapPlan) -> int:
-    """How many 100 m blocks a run of ``plan`` would make if none of its tiles changed (as
-    when every tile is done): decides whether a run with no tiles to make still needs its
-    cluster."""
-    if not plan.cfg.outputs.fractions:
-        return 0
-    _, todo = plan_blocks(plan.planned, plan.cfg.grid, plan.cfg.outputs, plan.ledger)
-    return len(todo)
-
-
-def run_products_for_plan(plan: MapPlan, client: Any | None, show: bool) -> dict[str, Any]:
+def run_products_for_plan(plan: MapPlan, executor: Executor, show: bool) -> dict[str, Any]:
     """The pass for a map run: the arrays made where missing (a cube whose tiles were all done
     before ``--fractions`` was asked for gets them now), then ``run_products``."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     cfg = plan.cfg
     for name in sorted({t.zone for t in plan.planned}):
         g, _ = zone_year(cfg.out, name, plan.year, "r+")
@@ -408,18 +282,5 @@ def run_products_for_plan(plan: MapPlan, client: Any | None, show: bool) -> dict
     with Progress(*columns, disable=not show, transient=False,
                   console=Console(stderr=True)) as bar:  # stdout is for the report
         job = bar.add_task("products", total=None)
-        return run_products(plan.planned, ctx, client, cfg.wave_size,
+        return run_products(plan.planned, ctx, executor,
                             on_result=lambda _: bar.update(job, advance=1))
-
-
-def products_status(entries: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """Done / failed 100 m blocks in a ledger, with the first failures; None when the cube
-    never ran the aggregation pass (for ``lczscale status``)."""
-    blocks = {k: e for k, e in entries.items()
-              if k.startswith(f"{LEDGER_PREFIX}/") and not k.endswith("/seam")}
-    if not blocks:
-        return None
-    failed = {k: f"{e.get('error_type')}: {e.get('error')}" for k, e in blocks.items()
-              if ledger.state(e) == ledger.FAILED}
-    return {"blocks_done": len(blocks) - len(failed), "blocks_failed": len(failed),
-            "failures": dict(sorted(failed.items())[:20])}

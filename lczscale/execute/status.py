@@ -19,10 +19,10 @@ from typing import Any
 
 from lczscale.config import MapConfig
 from lczscale.errors import LczscaleError
-from lczscale.execute.products_pass import LEDGER_PREFIX
-from lczscale.execute.run import prepare
 from lczscale.io.cube import ledger
 from lczscale.io.cube.store import cube_attrs
+from lczscale.planning.blocks import LEDGER_PREFIX
+from lczscale.planning.map_plan import prepare
 
 MAX_LISTED = 20
 PENDING_REASON = "pending: a run stopped while writing it"
@@ -106,8 +106,6 @@ def cube_status(url: str) -> dict[str, Any]:
 
 def _products(entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The 100 m aggregation pass's blocks, when the cube has run it."""
-    from lczscale.execute.products_pass import products_status
-
     found = products_status(entries)
     return {} if found is None else {"products_100m": found}
 
@@ -118,3 +116,16 @@ def _stale_reason(entry: dict[str, Any], now: dict[str, str]) -> str:
         return "made by an older lczscale that did not record what it depended on"
     changed = sorted(k for k in {*now, *then} if then.get(k) != now.get(k))
     return ("changed: " + ", ".join(changed)) if changed else "provenance differs"
+
+
+def products_status(entries: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Done / failed 100 m blocks in a ledger, with the first failures; None when the cube
+    never ran the aggregation pass (for ``lczscale status``)."""
+    blocks = {k: e for k, e in entries.items()
+              if k.startswith(f"{LEDGER_PREFIX}/") and not k.endswith("/seam")}
+    if not blocks:
+        return None
+    failed = {k: f"{e.get('error_type')}: {e.get('error')}" for k, e in blocks.items()
+              if ledger.state(e) == ledger.FAILED}
+    return {"blocks_done": len(blocks) - len(failed), "blocks_failed": len(failed),
+            "failures": dict(sorted(failed.items())[:20])}

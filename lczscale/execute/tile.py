@@ -30,12 +30,14 @@ from lczscale.config import (
 from lczscale.core.grid import Zone, zone_by_name
 from lczscale.core.tiling import TileTask
 from lczscale.errors import ConfigError
+from lczscale.execute.executor import Pass
 from lczscale.execute.faults import describe, is_transient, with_retries
 from lczscale.infer.predict import Predictor, TilePrediction
 from lczscale.infer.tile_input import TileInput, row_bands
 from lczscale.io.cube import ledger
 from lczscale.io.cube.store import write_tile
 from lczscale.io.sources.protocol import EmbeddingSource
+from lczscale.planning.map_plan import MapPlan
 
 T = TypeVar("T")
 
@@ -58,6 +60,28 @@ class MapContext:
     faults: FaultConfig = field(default_factory=FaultConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
+
+    @classmethod
+    def from_plan(cls, plan: MapPlan) -> MapContext:
+        """What every worker needs from a plan besides its tasks: addresses, settings, the
+        provenance (the one place a context is made from a plan)."""
+        cfg = plan.cfg
+        return cls(
+            source_url=cfg.source,
+            source=plan.source,
+            model_dir=cfg.model,
+            cube_url=cfg.out,
+            grid=cfg.grid,
+            stitch=cfg.stitch,
+            device=cfg.device,
+            device_type=plan.provenance["device_type"],
+            threads=cfg.threads_per_worker,
+            provenance_hash=plan.provenance_hash,
+            provenance_parts=plan.provenance_parts,
+            faults=cfg.faults,
+            inference=cfg.inference,
+            outputs=cfg.outputs,
+        )
 
 
 @dataclass(frozen=True)
@@ -241,3 +265,42 @@ def record_failure(
         info["error"] += f" (and the ledger entry could not be written: {write_error})"
     return TileResult.failed(task.key, task.core.size, f"{info['error_type']}: {info['error']}",
                              worker, attempts)
+
+
+@dataclass(frozen=True)
+class TileRunnerFactory:
+    """Makes a worker's ``TileRunner``: on the worker's own GPU when it has one and the run
+    asks for ``auto`` or ``cuda``, else on the run's device."""
+
+    ctx: MapContext
+
+    def __call__(self, gpu: str | None) -> TileRunner:
+        """The runner for one worker (``gpu``: its own CUDA device, if any)."""
+        device = gpu if gpu and self.ctx.device in ("auto", "cuda") else self.ctx.device
+        return TileRunner(self.ctx, device=device)
+
+
+def _tile_key(task: TileTask) -> str:
+    return f"tile-{task.key}"
+
+
+@dataclass(frozen=True)
+class LostTile:
+    """The result of a tile whose worker died every time it ran it, recorded as failed."""
+
+    ctx: MapContext
+
+    def __call__(self, task: TileTask, exc: BaseException) -> TileResult:
+        """Record ``task`` as failed with the advice that fits ``exc``."""
+        advice = ""
+        if type(exc).__name__ == "KilledWorker":
+            advice = (
+                " — the tile's worker died every time (out of memory, a crash in native code, "
+                "or preemption); see the worker logs, try a smaller --tile-size"
+            )
+        return record_failure(self.ctx, task, exc, "client", advice=advice)
+
+
+def tile_pass(ctx: MapContext) -> Pass[TileTask, TileResult]:
+    """The 10 m tile pass of a run, for any executor."""
+    return Pass("tile", TileRunnerFactory(ctx), _tile_key, LostTile(ctx), device_bound=True)

@@ -29,6 +29,7 @@ from lczscale.model.unet import LczUNet, encode_location, location_channels, rec
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """``auto``: CUDA where there is one, else the CPU; otherwise the named torch device."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -47,6 +48,7 @@ def pinned_threads(n: int) -> Iterator[None]:
 
 @dataclass
 class TilePrediction:
+    """What predicting one tile gives: classes, confidence, optional probabilities and counts."""
     lcz: np.ndarray  # uint8 (h, w), 0 = nodata
     confidence: np.ndarray  # uint8 (h, w)
     patches: int  # patches evaluated
@@ -112,6 +114,7 @@ class Predictor:
         cls, directory: str, stitch: StitchConfig, device: str = "auto", threads: int = 1,
         inference: InferenceConfig | None = None,
     ) -> Predictor:
+        """A predictor for the checkpoint in ``directory``, on ``device``."""
         dev = pick_device(device)
         model, meta, _ = load_checkpoint(directory, device=str(dev))
         return cls(model, meta, stitch, dev, threads, inference)

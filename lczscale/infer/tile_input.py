@@ -145,6 +145,7 @@ class TileInput:
             self._cond.notify_all()
 
     def fail(self, error: BaseException) -> None:
+        """The reader failed: the model side raises ``error`` at its next wait."""
         with self._cond:
             self._error = error
             self._cond.notify_all()
@@ -155,6 +156,7 @@ class TileInput:
         return self._cancelled
 
     def cancel(self) -> None:
+        """The model side gives up on the tile: the reader stops at its next band."""
         with self._cond:
             self._cancelled = True
             self._cond.notify_all()

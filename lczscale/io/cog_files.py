@@ -93,7 +93,8 @@ class Location:
     def session(self) -> AbstractContextManager[Any]:
         """The context every open and read of this file runs in."""
         if self.target is not None:
-            return self.target.env()
+            env: AbstractContextManager[Any] = self.target.env()  # rasterio is untyped
+            return env
         return _OPENER_LOCK if self.opener is not None else nullcontext()
 
     def open(self) -> Any:
@@ -191,7 +192,7 @@ class Handles:
         cache = getattr(self._local, "cache", None)
         if cache is None:
             cache = self._local.cache = OrderedDict()
-        return cache  # type: ignore[no-any-return]
+        return cache
 
     def get(self, key: str, open_: Callable[[], tuple[Any, T]], fresh: bool) -> tuple[Any, T]:
         """(dataset, what ``open_`` derived from it) for ``key``; ``fresh`` reopens it.
@@ -204,7 +205,7 @@ class Handles:
             while len(cache) > MAX_HANDLES:
                 cache.popitem(last=False)[1][0].close()
         cache.move_to_end(key)
-        return cache[key]  # type: ignore[return-value]
+        return cache[key]
 
     def close(self, which: Callable[[str], bool] = lambda key: True) -> None:
         """Close this thread's datasets whose key ``which`` accepts (they reopen when read)."""

@@ -13,12 +13,12 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-import zarr
 from fsspec import AbstractFileSystem
 
 from lczscale.core.grid import Window
 from lczscale.io.shards import can_list
 from lczscale.io.stores import store_filesystem
+from lczscale.io.zarr_calls import ZarrArray
 
 Listing = dict[str, tuple[int, str]]  # object path → (size, ETag or mtime)
 ABSENT = (-1, "absent")
@@ -37,7 +37,7 @@ def tag(info: dict[str, Any]) -> tuple[int, str]:
     return int(info.get("size") or 0), str(version)
 
 
-def listing(arr: zarr.Array) -> Listing | None:
+def listing(arr: ZarrArray) -> Listing | None:
     """Every stored object of an array with its tag, from one listing (None: the store cannot
     list, e.g. plain HTTP; the planner then does not judge staleness by inputs)."""
     fs, root = store_filesystem(arr.store_path.store)
@@ -47,7 +47,7 @@ def listing(arr: zarr.Array) -> Listing | None:
     return {str(p): tag(i) for p, i in found.items()}
 
 
-def objects_under(arr: zarr.Array, lead: tuple[int, ...], window: Window,
+def objects_under(arr: ZarrArray, lead: tuple[int, ...], window: Window,
                   offset: tuple[int, int]) -> list[str]:
     """Paths of the array's stored objects (shards, else chunks) that a zone ``window`` meets;
     the array's last two axes are (y, x) with pixel (0, 0) at zone pixel ``offset``."""

@@ -33,6 +33,7 @@ BILLING_PROJECT_VARS = ("LCZSCALE_GCS_BILLING_PROJECT", "GS_USER_PROJECT")
 
 
 def environ(env: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """The environment options come from: ``env`` when given, else this process's."""
     return os.environ if env is None else env
 
 

@@ -18,17 +18,17 @@ from typing import Any
 
 import google_crc32c
 import numpy as np
-import zarr
 from fsspec import AbstractFileSystem
 from zarr.codecs import Crc32cCodec, ShardingCodec
 
 from lczscale.io.stores import store_filesystem
+from lczscale.io.zarr_calls import ZarrArray
 
 EMPTY = np.uint64(2**64 - 1)
 
 
 def stored_chunks(
-    arr: zarr.Array,
+    arr: ZarrArray,
     leading: tuple[int, ...],
     candidates: Iterable[tuple[int, int]] | None = None,
 ) -> dict[tuple[int, int], str]:
@@ -66,7 +66,7 @@ def can_list(fs: AbstractFileSystem) -> bool:
 
 def _probe(
     fs: AbstractFileSystem,
-    arr: zarr.Array,
+    arr: ZarrArray,
     root: str,
     leading: tuple[int, ...],
     candidates: Iterable[tuple[int, int]] | None,
@@ -84,12 +84,13 @@ def _probe(
     return found
 
 
-def sharding_codec(arr: zarr.Array) -> ShardingCodec | None:
+def sharding_codec(arr: ZarrArray) -> ShardingCodec | None:
+    """The array's sharding codec, or None when its objects are plain chunks."""
     codecs = getattr(arr.metadata, "codecs", ())
     return next((c for c in codecs if isinstance(c, ShardingCodec)), None)
 
 
-def inner_chunk_mask(fs: AbstractFileSystem, path: str, arr: zarr.Array) -> np.ndarray | None:
+def inner_chunk_mask(fs: AbstractFileSystem, path: str, arr: ZarrArray) -> np.ndarray | None:
     """Boolean grid (inner rows, inner cols) of the last two axes: True where a chunk exists.
 
     None when the array is not sharded, or when the shard's index cannot be trusted (object
@@ -104,7 +105,7 @@ def inner_chunk_mask(fs: AbstractFileSystem, path: str, arr: zarr.Array) -> np.n
     return index_mask(raw, arr)
 
 
-def index_layout(arr: zarr.Array) -> tuple[int, bool] | None:
+def index_layout(arr: ZarrArray) -> tuple[int, bool] | None:
     """(bytes, at the start?) of a shard's index; None for an unsharded array."""
     codec = sharding_codec(arr)
     if codec is None or arr.shards is None:
@@ -115,7 +116,7 @@ def index_layout(arr: zarr.Array) -> tuple[int, bool] | None:
     return 16 * n + (4 if crc else 0), str(getattr(location, "value", location)) == "start"
 
 
-def index_mask(raw: bytes, arr: zarr.Array) -> np.ndarray | None:
+def index_mask(raw: bytes, arr: ZarrArray) -> np.ndarray | None:
     """The (y, x) inner-chunk mask a shard index's bytes describe (spatial axes: the array's
     dimension_names ``y``/``x`` or ``northing``/``easting``, else the last two); None when the
     bytes are short or fail their checksum (assume every chunk present)."""
@@ -137,4 +138,4 @@ def index_mask(raw: bytes, arr: zarr.Array) -> np.ndarray | None:
             present = np.moveaxis(present, (names.index(y), names.index(x)), (-2, -1))
             break
     # collapse the other axes (time, band): a spatial cell has data if any of its chunks has
-    return present.reshape(-1, present.shape[-2], present.shape[-1]).any(axis=0)
+    return np.asarray(present.reshape(-1, present.shape[-2], present.shape[-1]).any(axis=0))

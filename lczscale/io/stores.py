@@ -30,11 +30,12 @@ def is_remote(url: str) -> bool:
 
 
 def local_path(url: str) -> Path:
+    """The local filesystem path of ``url`` (a ``file://`` URL or a path, ``~`` expanded)."""
     return Path(url.removeprefix("file://")).expanduser()
 
 
 def client_options(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """fsspec options for ``url``: the caller's, plus what this process's environment implies
+    """The fsspec options for ``url``: the caller's, plus what this process's environment implies
     and the caller did not set — a ``User-Agent`` on HTTP(S) and S3 requests (Source
     Cooperative refuses some default agents), ``anon`` for Source Cooperative's public S3 data,
     and gcsfs's ``requester_pays`` project for GCS. Not stored anywhere: made at each call."""
@@ -110,6 +111,7 @@ def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
 
 
 def is_http(url: str) -> bool:
+    """Whether ``url`` is plain HTTP(S), where nothing lists: existence is probed by reads."""
     return url.startswith(("http://", "https://"))
 
 

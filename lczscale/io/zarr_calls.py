@@ -18,24 +18,27 @@ import logging
 import os
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import zarr
 import zarr.core.sync as zsync
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+# A zarr array of either format: zarr.Array is generic in its metadata class (v2 or v3), which
+# no reader here depends on. Lazily evaluated, so it costs nothing at import.
+type ZarrArray = zarr.Array[Any]
 
 TIMEOUT_S = 180.0  # one call (a tile's band, a tile's chunk); a TimeoutError is retried
 stalls = 0  # how many loops this process has abandoned (for tests and logs)
 
 
-def getitem(arr: zarr.Array, sel: tuple[Any, ...], timeout: float = TIMEOUT_S) -> Any:
+def getitem(arr: ZarrArray, sel: tuple[Any, ...], timeout: float = TIMEOUT_S) -> Any:
     """``arr[sel]`` within ``timeout`` seconds."""
     return run(arr.async_array.getitem(sel), timeout)
 
 
-def setitem(arr: zarr.Array, sel: tuple[Any, ...], value: Any,
+def setitem(arr: ZarrArray, sel: tuple[Any, ...], value: Any,
             timeout: float = TIMEOUT_S) -> None:
     """``arr[sel] = value`` within ``timeout`` seconds."""
     run(arr.async_array.setitem(sel, value), timeout)

@@ -101,6 +101,7 @@ class AttentionGate(nn.Module):
         self.psi = nn.Conv2d(inter, 1, 1, bias=True)
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Skip features ``x`` weighted by the attention the coarser gate ``g`` gives each pixel."""
         g_up = F.interpolate(self.phi_g(g), scale_factor=2.0, mode="nearest")
         alpha = torch.sigmoid(self.psi(F.relu(self.theta_x(x) + g_up)))
         return x * alpha
@@ -141,6 +142,8 @@ class LczUNet(nn.Module):
         self.head = nn.Conv2d(widths[0], cfg.num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, classes, h, w) of inputs (batch, channels, h, w); on CPU in eval mode one
+        sample at a time, so that a patch's output does not depend on its batch."""
         self._check_input(x)
         if x.device.type == "cpu" and not self.training and x.shape[0] > 1:
             # oneDNN picks a different convolution algorithm for batch 1 than for batch N, which

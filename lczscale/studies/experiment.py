@@ -45,6 +45,7 @@ Kind = Literal["transfer", "reference", "year"]
 
 
 class ExperimentConfig(_Strict):
+    """One experiment: which source, which coarse and fine labels, which cities are held out."""
     kind: Kind
     source: str
     coarse: tuple[LabelSet, ...] = Field(min_length=2, description="coarse labels, per city")

@@ -48,8 +48,8 @@ from lczscale.config import GridConfig
 from lczscale.core.grid import UTM_X0, UTM_Y_TOP, Window, Zone, global_zone
 from lczscale.errors import ConfigError
 from lczscale.io.sources.aef_warp import AEF_RESOLUTION, ReadUtm, sample_nearest
+from lczscale.synth.cities import _SPACE, SynthCity, _rng
 from lczscale.synth.layout import BANDS, material_prototypes
-from lczscale.synth.world import _SPACE, SynthCity, _rng
 
 AEF_BANDS = 64
 NODATA = -128

@@ -45,12 +45,11 @@ from rasterio.features import shapes
 from rasterio.warp import reproject, transform_bounds
 
 from lczscale.classes import LCZ_CLASS_NAMES, LCZ_LABELS
-from lczscale.synth.world import (
+from lczscale.synth.cities import SynthCity, _rng
+from lczscale.synth.global_lcz_map import (
     LCZ_COARSE_RES,
-    SynthCity,
     _coarse_transform,
     _colormap,
-    _rng,
     _write_lcz_tif,
     coarse_labels,
 )

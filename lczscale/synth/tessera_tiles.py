@@ -38,7 +38,7 @@ from lczscale.io.sources.tessera_tiles import (
     tile_footprint,
     tile_name,
 )
-from lczscale.synth.world import SynthCity, quantise
+from lczscale.synth.cities import SynthCity, quantise
 
 VERSION, VERSION_PATH, VARIANT = "1.0", "v1", "synthetic"  # as the Zarr store's attributes
 DATASET_PATH = f"{VERSION_PATH}-{VARIANT}"  # geotessera's generic npy/ directory name

@@ -22,16 +22,19 @@ from lczscale.train.losses import GlobalSum, distributed_sum, local_sum
 
 @dataclass(frozen=True)
 class Ranks:
+    """This process's place in a data-parallel run (a single process: rank 0 of 1)."""
     rank: int = 0
     world: int = 1
     local_rank: int = 0
 
     @property
     def main(self) -> bool:
+        """Whether this is rank 0, the one that logs and writes checkpoints."""
         return self.rank == 0
 
     @property
     def global_sum(self) -> GlobalSum:
+        """The (differentiable) sum over ranks that global batch norm and the loss use."""
         return distributed_sum if self.world > 1 else local_sum
 
 
@@ -81,11 +84,13 @@ def start(ranks: Ranks, device: torch.device, backend: str = "auto") -> None:
 
 
 def stop() -> None:
+    """Leave the process group, where one was started."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier(ranks: Ranks) -> None:
+    """Wait for every rank (a no-op for one process)."""
     if ranks.world > 1:
         dist.barrier()
 

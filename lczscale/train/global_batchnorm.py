@@ -22,6 +22,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     global_sum: GlobalSum = staticmethod(local_sum)  # type: ignore[assignment]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """In training, normalise with statistics summed over every rank's batch; in eval, with the
+        running statistics (plain BatchNorm)."""
         if not self.training:
             return super().forward(x)
         n_local = torch.tensor([x.shape[0] * x.shape[2] * x.shape[3]], dtype=x.dtype,

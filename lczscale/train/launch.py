@@ -26,6 +26,8 @@ class TrainingFailed(LczscaleError):
 
 
 def write_job(job: TrainJob) -> Path:
+    """Write the job to ``train_job.json`` in its output directory, where ranks and resumed runs
+    read it."""
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / JOB_FILE

@@ -231,7 +231,7 @@ def _prefetched(make: Callable[[int], dict[str, torch.Tensor]], steps: range,
 @torch.no_grad()
 def validate(net: LczUNet, regions: list[Region], mean: torch.Tensor, std: torch.Tensor,
              method: str, ranks: dist_.Ranks, dev: torch.device) -> dict[str, Any]:
-    """mIoU and OA over the validation blocks (each rank predicts a share of the regions)."""
+    """The mIoU and OA over the validation blocks (each rank predicts a share of the regions)."""
     net.eval()
     m = size_multiple(net.cfg)
     cm = np.zeros((N, N), dtype=np.int64)

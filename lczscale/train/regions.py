@@ -31,6 +31,7 @@ DEQUANTISATION = {"alphaearth": "sign_square"}  # every other family: per-pixel 
 
 @dataclass
 class Region:
+    """One city's training window: embeddings, labels, split and loss target."""
     city: str
     zone: Zone
     data: EmbeddingWindow

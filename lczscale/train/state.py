@@ -91,4 +91,5 @@ def load_state(path: Path, model: LczUNet, optimizer: torch.optim.Optimizer, sch
 
 
 def clear_state(out: str | Path) -> None:
+    """Remove the resume state, so that the next run starts afresh."""
     shutil.rmtree(Path(out) / RESUME_DIR, ignore_errors=True)

@@ -18,7 +18,6 @@ from lczscale.cli import main
 from lczscale.config import GridConfig, MapConfig, ModelConfig
 from lczscale.core.grid import Window, zone_by_name
 from lczscale.core.tiling import TileTask
-from lczscale.execute.run import prepare
 from lczscale.execute.status import cube_status
 from lczscale.io.cube import ledger
 from lczscale.io.cube.store import read_window
@@ -31,6 +30,7 @@ from lczscale.model.checkpoint import (
     save_untrained,
 )
 from lczscale.model.unet import LczUNet
+from lczscale.planning.map_plan import prepare
 from lczscale.synth.world import write_world
 
 pytestmark = pytest.mark.integration

@@ -286,7 +286,7 @@ def test_the_lock_on_an_object_store_is_a_conditional_create(s3: S3Server) -> No
 
 def _prepare(world: dict[str, Any], out: str) -> Any:
     from lczscale.config import MapConfig, StitchConfig
-    from lczscale.execute.run import prepare
+    from lczscale.planning.map_plan import prepare
 
     return prepare(MapConfig(source=world["source"], model=world["m1"], out=out,
                              executor="serial", grid=_grid(), stitch=StitchConfig(patch_size=64)))

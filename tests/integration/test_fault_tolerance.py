@@ -32,11 +32,12 @@ import lczscale
 from lczscale.config import GridConfig, MapConfig, dump_yaml
 from lczscale.core.grid import Window, zone_by_name
 from lczscale.core.tiling import TileTask
-from lczscale.execute.run import map_context, prepare, run_map
+from lczscale.execute.run import run_map
 from lczscale.execute.tile import MapContext, TileRunner
 from lczscale.io.cube import ledger
 from lczscale.io.cube.store import cube_attrs, read_window, write_tile
 from lczscale.model.checkpoint import load_checkpoint, model_hash, save_checkpoint
+from lczscale.planning.map_plan import prepare
 
 pytestmark = pytest.mark.integration
 
@@ -425,7 +426,7 @@ def test_the_same_tile_run_twice_at_once_leaves_the_cube_unchanged(reference, tm
     plan = prepare(cfg)
     assert [t.key for t in plan.tasks] == [key]
     task = plan.tasks[0]
-    ctx = map_context(plan)
+    ctx = MapContext.from_plan(plan)
     mp = multiprocessing.get_context("spawn")
     barrier, results = mp.Barrier(2), mp.Queue()
     twins = [mp.Process(target=_run_tile_at_once, args=(ctx, task, barrier, results))
@@ -482,7 +483,7 @@ def test_gpu_cluster_plans_cuda_and_a_worker_on_another_device_refuses_its_tiles
     assert cpu_plan.provenance["device_type"] == "cpu"
 
     task = plan.tasks[0]
-    result = TileRunner(map_context(plan), device="cpu").run(task)
+    result = TileRunner(MapContext.from_plan(plan), device="cpu").run(task)
     assert result.status == "failed", result
     assert "planned for cuda" in result.error and "set device to 'cpu'" in result.error
     assert ledger.read_all(str(out))[task.key]["provenance_hash"] == plan.provenance_hash

@@ -17,7 +17,8 @@ from lczscale.execute.clusters.settings import (
     SlurmClusterConfig,
 )
 from lczscale.execute.clusters.start import open_cluster
-from lczscale.execute.run import prepare, run_map
+from lczscale.execute.run import run_map
+from lczscale.planning.map_plan import prepare
 
 pytestmark = pytest.mark.integration
 

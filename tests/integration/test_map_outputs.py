@@ -18,11 +18,11 @@ import lczscale
 from lczscale.cli import main
 from lczscale.config import GridConfig, OutputsConfig, dump_yaml
 from lczscale.core.grid import Window, zone_by_name
-from lczscale.execute.products_pass import LEDGER_PREFIX, BlockTask
 from lczscale.execute.run import run_map
 from lczscale.execute.status import cube_status
 from lczscale.io.cube import ledger
 from lczscale.io.cube.outputs import CELL_VARIABLES, SEAM_VARIABLES
+from lczscale.planning.blocks import LEDGER_PREFIX, BlockTask
 from lczscale.products.cells import seam_counts, seam_rates
 from lczscale.products.counts import gaussian_mode_filter
 

@@ -20,10 +20,11 @@ import pytest
 
 from lczscale.config import GridConfig, MapConfig
 from lczscale.errors import ConfigError, SourceError
-from lczscale.execute.run import map_context, prepare
+from lczscale.execute.tile import MapContext
 from lczscale.io.sources.aef_cogs import AefCogSource
 from lczscale.io.sources.registry import open_source
 from lczscale.io.stores import filesystem
+from lczscale.planning.map_plan import prepare
 from lczscale.synth import world as synth
 from tests.conformance import SourceCase, SourceConformance
 from tests.mapping import cube_window, map_source, random_model
@@ -103,7 +104,7 @@ def test_credentials_stay_out_of_the_task(local: dict[str, Any], uploaded: dict[
                                           ) -> None:
     cfg = MapConfig(source=uploaded["s3"], model=local["model"], out="s3://cubes/none.zarr",
                     grid=GridConfig(tile_size=128))
-    ctx = map_context(prepare(cfg))
+    ctx = MapContext.from_plan(prepare(cfg))
     blob = pickle.dumps(ctx)
     assert S3_SECRET.encode() not in blob
     assert b"lczscale-test-key-id" not in blob

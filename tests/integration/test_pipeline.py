@@ -14,9 +14,9 @@ import lczscale
 from lczscale.cli import main
 from lczscale.config import GridConfig
 from lczscale.core.grid import utm_zone
-from lczscale.execute import run as run_module
 from lczscale.execute.run import run_map
 from lczscale.execute.status import cube_status
+from lczscale.planning import map_plan as plan_module
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +47,8 @@ def test_worker_count_and_executor_do_not_change_the_cube(world, reference, tmp_
 
 
 def test_task_order_does_not_change_the_cube(world, reference, tmp_path, monkeypatch) -> None:
-    original = run_module.plan_tasks
-    monkeypatch.setattr(run_module, "plan_tasks", lambda *a, **k: original(*a, **k)[::-1])
+    original = plan_module.plan_tasks
+    monkeypatch.setattr(plan_module, "plan_tasks", lambda *a, **k: original(*a, **k)[::-1])
     run_map(world.map_config(tmp_path / "reversed.zarr"), progress=False)
     assert_same(reference[1], cube_arrays(str(tmp_path / "reversed.zarr"), world))
 

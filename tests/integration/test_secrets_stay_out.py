@@ -21,8 +21,10 @@ from distributed.protocol import pickle as dask_pickle
 
 from lczscale.cli import main
 from lczscale.config import GridConfig, MapConfig, StitchConfig
-from lczscale.execute.run import map_context, prepare, run_map
+from lczscale.execute.run import run_map
+from lczscale.execute.tile import MapContext
 from lczscale.io.sources.registry import open_source
+from lczscale.planning.map_plan import prepare
 from lczscale.synth import world as synth
 from tests.mapping import random_model
 from tests.servers import S3Server, environment, need_module, s3_server
@@ -117,11 +119,11 @@ def test_a_map_from_s3_writes_and_pickles_no_secret(world: dict[str, Any], plant
     report = run_map(cfg, progress=False)
     assert report.computed >= 2 and not report.failed, report.summary()
     graph = b"".join(captured)
-    assert b"TileTask" in graph and b"TileRunnerPlugin" in graph, "the graph was captured"
+    assert b"TileTask" in graph and b"RunnerPlugin" in graph, "the graph was captured"
     assert world["source"].encode() in graph, "the source travelled (by its address)"
     assert not leaks(graph), "a planted credential travelled in the task graph"
     plan = prepare(cfg.model_copy(update={"out": str(tmp_path / "other.zarr")}))
-    for what in (plan.tasks[0], map_context(plan), plan.source):
+    for what in (plan.tasks[0], MapContext.from_plan(plan), plan.source):
         assert not leaks(pickle.dumps(what)), type(what).__name__
     assert not files_leaking(tmp_path)
     attrs = json.loads((out / "zarr.json").read_text())["attributes"]

@@ -63,7 +63,7 @@ def test_credentials_never_travel_in_the_task_graph(world, tmp_path, monkeypatch
     graph = b"".join(captured)
     key = report.results[0].key.encode()
     assert key.split(b"/")[0] in graph and b"TileTask" in graph, "the task graph was captured"
-    assert b"TileRunnerPlugin" in graph, "the worker plugin was captured"
+    assert b"RunnerPlugin" in graph, "the worker plugin was captured"
     assert SECRET.encode() not in graph
     assert SECRET[-8:].upper().encode() not in graph
 

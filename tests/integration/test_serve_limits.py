@@ -24,7 +24,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from lczscale.browse.serve import Limits, make_server
+from lczscale.browse.serve import ASSETS, Limits, make_server
 from lczscale.browse.view import CubeView, lonlat_to_tile, tile_geobox
 from lczscale.errors import ConfigError, NoDataError
 from lczscale.io.cube.pyramid import build_pyramid
@@ -225,6 +225,26 @@ def test_known_malformed_inputs_are_short_4xx(view: CubeView) -> None:
             assert status == expected and short, (target[:60], status, body)
 
 
+def test_the_page_files_are_an_allow_list(view: CubeView) -> None:
+    """The page and the vendored Leaflet are served by name from ``ASSETS``, byte for byte as
+    packaged; any other path under the web folder, or out of it, is a 404."""
+    web = Path(__file__).parents[2] / "lczscale" / "browse" / "web"
+    assert "vendor/leaflet/leaflet.js" in ASSETS and "vendor/leaflet/leaflet.css" in ASSETS
+    with serving(view) as port:
+        for name, ctype in ASSETS.items():
+            status, headers, body = get(port, "/" + name)
+            assert status == 200 and headers["Content-Type"] == ctype, name
+            assert body == (web / name).read_bytes(), name
+        for target in ["/vendor/leaflet/", "/vendor/leaflet/leaflet.js.map", "/vendor/",
+                       "/vendor/leaflet/README.md", "/vendor/leaflet/../../serve.py",
+                       "/vendor/leaflet/images/../leaflet.js/", "/../web_page.py",
+                       "/vendor/leaflet/%2e%2e/LICENSE", "/vendor//leaflet/leaflet.js",
+                       "/./map.js", "/web/map.js", "/../../../../etc/passwd",
+                       "/vendor/leaflet/images", "/vendor\\leaflet\\leaflet.js"]:
+            status, _, body = get(port, target)
+            assert status == 404 and len(body) < 200, (target, status, body)
+
+
 def test_limits_are_checked() -> None:
     for bad in ({"timeout": 0}, {"timeout": float("nan")}, {"threads": 0}, {"workers": 0},
                 {"backlog": -1}):
@@ -267,8 +287,10 @@ def _target(rng: random.Random, tile: tuple[int, int, int]) -> str:
         return rng.choice(["/", "//", "//[x", "http://[::1", "http://h/tiles/0/0/0.png", "*",
                            "/../../etc/passwd", "/index.html/..", "/tiles/", "/info.json?%",
                            "/tiles/" + "1/" * 1500 + "1.png", "/?" + "a=1&" * 400,
-                           "/legend.json" + "#" * 3000])
-    return rng.choice(["/legend.json", "/info.json", "/map.js"]) + _query(rng)
+                           "/legend.json" + "#" * 3000, "/vendor/leaflet/../../serve.py",
+                           "/vendor/leaflet/%2e%2e/LICENSE", "/vendor/leaflet/"])
+    return rng.choice(["/legend.json", "/info.json", "/map.js", "/vendor/leaflet/leaflet.js",
+                       "/vendor/leaflet/images/layers.png"]) + _query(rng)
 
 
 def test_fuzzed_requests_are_answered_4xx_never_500(

@@ -27,7 +27,8 @@ from cube_compare import assert_same, cube_arrays
 import lczscale
 from lczscale.execute.clusters.settings import AddressClusterConfig, SlurmClusterConfig
 from lczscale.execute.clusters.start import open_cluster
-from lczscale.execute.run import prepare, run_map
+from lczscale.execute.run import run_map
+from lczscale.planning.map_plan import prepare
 from lczscale.train.launch import write_job
 from lczscale.train.settings import LabelSet, TrainConfig, TrainJob
 

@@ -1,9 +1,14 @@
 """The web map in a real browser: ``lczscale serve`` on loopback, headless Chromium (Debian
 ``chromium``) takes a screenshot, and its colours must be the LCZ colours the cube has at those
-places; the legend must be drawn; a scripted click must show the class the cube has there."""
+places; the legend must be drawn; a scripted click must show the class the cube has there. The
+page is Leaflet from the package: Chromium's network log must show that the page asked nothing
+but its own server, Leaflet included; the zoom control and a right scale bar must be on it. The
+static export must work the same from a plain file server."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import math
 import os
@@ -11,15 +16,18 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from lczscale import classes
+from lczscale.browse.serve import ASSETS
 from lczscale.browse.view import CubeView, lonlat_to_tile
 from lczscale.cli import main
 from tests.conftest import World
@@ -67,6 +75,33 @@ def _browse(exe: str, url: str, tmp: Path, *args: str) -> subprocess.CompletedPr
     profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"  # fresh: no cache, no state
     return subprocess.run([exe, *FLAGS, f"--user-data-dir={profile}", *args, url],
                           capture_output=True, text=True, timeout=180, check=False)
+
+
+def _page_requests(exe: str, url: str, tmp: Path) -> tuple[str, list[str]]:
+    """The DOM of the page at ``url`` and every URL the page asked for, from Chromium's network
+    log: a request's initiator is the origin of the page that made it (the browser's own
+    requests, for updates and the like, have none, and are not the page's doing)."""
+    log = tmp / f"netlog-{len(list(tmp.glob('netlog-*')))}.json"
+    dom = _browse(exe, url, tmp, "--dump-dom", f"--log-net-log={log}").stdout
+    netlog = json.loads(log.read_text())
+    start = netlog["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    origin = "/".join(url.split("/")[:3])  # scheme://host:port
+    urls = [e["params"]["url"] for e in netlog["events"]
+            if e["type"] == start and e.get("params", {}).get("initiator") == origin]
+    return dom, urls
+
+
+def _own_paths(urls: list[str], server: str) -> set[str]:
+    """The paths of ``urls``, each of which must be on ``server`` and one the page may ask
+    for: a file of the package's allow-list, its JSON, a tile or a point."""
+    paths = set()
+    for url in urls:
+        assert url.startswith(server + "/"), f"the page asked another host: {url}"
+        path = url[len(server) + 1 :].partition("?")[0]
+        assert path in ASSETS or path in ("info.json", "legend.json", "point") or re.fullmatch(
+            r"tiles/\d+/\d+/\d+\.png", path), f"the page asked for {url}"
+        paths.add(path)
+    return paths
 
 
 def _mosaic(view: CubeView, ox: int, oy: int, w: int, h: int) -> np.ndarray:
@@ -118,7 +153,8 @@ def test_screenshot_shows_the_cube_in_lcz_colours_with_legend(
     expected = _mosaic(CubeView(cube), ox, oy, mw, mh)
     palette = np.array([(223, 230, 236), *classes.palette_rgb()])  # 0: the map's background
     checked, wrong, seen = 0, [], set()
-    for r in range(60, mh - 30, 7):  # below the zoom buttons, above the attribution
+    for r in range(80, mh - 30, 7):  # below Leaflet's zoom control, above its scale bar and
+        # attribution
         for c in range(40, mw - 4, 7):
             if not _uniform(expected, r, c):
                 continue
@@ -158,6 +194,32 @@ def test_click_shows_the_class_of_the_cube_there(
     assert classes.LCZ_CLASS_NAMES[code - 1] in readout.group(2)
     legend = re.findall(r'<li data-code="(\d+)">', dom)
     assert legend == [str(c) for c in classes.LCZ_CODES]
+    assert 'class="leaflet-interactive"' in dom  # the clicked spot is marked on the map
+
+
+def test_page_is_leaflet_from_the_package_with_zoom_scale_and_legend(
+    chromium: str, server: str, world: World, tmp_path: Path,
+) -> None:
+    city = world.summary["cities"][0]
+    lon, lat = city["lon"], city["lat"]
+    dom, urls = _page_requests(chromium, f"{server}/?z={ZOOM}&lat={lat}&lon={lon}", tmp_path)
+    paths = _own_paths(urls, server)
+    assert {"vendor/leaflet/leaflet.js", "vendor/leaflet/leaflet.css", "map.js", "info.json",
+            "legend.json"} <= paths, paths
+    assert any(p.startswith(f"tiles/{ZOOM}/") for p in paths), paths
+    assert 'class="leaflet-control-zoom-in"' in dom and 'class="leaflet-control-zoom-out"' in dom
+    # the scale bar: a round distance over its width, at the map's metres per screen pixel
+    found = re.search(r'class="leaflet-control-scale-line" style="width: (\d+)px;">(\d+) (k?m)<',
+                      dom)
+    assert found, dom[-3000:]
+    metres = int(found.group(2)) * (1000 if found.group(3) == "km" else 1)
+    per_px = 2 * math.pi * 6378137 * math.cos(math.radians(lat)) / (256 * 2**ZOOM)
+    assert metres / int(found.group(1)) == pytest.approx(per_px, rel=0.02)
+    legend = re.findall(r'<li data-code="(\d+)"><span class="swatch" style="background: '
+                        r'rgb\((\d+), (\d+), (\d+)\);">', dom)
+    assert [(int(c), tuple(map(int, rgb))) for c, *rgb in legend] == list(
+        zip(classes.LCZ_CODES, classes.palette_rgb(), strict=True))
+    assert "Stewart &amp; Oke (2012)" in dom  # the attribution
 
 
 def test_point_endpoint_and_errors(server: str, cube: str, world: World) -> None:
@@ -189,3 +251,48 @@ def test_static_export_has_the_served_tiles(server: str, cube: str, tmp_path: Pa
     z, x, y = tiles[-1].relative_to(out / "tiles").with_suffix("").parts
     with urllib.request.urlopen(f"{server}/tiles/{z}/{x}/{y}.png") as r:
         assert r.read() == tiles[-1].read_bytes()
+    for name in ASSETS:  # the page, Leaflet included, as the server gives it
+        with urllib.request.urlopen(f"{server}/{name}") as r:
+            assert (out / name).read_bytes() == r.read(), name
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_static_export_in_the_browser_shows_the_class_from_the_tiles(
+    chromium: str, cube: str, world: World, tmp_path: Path,
+) -> None:
+    """The export on a plain file server: Leaflet from the export, and a click's class read
+    from the colour of the exported tile (no server to ask)."""
+    z = 12
+    out = tmp_path / "static"
+    assert main(["serve", cube, "--static", str(out), "--max-zoom", str(z)]) == 0
+    city = world.summary["cities"][0]
+    x, y = lonlat_to_tile(city["lon"], city["lat"], z)
+    tx, ty = int(x), int(y)
+    codes = CubeView(cube).tile(z, tx, ty)
+    col, row = next((c, r) for r in range(5, 251) for c in range(5, 251)
+                    if codes[r, c] and _uniform(codes, r, c))
+    n = 256 * 2**z  # the centre of that pixel
+    lon = (tx * 256 + col + 0.5) / n * 360 - 180
+    lat = math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * (ty * 256 + row + 0.5) / n))))
+    files = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(out)))
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    try:
+        host = f"http://127.0.0.1:{files.server_port}"
+        dom, urls = _page_requests(
+            chromium, f"{host}/?z={z}&lat={city['lat']}&lon={city['lon']}&click={lon},{lat}",
+            tmp_path)
+    finally:
+        files.shutdown()
+        files.server_close()
+    assert {"vendor/leaflet/leaflet.js", "vendor/leaflet/leaflet.css"} <= _own_paths(urls, host)
+    readout = re.search(r'<div id="readout"[^>]*data-code="(\d+)"[^>]*>(.*?)</div></div>', dom)
+    assert readout, dom[-3000:]
+    code = int(readout.group(1))
+    assert code == codes[row, col]
+    assert classes.LCZ_CLASS_NAMES[code - 1] in readout.group(2)
+    assert f"at zoom {z} resolution" in readout.group(2)

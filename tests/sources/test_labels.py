@@ -473,7 +473,7 @@ def test_kind_detection_by_content(formats: dict[str, Any]) -> None:
 
 def test_vrt_mosaic_and_cache_follows_the_file(world: list[SynthCity],
                                                formats: dict[str, Any], tmp_path: Path) -> None:
-    from lczscale.synth.world import _write_vrt, coarse_labels
+    from lczscale.synth.global_lcz_map import _write_vrt, coarse_labels
 
     parts = []
     for c in world[:2]:

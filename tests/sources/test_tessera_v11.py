@@ -19,11 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zarr
+from affine import Affine
 
 from lczscale.core.grid import Window, utm_zone
 from lczscale.errors import NoDataError, SourceError
 from lczscale.io.sources import dclimate_registry as tessera_registry
-from lczscale.io.sources import tessera_icechunk
 from lczscale.io.sources.protocol import dequantised
 from lczscale.io.sources.registry import detect_layout, open_source
 from lczscale.io.sources.tessera_dclimate_zarr import TesseraDclimateZarrSource
@@ -216,7 +216,7 @@ def test_each_row_comes_from_its_own_hemisphere(tmp_path: Path) -> None:
     session = _repo(path).writable_session("main")
     s = zarr.open_group(session.store, mode="r+")[f"{moved.zone.name[3:]}S"]["scales"]
     offset = moved.zone.pixel_offset(
-        tessera_icechunk.Affine(10, 0, 163840.0, 0, -10, 10014720.0 - 1e7))
+        Affine(10, 0, 163840.0, 0, -10, 10014720.0 - 1e7))
     rows = slice(moved.window.row - offset[0], equator - offset[0])
     cols = slice(moved.window.col - offset[1], moved.window.col_stop - offset[1])
     s[2024 - 2017, rows, cols] = np.float32(50.0)  # type: ignore[index]  # 2024's time slot

@@ -12,6 +12,7 @@ import yaml
 from lczscale.cli import map_config, parser
 from lczscale.config import MapConfig
 from lczscale.errors import ConfigError
+from lczscale.execute.cluster_executor import cuda_index
 from lczscale.execute.clusters import gpu_pin
 from lczscale.execute.clusters.settings import (
     AddressClusterConfig,
@@ -30,7 +31,6 @@ from lczscale.execute.clusters.start import (
     slurm_seconds,
     visible_gpus,
 )
-from lczscale.execute.dask_waves import cuda_index
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "lczscale-unit-secret-5d1e"

@@ -15,7 +15,8 @@ import zarr
 
 from lczscale.core.grid import Window, utm_zone
 from lczscale.errors import SourceError
-from lczscale.io.sources.tessera_zarr import MAX_ABS_VALUE, TesseraZarrSource
+from lczscale.io.sources.corrupt_pixels import MAX_ABS_VALUE
+from lczscale.io.sources.tessera_zarr import TesseraZarrSource
 from lczscale.synth import world as synth
 
 YEAR = 2024

@@ -17,12 +17,12 @@ from lczscale.config import InferenceConfig, MapConfig, ModelConfig, StitchConfi
 from lczscale.core.grid import Window, utm_zone
 from lczscale.core.stitch import patch_overlap
 from lczscale.errors import ConfigError
-from lczscale.execute.run import inference_numerics
 from lczscale.infer.blend import RowAccumulator
 from lczscale.infer.predict import Predictor, patch_activation_bytes, resolve_batch_size
 from lczscale.infer.tile_input import TileInput, row_bands
 from lczscale.io.sources.protocol import EmbeddingWindow
 from lczscale.model.checkpoint import InputSpec, load_checkpoint, save_untrained
+from lczscale.planning.map_plan import inference_numerics
 
 CPU = torch.device("cpu")
 TINY = ModelConfig(in_dim=6, widths=(4, 8), convs_per_block=1)

@@ -48,6 +48,7 @@ def map_name(cfg: KubernetesClusterConfig) -> str:
 
 
 def train_name(cfg: KubernetesClusterConfig) -> str:
+    """The name of the training Job and its resources."""
     return f"{cfg.name}-train"
 
 
@@ -120,6 +121,7 @@ def cluster_map_config(cfg: KubernetesClusterConfig, map_cfg: MapConfig) -> MapC
 
 
 def map_config_map(cfg: KubernetesClusterConfig, map_cfg: MapConfig) -> Json:
+    """The ConfigMap carrying the map run's settings to the pods (only those not at defaults)."""
     # Only what differs from the defaults: the image's lczscale fills in the rest, and the
     # rendered file does not change each time a setting with a default is added.
     data = cluster_map_config(cfg, map_cfg).model_dump(mode="json", exclude_defaults=True)
@@ -153,6 +155,7 @@ def _check_train(cfg: KubernetesClusterConfig, job: TrainJob, ranks: int) -> int
 
 
 def train_config_map(cfg: KubernetesClusterConfig, job: TrainJob) -> Json:
+    """The ConfigMap carrying the training job to its rank pods."""
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": _meta(cfg, f"{train_name(cfg)}-config", "train"),
             "data": {"train_job.json": job.model_dump_json(indent=2, exclude_defaults=True)
@@ -209,6 +212,7 @@ def tls_secret(cfg: KubernetesClusterConfig, mount: pods.TlsMount, sec: Any) -> 
 
 
 def kustomization(files: list[str]) -> Json:
+    """A ``kustomization.yaml`` listing ``files``, so the bundle applies with ``kubectl -k``."""
     return {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
             "resources": list(files)}
 

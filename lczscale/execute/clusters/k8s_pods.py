@@ -108,6 +108,7 @@ def tls_mount(cfg: KubernetesClusterConfig) -> TlsMount | None:
 
 
 def labels(cfg: KubernetesClusterConfig, component: str) -> dict[str, str]:
+    """The ``app.kubernetes.io`` labels of the cluster's resources, by component."""
     return {"app.kubernetes.io/name": "lczscale", "app.kubernetes.io/instance": cfg.name,
             "app.kubernetes.io/component": component}
 
@@ -234,6 +235,7 @@ def scheduler_pod(cfg: KubernetesClusterConfig, allowed_failures: int = 3) -> Js
 
 
 def scheduler_service(cfg: KubernetesClusterConfig, cluster: str) -> Json:
+    """The scheduler Service spec: the comm port for clients and workers, and the dashboard."""
     return {
         "type": cfg.service_type,
         "selector": {"dask.org/cluster-name": cluster, "dask.org/component": "scheduler"},

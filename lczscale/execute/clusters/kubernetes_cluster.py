@@ -40,6 +40,7 @@ _FILES = ("kustomization.yaml", "daskcluster.yaml", "daskautoscaler.yaml", "conf
 
 
 def load_kubernetes_config(path: str | Path) -> KubernetesClusterConfig:
+    """A cluster file that must be ``kind: kubernetes`` (a ConfigError says which kind it is)."""
     cfg = load_cluster_config(path)
     if not isinstance(cfg, KubernetesClusterConfig):
         raise ConfigError(
@@ -50,6 +51,7 @@ def load_kubernetes_config(path: str | Path) -> KubernetesClusterConfig:
 
 
 def load_train_job(path: str | Path) -> TrainJob:
+    """The training job ``lczscale train`` left (``train_job.json``), validated."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"training job {p} not found; write one with `lczscale train` (it "

@@ -77,6 +77,7 @@ class SecurityConfig(_Strict):
 
     @property
     def has_files(self) -> bool:
+        """Whether all three PEM files are given (else temporary certificates are made)."""
         return bool(self.ca_file and self.cert_file and self.key_file)
 
 
@@ -176,6 +177,7 @@ class SlurmClusterConfig(_ClusterBase):
 
 
 class Toleration(_Strict):
+    """A Kubernetes toleration, letting the pods run on tainted (e.g. GPU) nodes."""
     key: str
     operator: Literal["Exists", "Equal"] = "Exists"
     value: str | None = None

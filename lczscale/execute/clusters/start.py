@@ -83,7 +83,8 @@ def security(cfg: SecurityConfig) -> Security | None:
     if not cfg.tls:
         return None
     if not cfg.has_files:
-        return Security.temporary()  # require_encryption=True
+        temporary: Security = Security.temporary()  # require_encryption=True
+        return temporary
     files = {"ca_file": cfg.ca_file, "cert_file": cfg.cert_file, "key_file": cfg.key_file}
     missing = [f"{k}={v}" for k, v in files.items() if not v or not Path(v).is_file()]
     if missing:
@@ -339,6 +340,8 @@ class ReplacingAdaptive(Adaptive):
         self._seen: set[str] = set()
 
     async def recommendations(self, target: int) -> dict[str, Any]:
+        """Adaptive's recommendation, after forgetting jobs whose workers have all gone, so that
+        scaling up submits new jobs in their place."""
         cluster: Any = self.cluster
         job_of = {str(name) + suffix: name for name, spec in cluster.worker_spec.items()
                   for suffix in spec.get("group", [""])}

@@ -307,7 +307,7 @@ def write_tile(
 
 def sync_tile_chunks(url: str, g: zarr.Group, names: Sequence[str], t: int,
                      core: Window) -> None:
-    """fsync the chunk (or shard) files a tile wrote in a local cube, then their directories:
+    """Fsync the chunk (or shard) files a tile wrote in a local cube, then their directories:
     its ledger entry says ``done`` only after this, so a power loss cannot leave a done tile
     whose bytes never reached the disk."""
     dirs: set[Path] = set()

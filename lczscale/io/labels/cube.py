@@ -17,7 +17,7 @@ cube is on the zone lattice already.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, override
 
 import numpy as np
 from pyproj import CRS
@@ -39,6 +39,7 @@ def _lonlat_envelope(zone: Zone) -> tuple[float, float, float, float]:
 
 
 class CubeLabels(LabelSource):
+    """Labels from a cube lczscale wrote (or synth's ``truth.zarr``), read on its own lattice."""
     kind = "cube"
     encoding = LCZ
 
@@ -80,6 +81,7 @@ class CubeLabels(LabelSource):
             return self.year if self.year in years else None
         return years[-1] if years else None
 
+    @override
     def read(self, zone: Zone, window: Window) -> U8:
         out = np.zeros((window.height, window.width), dtype=np.uint8)
         own = self.zones.get(zone.name)
@@ -109,6 +111,7 @@ class CubeLabels(LabelSource):
             )
         return out
 
+    @override
     def details(self) -> dict[str, Any]:
         return {
             "zones": sorted(self.zones), "years": self.years,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from typing import Any
+from typing import Any, override
 
 import numpy as np
 import rasterio
@@ -51,6 +51,7 @@ def _key(name: str | None) -> str:
 
 
 class RasterLabels(LabelSource):
+    """Labels from any GDAL raster, its encoding and band detected, warped onto the zone window."""
     kind = "raster"
 
     def __init__(
@@ -131,11 +132,12 @@ class RasterLabels(LabelSource):
     def _sample(self, ds: DatasetReader) -> np.ndarray:
         h, w = ds.height, ds.width
         if h * w <= SAMPLE_FULL:
-            return ds.read(self.band)
+            return np.asarray(ds.read(self.band))
         f = max(h, w) / SAMPLE_SIDE
         shape = (max(1, round(h / f)), max(1, round(w / f)))
-        return ds.read(self.band, out_shape=shape)  # nearest, from overviews when present
+        return np.asarray(ds.read(self.band, out_shape=shape))  # nearest, from overviews
 
+    @override
     def read(self, zone: Zone, window: Window) -> U8:
         out = np.zeros((window.height, window.width), dtype=np.uint8)
         if window.size == 0:
@@ -164,6 +166,7 @@ class RasterLabels(LabelSource):
             return warp(codes, ds.window_transform(win), self.crs, zone, window,
                         resampling_for(ratio, self.resampling), ratio)
 
+    @override
     def details(self) -> dict[str, Any]:
         return self._facts | {
             "classes": self.classes, "labelled_share": round(self.labelled_share, 4),

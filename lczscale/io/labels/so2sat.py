@@ -16,7 +16,7 @@ pixel-centre inclusion (nearest), and overlapping patches of different classes g
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, override
 
 import h5py
 import numpy as np
@@ -47,6 +47,7 @@ def _transformer(src: str, dst: str) -> Transformer:
 
 
 class So2SatLabels(LabelSource):
+    """Labels from So2Sat LCZ42 patches: each patch's class burnt onto its 320 m footprint."""
     kind = "so2sat"
 
     def __init__(
@@ -182,6 +183,7 @@ class So2SatLabels(LabelSource):
                 groups[f"EPSG:{int(code)}"] = (idx, x0[idx], y0[idx], x1[idx], y1[idx])
         return groups
 
+    @override
     def read(self, zone: Zone, window: Window) -> U8:
         gbox = zone.window_geobox(window)
         shapes: list[tuple[shapely.Geometry, int]] = []
@@ -201,6 +203,7 @@ class So2SatLabels(LabelSource):
             shapes.extend(zip(polys, self.classes_of[idx[hit]].tolist(), strict=True))
         return burn(shapes, zone, window)
 
+    @override
     def details(self) -> dict[str, Any]:
         counts = np.bincount(self.classes_of, minlength=18)
         return {

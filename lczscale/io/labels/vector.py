@@ -24,7 +24,7 @@ import json
 import re
 import zipfile
 from collections import Counter
-from typing import Any, Literal
+from typing import Any, Literal, override
 from xml.etree import ElementTree
 
 import numpy as np
@@ -85,6 +85,7 @@ def _polygonal(g: shapely.Geometry) -> shapely.Geometry | None:
 
 
 class VectorLabels(LabelSource):
+    """Labels from LCZ polygons (GeoJSON, KML, KMZ), their class attribute found by name."""
     def __init__(
         self,
         path: str,
@@ -261,12 +262,14 @@ class VectorLabels(LabelSource):
             self._indexes[crs] = (shapely.STRtree(geoms), geoms)
         return self._indexes[crs]
 
+    @override
     def read(self, zone: Zone, window: Window) -> U8:
         tree, geoms = self._index(zone.crs)
         box = shapely.box(*zone.window_geobox(window).extent.boundingbox)
         hits = tree.query(box)
         return burn(zip(geoms[hits], self.codes[hits].tolist(), strict=True), zone, window)
 
+    @override
     def details(self) -> dict[str, Any]:
         counts = np.bincount(self.codes, minlength=18)
         return {

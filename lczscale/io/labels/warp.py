@@ -36,6 +36,7 @@ CHUNK_SAMPLES = 1 << 20  # sub-pixel samples per chunk: bounds memory (~40 MB)
 
 @functools.cache
 def same_crs(a: str, b: str) -> bool:
+    """Whether two CRS strings name one CRS (``EPSG:4326`` and its WKT, say): no warp needed."""
     return a == b or CRS.from_user_input(a) == CRS.from_user_input(b)
 
 
@@ -72,8 +73,9 @@ def centres(zone: Zone, window: Window, crs: str, sub: int = 1) -> tuple[F8, F8]
     fx = ((cols - cn[0]) % STEP / STEP)[None, :]
 
     def interp(v: F8) -> F8:  # separable: along columns on the node rows, then down rows
-        across = v[:, j] * (1 - fx) + v[:, j + 1] * fx
-        return across[i] * (1 - fy) + across[i + 1] * fy
+        across: F8 = v[:, j] * (1 - fx) + v[:, j + 1] * fx
+        out: F8 = across[i] * (1 - fy) + across[i + 1] * fy
+        return out
 
     return interp(tx), interp(ty)
 

@@ -158,6 +158,7 @@ class AefCogSource:
 
     @classmethod
     def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> AefCogSource:
+        """The source over the index at ``url``, validated now (the index and its first COG)."""
         source = cls(url, storage_options)
         source._validate()
         return source
@@ -230,10 +231,12 @@ class AefCogSource:
 
     @property
     def dimensions(self) -> int:
+        """AlphaEarth's 64 bands."""
         return BANDS
 
     @property
     def dataset(self) -> str:
+        """The AlphaEarth annual-embeddings feature space (``alphaearth/…``)."""
         return DATASET
 
     @cached_property
@@ -245,6 +248,7 @@ class AefCogSource:
         return index_years(self.index[0], self.storage_options)
 
     def zone_names(self, grid_kind: str | None = None) -> list[str]:
+        """UTM zones of the indexed COGs, or ``global`` when read onto the EPSG:4326 lattice."""
         if grid_kind in (None, "utm"):
             return sorted({f"utm{f.number:02d}" for f in self.files})
         return ["global"] if grid_kind == "global" and self.files else []
@@ -385,6 +389,7 @@ class AefCogSource:
         REMOTE_HANDLES.close(self._remote_keys.__contains__)
 
     def describe(self) -> dict[str, Any]:
+        """Provenance: the index file's name, not its counts (new files must not restale a cube)."""
         return {
             **identity(self),
             "index": None if self.index is None else self.index[0].rsplit("/", 1)[-1],

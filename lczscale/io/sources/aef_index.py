@@ -64,22 +64,27 @@ class AefFile:
 
     @property
     def epsg(self) -> int:
+        """The numeric EPSG code of the file's own CRS (326NN or 327NN)."""
         return int(self.crs.split(":")[1])
 
     @property
     def number(self) -> int:
+        """The UTM zone number."""
         return self.epsg % 100
 
     @property
     def south(self) -> bool:
+        """Whether the CRS is a southern-hemisphere one (EPSG:327NN, true northings)."""
         return self.epsg // 100 == 327
 
     @property
     def zone_label(self) -> str:
+        """The zone as the index and the logs name it, e.g. ``33N``."""
         return f"{self.number}{'S' if self.south else 'N'}"
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(rows, cols) of the COG at 10 m, from its bounds."""
         w, s, e, n = self.bounds
         return round((n - s) / AEF_RESOLUTION), round((e - w) / AEF_RESOLUTION)
 
@@ -125,7 +130,7 @@ def make_file(href: str, year: int, crs: Any, bounds: Iterable[float], where: st
     b = tuple(float(v) for v in bounds)
     if len(b) != 4 or not all(math.isfinite(v) for v in b) or b[2] <= b[0] or b[3] <= b[1]:
         raise SourceError(f"{where}: {href} has invalid UTM bounds {b} (west, south, east, north)")
-    f = AefFile(href, int(year), f"EPSG:{epsg}", b)  # type: ignore[arg-type]
+    f = AefFile(href, int(year), f"EPSG:{epsg}", b)
     size = ((b[3] - b[1]) / AEF_RESOLUTION, (b[2] - b[0]) / AEF_RESOLUTION)
     if any(abs(v - round(v)) > 1e-6 for v in (*size, (b[0] - UTM_X0) / AEF_RESOLUTION,
                                                (UTM_Y_TOP - b[3]) / AEF_RESOLUTION)):
@@ -149,6 +154,7 @@ def resolve_href(href: str, base: str | None) -> str:
 
 
 def parent(url: str) -> str:
+    """The URL's directory (the last path element removed)."""
     return url.rstrip("/").rsplit("/", 1)[0]
 
 
@@ -191,6 +197,8 @@ def find_index(url: str, storage_options: dict[str, Any] | None) -> tuple[str, s
 
 def read_table(url: str, storage_options: dict[str, Any] | None,
                columns: Iterable[str] | None = None) -> pa.Table:
+    """The ``columns`` of a Parquet index that it has (all when None); an unreadable or missing
+    index is a SourceError naming it, a transient I/O error propagates."""
     fs, path = filesystem(url, storage_options)
     try:
         names = pq.read_schema(path, filesystem=fs).names
@@ -246,7 +254,7 @@ def _stac_hrefs(table: pa.Table, url: str) -> list[str]:
     return [str(h) for h in pc.struct_field(assets, ["data", "href"]).to_pylist()]
 
 
-def _aef_records(url: str, opts: dict[str, Any] | None, year: int | None) -> list[dict]:
+def _aef_records(url: str, opts: dict[str, Any] | None, year: int | None) -> list[dict[str, Any]]:
     table = read_table(url, opts, INDEX_COLUMNS)
     missing = [c for c in INDEX_COLUMNS if c not in table.column_names]
     if missing:
@@ -261,7 +269,7 @@ def _aef_records(url: str, opts: dict[str, Any] | None, year: int | None) -> lis
                                    *(rows[k] for k in INDEX_COLUMNS[3:]), strict=True)]
 
 
-def _stac_records(url: str, opts: dict[str, Any] | None, year: int | None) -> list[dict]:
+def _stac_records(url: str, opts: dict[str, Any] | None, year: int | None) -> list[dict[str, Any]]:
     table = read_table(url, opts, STAC_COLUMNS)
     if "assets" not in table.column_names or not {"datetime", "start_datetime"} & set(
         table.column_names
@@ -283,7 +291,8 @@ def _stac_records(url: str, opts: dict[str, Any] | None, year: int | None) -> li
             for h, y, c, b in zip(_stac_hrefs(table, url), years, codes, boxes, strict=True)]
 
 
-def _rebase(records: list[dict], index_dir: str, opts: dict[str, Any] | None) -> list[dict]:
+def _rebase(records: list[dict[str, Any]], index_dir: str, opts: dict[str, Any] | None
+            ) -> list[dict[str, Any]]:
     """Relative paths resolved; published paths moved to the copy the index is in when that
     copy has the first of them (one existence check per index read)."""
     for r in records:
@@ -309,7 +318,8 @@ def _field(asset: Any, name: str) -> Any:
     return asset.get(name) if isinstance(asset, Mapping) else getattr(asset, name, None)
 
 
-def header_extent(href: str, storage_options: dict[str, Any] | None) -> tuple[str, tuple]:
+def header_extent(href: str, storage_options: dict[str, Any] | None
+                  ) -> tuple[str, tuple[float, float, float, float]]:
     """(CRS, true bounds) from a COG's header (one small ranged read)."""
     with opened(locate(href, storage_options), "AlphaEarth COG", FIX) as ds:
         epsg = ds.crs.to_epsg() if ds.crs else None

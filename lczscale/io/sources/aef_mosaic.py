@@ -40,6 +40,7 @@ from lczscale.io.shards import inner_chunk_mask, stored_chunks
 from lczscale.io.sources.aef_cogs import BANDS, DATASET, NODATA
 from lczscale.io.sources.protocol import EmbeddingWindow, identity
 from lczscale.io.stores import filesystem, open_store, store_filesystem
+from lczscale.io.zarr_calls import ZarrArray
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class AefMosaicSource:
 
     @classmethod
     def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> AefMosaicSource:
+        """The mosaic at ``url``, validated now: its array, CRS, transform and years."""
         source = cls(url, storage_options)
         _ = source._info  # validates the store now, with a clear error
         return source
@@ -132,6 +134,7 @@ class AefMosaicSource:
 
     @cached_property
     def root(self) -> zarr.Group:
+        """The store's root group; an unopenable store is a SourceError saying what to point at."""
         try:
             store = open_store(self.url, storage_options=self.storage_options)
             return zarr.open_group(store, mode="r", zarr_format=3)
@@ -142,7 +145,7 @@ class AefMosaicSource:
             ) from exc
 
     @cached_property
-    def _info(self) -> tuple[zarr.Array, Affine, dict[int, int]]:
+    def _info(self) -> tuple[ZarrArray, Affine, dict[int, int]]:
         """(embeddings array, transform, year → time index), validated."""
         root = self.root
         arr = root.get(ARRAY)
@@ -187,7 +190,7 @@ class AefMosaicSource:
                 "(--source-kind aef-cogs) or rebuild the mosaic in EPSG:4326"
             )
 
-    def _transform(self, root: zarr.Group, arr: zarr.Array, attrs: dict[str, Any]) -> Affine:
+    def _transform(self, root: zarr.Group, arr: ZarrArray, attrs: dict[str, Any]) -> Affine:
         """The store's pixel grid, from the x/y coordinates and/or a transform attribute,
         checked against the global zone's lattice (and against each other)."""
         g = GridConfig()
@@ -237,20 +240,24 @@ class AefMosaicSource:
 
     @property
     def dimensions(self) -> int:
+        """AlphaEarth's 64 bands."""
         return BANDS
 
     @property
     def dataset(self) -> str:
+        """The AlphaEarth annual-embeddings feature space (``alphaearth/…``)."""
         return DATASET
 
     @property
     def years(self) -> list[int]:
+        """The years of the mosaic's time axis."""
         return sorted(self._info[2])
 
     def zone_names(self, grid_kind: str | None = None) -> list[str]:
+        """Only ``global``: the mosaic is one EPSG:4326 grid, never read onto UTM zones."""
         return ["global"] if grid_kind in (None, "global") else []
 
-    def _locate(self, zone: Zone, year: int) -> tuple[zarr.Array, tuple[int, int], int]:
+    def _locate(self, zone: Zone, year: int) -> tuple[ZarrArray, tuple[int, int], int]:
         arr, transform, tindex = self._info
         if zone.crs != "EPSG:4326":
             raise NoDataError(f"{self.url} is the global EPSG:4326 mosaic; it has no zone "
@@ -304,7 +311,7 @@ class AefMosaicSource:
         water = np.zeros(valid.shape, dtype=bool)
         return EmbeddingWindow(window, codes, None, valid, water, "sign_square")
 
-    def _fetch(self, arr: zarr.Array, sel: tuple[Any, ...], year: int, inner: Window) -> Any:
+    def _fetch(self, arr: ZarrArray, sel: tuple[Any, ...], year: int, inner: Window) -> Any:
         """``arr[sel]``; undecodable stored bytes become a SourceError naming the window."""
         try:
             return zarr_calls.getitem(arr, sel)
@@ -319,6 +326,7 @@ class AefMosaicSource:
             ) from exc
 
     def describe(self) -> dict[str, Any]:
+        """Provenance: CRS, shape and transform, not the years (a new year must not restale)."""
         arr, transform, _ = self._info
         return {
             **identity(self),

@@ -32,6 +32,7 @@ from lczscale.io import zarr_calls
 from lczscale.io.sources.protocol import EmbeddingWindow, quantise_per_pixel
 from lczscale.io.sources.tessera_zarr import TesseraZarrSource, nan_scale_meaning
 from lczscale.io.stores import open_store, root_attributes
+from lczscale.io.zarr_calls import ZarrArray
 
 FIX = "check the store's geoemb: attributes (github.com/geo-embeddings/embeddings-zarr-convention)"
 
@@ -44,6 +45,7 @@ class GeoembZarrSource(TesseraZarrSource):
 
     @classmethod
     def detect(cls, url: str, storage_options: dict[str, Any] | None = None) -> str | None:
+        """What a root carrying ``geoemb:type: pixel`` and ``geoemb:dimensions`` holds, or None."""
         attrs = root_attributes(url, storage_options)
         if attrs.get("geoemb:type") != "pixel" or "geoemb:dimensions" not in attrs:
             return None
@@ -56,6 +58,7 @@ class GeoembZarrSource(TesseraZarrSource):
 
     @classmethod
     def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> GeoembZarrSource:
+        """The store at ``url``, validated now: convention, zone groups and encoding."""
         source = cls(url, storage_options)
         _ = source.root
         _ = source._zone_info
@@ -69,6 +72,7 @@ class GeoembZarrSource(TesseraZarrSource):
 
     @property
     def grid_kinds(self) -> tuple[str, ...]:  # type: ignore[override]
+        """``("utm",)`` for a store of zone groups, ``("global",)`` for one EPSG:4326 grid."""
         return ("global",) if self._layout_name == "global" else ("utm",)
 
     @property
@@ -77,6 +81,7 @@ class GeoembZarrSource(TesseraZarrSource):
 
     @cached_property
     def root(self) -> zarr.Group:
+        """The root group, its ``geoemb:`` attributes checked (an AEF example is refused)."""
         try:
             root = zarr.open_group(open_store(self.url, storage_options=self.storage_options),
                                    mode="r", zarr_format=3)
@@ -110,6 +115,7 @@ class GeoembZarrSource(TesseraZarrSource):
         return str(attrs.get("geoemb:spatial_layout", "global"))
 
     def zone_names(self, grid_kind: str | None = None) -> list[str]:
+        """The ``utmNN`` groups, or ``global`` for a global store."""
         if grid_kind not in (None, *self.grid_kinds):
             return []
         if self._layout_name == "global":
@@ -118,6 +124,7 @@ class GeoembZarrSource(TesseraZarrSource):
 
     @property
     def dataset(self) -> str:
+        """``geoemb/<model>``: the store's ``geoemb:model`` is all that names its feature space."""
         return f"geoemb/{self.root.attrs.get('geoemb:model', 'unknown')}"
 
     @cached_property
@@ -127,7 +134,7 @@ class GeoembZarrSource(TesseraZarrSource):
         return {n: self.root[n] for n in self.zone_names()}  # type: ignore[misc]
 
     @cached_property
-    def _zone_info(self) -> dict[str, tuple[Affine, dict[int, int], zarr.Array, zarr.Array]]:
+    def _zone_info(self) -> dict[str, tuple[Affine, dict[int, int], ZarrArray, ZarrArray]]:
         info = {}
         for name, g in self._groups.items():
             if "embeddings" not in g or "time" not in g:
@@ -152,6 +159,8 @@ class GeoembZarrSource(TesseraZarrSource):
 
     def availability(self, zone: Zone, year: int, within: Window | None = None
                      ) -> Availability:
+        """As TESSERA for per-pixel scales; otherwise every block of the zone's grid (the codes
+        carry no nodata marker that planning could read without reading pixels)."""
         if self._method(dict(self.root.attrs)) == "per_pixel_scale":
             return super().availability(zone, year, within)
         if zone.name not in self._groups:
@@ -164,6 +173,8 @@ class GeoembZarrSource(TesseraZarrSource):
                             frozenset((r, c) for r in range(rows) for c in range(cols)))
 
     def read(self, zone: Zone, window: Window, year: int) -> EmbeddingWindow:
+        """As TESSERA for per-pixel scales; otherwise de-quantised (or float) values re-quantised to
+        int8 codes with a per-pixel scale, NaN vectors invalid."""
         method = self._method(dict(self.root.attrs))
         if method == "per_pixel_scale":
             return super().read(zone, window, year)

@@ -174,20 +174,25 @@ class TileLayout:
     dataset_dir: str | None = None
 
     def npy(self, year: int, name: str) -> str:
+        """Path of a tile's int8 embeddings file."""
         return f"{self.embeddings}/{year}/{name}/{name}.npy"
 
     def scales(self, year: int, name: str) -> str:
+        """Path of a tile's float32 scales file."""
         return f"{self.embeddings}/{year}/{name}/{name}_scales.npy"
 
     def landmask(self, name: str) -> str:
+        """Path of a tile's landmask GeoTIFF (also its CRS and transform; one for all years)."""
         return f"{self.landmasks}/{name}.tiff"
 
     @property
     def manifest(self) -> str:
+        """Path of the tree's file manifest: its index where the filesystem cannot list (HTTP)."""
         return f"{self.root}/{MANIFEST_FILE}"
 
     @property
     def metadata(self) -> str:
+        """Path of the tree's metadata file (which marks a geotessera download)."""
         return f"{self.root}/{METADATA_FILE}"
 
 

@@ -36,6 +36,7 @@ class EmbeddingWindow:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of codes, scales and validity: what a training region counts against its cap."""
         extra = 0 if self.scales is None else self.scales.nbytes
         return int(self.codes.nbytes + extra + self.valid.nbytes)
 
@@ -53,7 +54,9 @@ class EmbeddingSource(Protocol):
     grid_kinds: tuple[str, ...]  # zone lattices it can be read on, native first ("utm", "global")
 
     @property
-    def dimensions(self) -> int: ...
+    def dimensions(self) -> int:
+        """Embedding bands per pixel (TESSERA 128, AlphaEarth 64): the model's input width."""
+        ...
 
     @property
     def dataset(self) -> str:
@@ -61,7 +64,9 @@ class EmbeddingSource(Protocol):
         ...
 
     @property
-    def years(self) -> list[int]: ...
+    def years(self) -> list[int]:
+        """Years the source holds data for, ascending."""
+        ...
 
     def zone_names(self, grid_kind: str | None = None) -> list[str]:
         """Zones holding data on the ``grid_kind`` lattice (None = the native one)."""
@@ -74,7 +79,10 @@ class EmbeddingSource(Protocol):
         (never pixel reads); ``within`` limits the finer (per-chunk) look-ups to a window."""
         ...
 
-    def read(self, zone: Zone, window: Window, year: int) -> EmbeddingWindow: ...
+    def read(self, zone: Zone, window: Window, year: int) -> EmbeddingWindow:
+        """Codes, scales and masks of ``window`` (zone pixels); pixels outside the data are invalid.
+        Corrupt input raises SourceError, I/O failures an OSError (retried by the caller)."""
+        ...
 
     def describe(self) -> dict[str, Any]:
         """Provenance: enough to tell whether two runs used the same input."""
@@ -87,6 +95,7 @@ def dequantised(data: EmbeddingWindow) -> np.ndarray:
     The model de-quantises on its device (``model.features``); this is the same arithmetic in
     numpy, for tests, sampling statistics and conformance checks.
     """
+    out: np.ndarray
     if data.dequantisation == "per_pixel_scale":
         if data.scales is None:
             raise ValueError("per_pixel_scale de-quantisation needs scales")

@@ -46,11 +46,16 @@ LAYOUTS: dict[str, tuple[str, str]] = {
 
 
 class SourceClass(Protocol):
+    """The class side of a source: how ``open_source`` detects a layout and opens it."""
     @classmethod
-    def detect(cls, url: str, storage_options: dict[str, Any] | None) -> str | None: ...
+    def detect(cls, url: str, storage_options: dict[str, Any] | None) -> str | None:
+        """What the store at ``url`` is, in one line, when it has this layout; else None."""
+        ...
 
     @classmethod
-    def open(cls, url: str, storage_options: dict[str, Any] | None) -> EmbeddingSource: ...
+    def open(cls, url: str, storage_options: dict[str, Any] | None) -> EmbeddingSource:
+        """The source at ``url``, validated now: a bad store fails before any work is planned."""
+        ...
 
 
 def source_class(layout: str) -> SourceClass:
@@ -110,5 +115,5 @@ def open_source(
                 f"min_s2_obs needs per-pixel optical observation counts, which layout {kind} "
                 "does not carry (tessera-icechunk and tessera-dclimate-zarr do); unset min_s2_obs"
             )
-        source.min_s2_obs = min_s2_obs  # type: ignore[attr-defined]
+        source.min_s2_obs = min_s2_obs
     return source

@@ -26,6 +26,7 @@ from lczscale.io.sources import dclimate_release as dc
 from lczscale.io.sources.protocol import EmbeddingWindow, identity
 from lczscale.io.sources.tessera_zarr import TesseraZarrSource, nan_scale_meaning
 from lczscale.io.stores import root_attributes
+from lczscale.io.zarr_calls import ZarrArray
 
 
 def is_dclimate_tessera(attrs: dict[str, Any]) -> bool:
@@ -52,6 +53,7 @@ class TesseraDclimateZarrSource(TesseraZarrSource):
 
     @classmethod
     def detect(cls, url: str, storage_options: dict[str, Any] | None = None) -> str | None:
+        """What a plain-Zarr copy of the dClimate v1.1 build (``utmNN`` groups) is, or None."""
         attrs = root_attributes(url, storage_options)
         if not is_dclimate_tessera(attrs) or attrs.get("geoemb:spatial_layout") != "utm_zones":
             return None
@@ -62,6 +64,7 @@ class TesseraDclimateZarrSource(TesseraZarrSource):
     @classmethod
     def open(cls, url: str, storage_options: dict[str, Any] | None = None
              ) -> TesseraDclimateZarrSource:
+        """The copy at ``url``, validated now; refused unless it is a dClimate TESSERA build."""
         source = cls(url, storage_options)
         if not is_dclimate_tessera(dict(source.root.attrs)):
             raise SourceError(
@@ -75,6 +78,7 @@ class TesseraDclimateZarrSource(TesseraZarrSource):
 
     @property
     def dataset(self) -> str:
+        """``tessera/<version>/…`` from the build's own attributes."""
         return dc.dataset_of(dict(self.root.attrs), self.url)
 
     @cached_property
@@ -94,6 +98,7 @@ class TesseraDclimateZarrSource(TesseraZarrSource):
 
     @property
     def years(self) -> list[int]:
+        """The years complete in at least one source group (``years_complete``)."""
         return sorted({y for h in self._complete.values() for ys in h.values() for y in ys})
 
     def _check_years(self, zone: Zone, year: int, window: Window | None) -> None:
@@ -109,11 +114,14 @@ class TesseraDclimateZarrSource(TesseraZarrSource):
             dc.check_year(f"{zone.name[3:]}{hemisphere}", year, years, self.url)
 
     def availability(self, zone: Zone, year: int, within: Window | None = None) -> Availability:
+        """As geotessera's store, once ``year`` is known complete where ``within`` lies."""
         if zone.name in self._groups:
             self._check_years(zone, year, within)
         return super().availability(zone, year, within)
 
     def read(self, zone: Zone, window: Window, year: int) -> EmbeddingWindow:
+        """As for geotessera's store, with NaN scales as no data (never water) and, with
+        ``min_s2_obs``, pixels seen by fewer Sentinel-2 observations made invalid."""
         self._check_years(zone, year, window)
         data = super().read(zone, window, year)
         if self.min_s2_obs is not None:
@@ -144,12 +152,13 @@ class TesseraDclimateZarrSource(TesseraZarrSource):
             out[inner.relative_to(window)] = self._fetch(arr, (t, *src), year, inner)
         return out
 
-    def _digest_arrays(self, zone: Zone) -> list[zarr.Array]:
+    def _digest_arrays(self, zone: Zone) -> list[ZarrArray]:
         arrays = super()._digest_arrays(zone)
         s2 = self._groups[zone.name].get("s2_obs_count") if self.min_s2_obs is not None else None
         return arrays + ([s2] if isinstance(s2, zarr.Array) else [])
 
     def describe(self) -> dict[str, Any]:
+        """Provenance: the build's checkpoint, its quality rule and ours (``min_s2_obs``)."""
         attrs = self.root.attrs
         return {**identity(self), "checkpoint_id": attrs.get("checkpoint_id"),
                 "optical_min_obs": attrs.get("optical_min_obs"),

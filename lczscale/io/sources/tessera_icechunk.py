@@ -11,15 +11,8 @@ dClimate/tessera-embeddings, docs/global-store.md and context_docs/storage/…):
   ``s2_obs_count`` and five more per-pixel arrays; nine preallocated years, of which the group's
   ``years_complete`` says which hold data (:mod:`lczscale.io.sources.dclimate_release`).
 
-Each lczscale zone ``utmNN`` (EPSG:326NN, southern northings negative) is read from the group of
-its own hemisphere: ``NNN`` owns the rows north of the equator and ``NNS`` the rows south of it,
-so the 1,472 rows by which ``NNS`` reaches north of the equator are never taken from it. The
-neighbouring-zone overlap (a group's extent reaches past its 6° band) is read into its own zone;
-the cube's stitching rule then takes every point from the zone that owns its longitude.
-
-Georeferencing comes from the coordinate arrays and the ``proj:``/``spatial:`` attributes,
-checked against each other (``spatial:transform`` is the pixel-corner origin since 2026-09-14;
-older snapshots carry the first pixel's centre, ADR 024, and are accepted as such).
+How each zone group sits in an lczscale zone ``utmNN`` (the rows of its own hemisphere), and
+how its georeferencing is checked: :mod:`lczscale.io.sources.hemisphere_groups`.
 
 The session is pinned to the snapshot the driver opened, so every worker reads the same bytes
 and the provenance names them. Planning asks the Parquet registry beside the store
@@ -33,49 +26,33 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-import re
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import icechunk
 import numpy as np
 import zarr
-from affine import Affine
 from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import default_buffer_prototype
 
 from lczscale.core.grid import Window, Zone
 from lczscale.core.tiling import Availability
-from lczscale.errors import ConfigError, NoDataError, SourceError, exception_chain
+from lczscale.errors import NoDataError, SourceError, exception_chain
 from lczscale.io import input_digest
 from lczscale.io.shards import index_layout, index_mask
 from lczscale.io.sources import dclimate_release as dc
+from lczscale.io.sources.corrupt_pixels import FIX, corrupt_message, corruption
 from lczscale.io.sources.dclimate_registry import embedded_shards, latest_rows, registry_url
+from lczscale.io.sources.hemisphere_groups import GROUP, GroupPart, group_part
 from lczscale.io.sources.protocol import EmbeddingWindow, identity
 from lczscale.io.sources.tessera_dclimate_zarr import is_dclimate_tessera
-from lczscale.io.sources.tessera_zarr import FIX, corrupt_message, corruption, read_array
+from lczscale.io.sources.tessera_zarr import read_array
 from lczscale.io.stores import is_remote, local_path
+from lczscale.io.zarr_calls import ZarrArray
 
 log = logging.getLogger(__name__)
 
-GROUP = re.compile(r"^(\d\d)([NS])$")
-FALSE_NORTHING = 10_000_000.0  # EPSG:327NN northing − this = EPSG:326NN northing
 REFINE_LIMIT = 20_000  # shards (under the AOI) up to which planning reads their inner index
-
-
-@dataclass(frozen=True)
-class _Part:
-    """One zone group as read into the canonical zone: where it sits and what it owns."""
-
-    group: str  # "33N"
-    offset: tuple[int, int]  # canonical zone (row, col) of the group's pixel (0, 0)
-    shape: tuple[int, int]  # the group's (rows, cols)
-    owned: Window  # canonical pixels this group is the nominal source of (its hemisphere)
-    block: tuple[int, int]  # the group's shard (rows, cols)
-    inner: tuple[int, int]  # the inner chunk (rows, cols) of its scales
-    complete: tuple[int, ...]  # years_complete
-    tindex: tuple[tuple[int, int], ...]  # (year, time index)
 
 
 def icechunk_storage(url: str, storage_options: dict[str, Any] | None) -> icechunk.Storage:
@@ -139,7 +116,7 @@ def _mark(blocks: set[tuple[int, int]], w: Window | None, within: Window | None,
     )
 
 
-def _meets(part: _Part, shard: tuple[int, int], within: Window | None) -> bool:
+def _meets(part: GroupPart, shard: tuple[int, int], within: Window | None) -> bool:
     """Whether a group's shard meets the window (and the rows the group owns)."""
     w = Window(part.offset[0] + shard[0] * part.block[0], part.offset[1] + shard[1] *
                part.block[1], *part.block).intersection(part.owned)
@@ -155,15 +132,6 @@ def _band_first(emb: np.ndarray, out: np.ndarray) -> None:
         part = emb[r : r + step]
         flat = np.ascontiguousarray(part.reshape(-1, b).T)
         out[:, r : r + step] = flat.reshape(b, part.shape[0], w)
-
-
-def _years_of(times: np.ndarray) -> list[int]:
-    """Calendar years of the ``time`` coordinate: int64 ns since 1970 (CF), or plain years."""
-    values = np.asarray(times)
-    if values.dtype.kind in "iu" and values.size and np.abs(values).max() > 100_000:
-        return [int(v) for v in values.astype("datetime64[ns]").astype("datetime64[Y]")
-                .astype(np.int64) + 1970]
-    return [int(v) for v in values]
 
 
 class TesseraIcechunkSource:
@@ -207,6 +175,8 @@ class TesseraIcechunkSource:
     @classmethod
     def open(cls, url: str, storage_options: dict[str, Any] | None = None
              ) -> TesseraIcechunkSource:
+        """The repository at ``url``, pinned to the snapshot ``main`` points at now (every
+        worker then reads those bytes); refused unless its root is a dClimate TESSERA build."""
         source = cls(url, storage_options)
         source.snapshot = source._pin()
         attrs = dict(source.root.attrs)
@@ -243,6 +213,7 @@ class TesseraIcechunkSource:
 
     @cached_property
     def root(self) -> zarr.Group:
+        """The root group of the pinned snapshot."""
         return zarr.open_group(self._session.store, mode="r", zarr_format=3)
 
     @cached_property
@@ -254,23 +225,28 @@ class TesseraIcechunkSource:
 
     @property
     def dimensions(self) -> int:
+        """Bands per pixel, from the root's ``geoemb:dimensions``."""
         return int(self.root.attrs["geoemb:dimensions"])  # type: ignore[arg-type]
 
     @property
     def dataset(self) -> str:
+        """``tessera/<version>/…`` from the build's own attributes."""
         return dc.dataset_of(dict(self.root.attrs), self.url)
 
     @property
     def years(self) -> list[int]:
+        """The years complete in at least one zone group (``years_complete``)."""
         return sorted({y for name, g in self._groups.items()
                        for y in dc.years_complete(dict(g.attrs), f"{self.url}/{name}")})
 
     def zone_names(self, grid_kind: str | None = None) -> list[str]:
+        """``utmNN`` for every zone with an ``NNN`` or ``NNS`` group."""
         if grid_kind not in (None, "utm"):
             return []
         return sorted({f"utm{GROUP.match(n).group(1)}" for n in self._groups})  # type: ignore[union-attr]
 
     def describe(self) -> dict[str, Any]:
+        """Provenance: the pinned snapshot, the build's checkpoint, its quality rule and ours."""
         attrs = self.root.attrs
         return {**identity(self), "snapshot": self.snapshot,
                 "checkpoint_id": attrs.get("checkpoint_id"),
@@ -280,13 +256,15 @@ class TesseraIcechunkSource:
 
     # ---- the groups of a zone --------------------------------------------------------------
 
-    def _parts(self, zone: Zone) -> list[_Part]:
-        cache: dict[str, list[_Part]] = self.__dict__.setdefault("_part_cache", {})
+    def _parts(self, zone: Zone) -> list[GroupPart]:
+        cache: dict[str, list[GroupPart]] = self.__dict__.setdefault("_part_cache", {})
         if zone.name not in cache:
             number = zone.name[3:]
             try:
-                cache[zone.name] = [self._part(zone, f"{number}{h}") for h in "NS"
-                                    if f"{number}{h}" in self._groups]
+                cache[zone.name] = [
+                    group_part(zone, f"{number}{h}", self._groups[f"{number}{h}"], self.url,
+                               self.dimensions)
+                    for h in "NS" if f"{number}{h}" in self._groups]
             except icechunk.IcechunkError as exc:
                 raise SourceError(
                     f"{self.url}: the zone groups of {zone.name} cannot be read "
@@ -294,83 +272,7 @@ class TesseraIcechunkSource:
                 ) from exc
         return cache[zone.name]
 
-    def _part(self, zone: Zone, group: str) -> _Part:
-        g = self._groups[group]
-        where = f"{self.url}/{group}"
-        try:
-            emb, scales = g["embeddings"], g["scales"]
-            times = g["time"][:]  # type: ignore[index]
-        except KeyError as exc:
-            raise SourceError(f"{where} lacks array {exc}: a TESSERA v1.1 zone group holds "
-                              "'embeddings', 'scales', 'time', 'northing' and 'easting'") from None
-        assert isinstance(emb, zarr.Array) and isinstance(scales, zarr.Array)
-        if emb.dtype != np.int8 or emb.ndim != 4 or emb.shape[3] != self.dimensions:
-            raise SourceError(f"{where}/embeddings is {emb.dtype} {emb.shape}; the v1.1 store "
-                              f"holds int8 (time, northing, easting, {self.dimensions})")
-        if scales.shape != emb.shape[:3]:
-            raise SourceError(f"{where}/scales has shape {scales.shape}, embeddings "
-                              f"{emb.shape[:3]} (+ bands): the group is inconsistent")
-        transform = self._georeference(zone, group, g, (emb.shape[1], emb.shape[2]))
-        try:
-            offset = zone.pixel_offset(transform)
-        except ConfigError as exc:
-            raise SourceError(f"{where}: {exc}") from None
-        equator = round((0.0 - zone.affine.f) / zone.affine.e)
-        rows = (offset[0], offset[0] + emb.shape[1])
-        r0, r1 = (rows[0], min(rows[1], equator)) if group[-1] == "N" else (
-            max(rows[0], equator), rows[1])
-        owned = Window(r0, offset[1], max(0, r1 - r0), emb.shape[2])
-        complete = dc.years_complete(dict(g.attrs), where)
-        shards = emb.shards or emb.chunks
-        return _Part(group, offset, (emb.shape[1], emb.shape[2]), owned,
-                     (shards[1], shards[2]), (scales.chunks[1], scales.chunks[2]),
-                     tuple(complete),
-                     tuple((y, i) for i, y in enumerate(_years_of(np.asarray(times)))))
-
-    def _georeference(self, zone: Zone, group: str, g: zarr.Group,
-                      shape: tuple[int, int]) -> Affine:
-        """The group's grid in the zone's CRS (326NN), from its attributes checked against its
-        coordinate arrays; a SourceError naming both when they disagree."""
-        where = f"{self.url}/{group}"
-        number, hemisphere = int(group[:2]), group[2]
-        expected = f"EPSG:{(32600 if hemisphere == 'N' else 32700) + number}"
-        crs = g.attrs.get("proj:code") or g.attrs.get("crs")
-        if str(crs).upper() != expected:
-            raise SourceError(f"{where} declares CRS {crs!r}; a {hemisphere} group of zone "
-                              f"{number} is {expected}: the store is inconsistent")
-        t = g.attrs.get("spatial:transform")
-        if not isinstance(t, list) or len(t) < 6:
-            raise SourceError(f"{where} lacks a 'spatial:transform' attribute")
-        a, b, c, d, e, f = (float(v) for v in t[:6])
-        declared = g.attrs.get("spatial:shape")
-        if declared is not None and [int(v) for v in declared] != list(shape):  # type: ignore[union-attr, arg-type]
-            raise SourceError(f"{where}: spatial:shape {declared} differs from the arrays' "
-                              f"{list(shape)}: the store is inconsistent")
-        try:
-            east = np.asarray(g["easting"][:2], dtype=np.float64)  # type: ignore[index]
-            north = np.asarray(g["northing"][:2], dtype=np.float64)  # type: ignore[index]
-        except KeyError as exc:
-            raise SourceError(f"{where} lacks coordinate array {exc}") from None
-        centre = (c + a / 2, f + e / 2)
-        if np.allclose((east[0], north[0]), centre, atol=1e-6) and np.allclose(
-                (east[1] - east[0], north[1] - north[0]), (a, e), atol=1e-6):
-            pass  # the corner origin (the store since 2026-09-14)
-        elif np.allclose((east[0], north[0]), (c, f), atol=1e-6):
-            c, f = c - a / 2, f - e / 2  # a snapshot from before ADR 024: the centre origin
-        else:
-            raise SourceError(
-                f"{where}: coordinates disagree with spatial:transform {t[:6]}: the first pixel "
-                f"centre is ({east[0]}, {north[0]}) but the transform puts it at {centre}; the "
-                "store's georeferencing is inconsistent, so lczscale will not guess it"
-            )
-        if abs(a - zone.affine.a) > 1e-9 or abs(e - zone.affine.e) > 1e-9 or b or d:
-            raise SourceError(f"{where}: pixel size ({a}, {e}) is not the zone's "
-                              f"({zone.affine.a}, {zone.affine.e}); embeddings are never resampled")
-        if hemisphere == "S":
-            f -= FALSE_NORTHING
-        return Affine(a, 0.0, c, 0.0, e, f)
-
-    def _time(self, part: _Part, year: int) -> int:
+    def _time(self, part: GroupPart, year: int) -> int:
         dc.check_year(part.group, year, list(part.complete), self.url)
         tindex = dict(part.tindex)
         if year not in tindex:
@@ -413,7 +315,7 @@ class TesseraIcechunkSource:
                     _mark(blocks, w.intersection(part.owned), within, origin, cell)
         return Availability(cell, origin, frozenset(blocks))
 
-    async def _masks(self, part: _Part, t: int, shards: set[tuple[int, int]]
+    async def _masks(self, part: GroupPart, t: int, shards: set[tuple[int, int]]
                      ) -> dict[tuple[int, int], np.ndarray | None]:
         """Inner-chunk masks of ``scales`` shards, from their indexes (None: whole shard)."""
         arr = self._groups[part.group]["scales"]
@@ -434,7 +336,7 @@ class TesseraIcechunkSource:
 
         return dict(await asyncio.gather(*(one(sh) for sh in sorted(shards))))
 
-    def _shards(self, part: _Part, year: int, t: int) -> set[tuple[int, int]]:
+    def _shards(self, part: GroupPart, year: int, t: int) -> set[tuple[int, int]]:
         registry = registry_url(self.url)
         found = embedded_shards(registry, self.storage_options, part.group, year)
         if found is not None:
@@ -468,6 +370,7 @@ class TesseraIcechunkSource:
 
     def input_digests(self, zone: Zone, windows: list[Window], year: int
                       ) -> dict[Window, str]:
+        """``input_digest`` of each window (the registry is read once per group and year)."""
         return {w: self.input_digest(zone, w, year) for w in windows}
 
     def _registry_rows(self, group: str, year: int) -> dict[str, tuple[str, str]] | None:
@@ -501,7 +404,7 @@ class TesseraIcechunkSource:
             sc[dst] = self._fetch(g["scales"], (t, *src), year, inner)  # type: ignore[arg-type]
             if self.min_s2_obs is not None:
                 obs = self._fetch(g["s2_obs_count"], (t, *src), year, inner)  # type: ignore[arg-type]
-                thin[dst] = dc.thin_pixels(obs, self.min_s2_obs)  # type: ignore[assignment]
+                thin[dst] = dc.thin_pixels(obs, self.min_s2_obs)
         problems = corruption(codes, sc)
         if problems:
             raise SourceError(corrupt_message(self.url, zone, year, window, problems))
@@ -511,7 +414,7 @@ class TesseraIcechunkSource:
         water = np.zeros_like(valid)  # the store has no water marker
         return EmbeddingWindow(window, codes, sc, valid, water, "per_pixel_scale")
 
-    def _fetch(self, arr: zarr.Array, sel: tuple[Any, ...], year: int, inner: Window) -> Any:
+    def _fetch(self, arr: ZarrArray, sel: tuple[Any, ...], year: int, inner: Window) -> Any:
         """``arr[sel]``; damaged stored bytes become one SourceError, I/O errors an OSError
         (which the tile's reads retry)."""
         try:

@@ -13,9 +13,10 @@ Pixels. A tile's pixel is *water* where its landmask is 0 (codes and scale are i
 *data* where the scale is finite and > 0, and *no data* otherwise: NPY has no +inf sentinel,
 missing land (v1's clipped coastlines, issue #266) is stored as codes 0 with scale 0 ("NoData
 0"). So scale 0 with all-zero codes is no data here, unlike the Zarr store where it is a valid
-zero vector (TESSERA never writes one). The corruption rules of ``tessera_zarr`` apply to
-every pixel read (negative scales, NaN/+inf over nonzero codes, a positive scale over all-zero
-codes, scale 0 over nonzero codes, |value| > MAX_ABS_VALUE); they raise naming the files.
+zero vector (TESSERA never writes one). The rules of :mod:`lczscale.io.sources.corrupt_pixels`
+apply to every pixel read (negative scales, NaN/+inf over nonzero codes, a positive scale over
+all-zero codes, scale 0 over nonzero codes, |value| > MAX_ABS_VALUE); they raise naming the
+files.
 3-D scales are flattened to one scale per pixel as :mod:`lczscale.io.sources.tessera_npy` describes.
 
 Mosaic. Tiles live in the UTM zone of their centre; their landmask gives CRS and transform
@@ -43,6 +44,7 @@ from fsspec import AbstractFileSystem
 from lczscale.core.grid import Window, Zone
 from lczscale.core.tiling import Availability
 from lczscale.errors import NoDataError, SourceError
+from lczscale.io.sources.corrupt_pixels import corruption
 from lczscale.io.sources.geotessera_registry import (
     BANDS,
     EMBEDDINGS_DIR,
@@ -74,7 +76,6 @@ from lczscale.io.sources.tessera_npy import (
     read_header,
     read_rows,
 )
-from lczscale.io.sources.tessera_zarr import corruption
 from lczscale.io.stores import filesystem
 
 # Re-exported: callers import these names from this module.
@@ -156,6 +157,7 @@ class TesseraTilesSource:
     @classmethod
     def open(cls, url: str, storage_options: dict[str, Any] | None = None
              ) -> TesseraTilesSource:
+        """The tree at ``url``, validated now: layout, dataset, index and one tile's landmask."""
         source = cls(url, storage_options)
         _ = source.catalog  # layout, dataset and index, validated now
         year = source.years[0]
@@ -177,6 +179,7 @@ class TesseraTilesSource:
 
     @cached_property
     def catalog(self) -> Catalog:
+        """Layout, dataset and the per-year index of complete tiles, from listings and manifests."""
         fs, root = filesystem(self.url, self.storage_options)
         layout = find_layout(fs, root)
         if layout is None:
@@ -189,18 +192,22 @@ class TesseraTilesSource:
 
     @property
     def dimensions(self) -> int:
+        """TESSERA's 128 bands."""
         return BANDS
 
     @property
     def dataset(self) -> str:
+        """``tessera/<version>[/<variant>]`` as the tree's metadata and directory name agree on."""
         c = self.catalog
         return f"tessera/{c.version}" + (f"/{c.variant}" if c.variant else "")
 
     @property
     def years(self) -> list[int]:
+        """The years with at least one complete tile."""
         return sorted(y for y, k in self.catalog.index.tiles.items() if len(k))
 
     def zone_names(self, grid_kind: str | None = None) -> list[str]:
+        """UTM zones of the complete tiles (tiles live in the zone of their centre)."""
         return list(self._zones) if grid_kind in (None, "utm") else []
 
     @cached_property
@@ -460,6 +467,8 @@ class TesseraTilesSource:
         return _Mask(t, land)
 
     def describe(self) -> dict[str, Any]:
+        """Provenance: the tree's form and how it was indexed, never tile counts (new tiles must not
+        restale a cube)."""
         c = self.catalog
         return {
             **identity(self),

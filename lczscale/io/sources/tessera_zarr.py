@@ -6,27 +6,14 @@ Layout (see shared/reference/data-formats.md §1.8): ``utmNN/embeddings`` int8 (
 northings negative). The store's zone grids must sit on the cube's 10 m lattice: embeddings are
 never resampled.
 
-Corrupt input fails the read, loudly. A store holds three kinds of pixel — water (scale NaN,
-codes 0), land without data (scale +inf, codes 0, also what an unwritten scales chunk reads as)
-and data (finite scale > 0, at least one nonzero code: a per-pixel scale quantiser always
-writes one) — and ``read`` checks every pixel of the store it returns (one vectorised pass over
-the codes) against them. It raises :class:`~lczscale.errors.SourceError`, naming the store,
-zone, year, the first bad pixel in zone coordinates and how many there are, when
-
-1. a scale is negative or −inf;
-2. a scale says water or no data (NaN, +inf) but the codes are not all zero — a scales chunk
-   was damaged, deleted or replaced;
-3. a scale is finite and > 0 but all codes are zero — an embeddings chunk is missing or zeroed
-   (zarr reads a deleted chunk, or a zero-byte shard, as the fill value 0). Scale exactly 0
-   is accepted only with all codes 0 (a valid all-zero vector, what the quantiser writes for
-   one); scale 0 with nonzero codes is a zeroed scales chunk and raises;
-4. a de-quantised value exceeds ``MAX_ABS_VALUE`` in magnitude, computed per pixel as
-   ``max|code| · scale`` (geotessera issue #355: a corrupt scales file gave values near
-   −161,685);
-5. a stored chunk or shard cannot be decoded (truncated or overwritten bytes: zarr 3.1 raises
-   ValueError for a bad shard-index checksum or chunk size, RuntimeError from the blosc
-   decompressor); the message names the array (``utmNN/embeddings``), the year, the window and
-   the damaged shard keys.
+Corrupt input fails the read, loudly: ``read`` checks every pixel of the window it returns
+against the rules of :mod:`lczscale.io.sources.corrupt_pixels` (NaN = water here, +inf = land
+without data, also what an unwritten scales chunk reads as), and it raises
+:class:`~lczscale.errors.SourceError`, naming the store, zone, year, the first bad pixel in zone
+coordinates and how many there are, when a pixel breaks one of them — or when a stored chunk or
+shard cannot be decoded (truncated or overwritten bytes: zarr 3.1 raises ValueError for a bad
+shard-index checksum or chunk size, RuntimeError from the blosc decompressor); that message
+names the array (``utmNN/embeddings``), the year, the window and the damaged shard keys.
 
 I/O errors (OSError, and decode errors caused by one) propagate unchanged, so callers can
 retry them. A SourceError is deterministic for that tile: the tile runner can record the tile
@@ -34,7 +21,8 @@ as failed and go on with the others.
 
 Planning (``availability``) lists the stored blocks of *both* arrays, so a tile whose
 embeddings shard was deleted (or left zero-byte or unreadable), but whose scales remain, is
-still planned — and fails by rule 3 or 5 instead of silently vanishing from the map. Where the
+still planned — and its read fails (rule 3: positive scales over all-zero codes, or an
+undecodable shard) instead of the tile silently vanishing from the map. Where the
 embeddings shard is intact, planning uses its inner chunks only, exactly as before.
 """
 
@@ -53,21 +41,19 @@ from lczscale.core.tiling import Availability
 from lczscale.errors import NoDataError, SourceError, exception_chain
 from lczscale.io import input_digest, zarr_calls
 from lczscale.io.shards import inner_chunk_mask, stored_chunks
+from lczscale.io.sources.corrupt_pixels import FIX, corrupt_message, corruption
 from lczscale.io.sources.protocol import EmbeddingWindow, identity
 from lczscale.io.stores import open_store, root_attributes, store_filesystem
+from lczscale.io.zarr_calls import ZarrArray
 
-# A de-quantised value beyond this is corrupt input (a real v1 tile had -161,685 from a bad
-# scales file; normal values lie within about -10..41). A read that meets one raises.
-MAX_ABS_VALUE = 1000.0
 READ_TIMEOUT_S = zarr_calls.TIMEOUT_S  # one array read (a tile's band); a TimeoutError is retried
 
 
-def read_array(arr: zarr.Array, sel: tuple[Any, ...]) -> Any:
+def read_array(arr: ZarrArray, sel: tuple[Any, ...]) -> Any:
     """``arr[sel]`` with a deadline and a fresh zarr I/O loop after a stall (see zarr_calls)."""
     return zarr_calls.getitem(arr, sel, READ_TIMEOUT_S)
 
 
-FIX = "re-download or rebuild that TESSERA tile in the store, or leave the area out of the run"
 NAN_SETTING = (
     "declare the layout with --source-kind (config: source_kind): tessera-zarr for geotessera's "
     "own store, where a NaN scale is water, or tessera-dclimate-zarr for the dClimate build, "
@@ -126,6 +112,7 @@ class TesseraZarrSource:
 
     @classmethod
     def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> TesseraZarrSource:
+        """The store at ``url``, validated now: the convention and every zone group."""
         source = cls(url, storage_options)
         _ = source.root  # validates the convention now, with a clear error
         _ = source._zone_info  # and every zone group, including mixed datasets
@@ -140,6 +127,7 @@ class TesseraZarrSource:
 
     @cached_property
     def root(self) -> zarr.Group:
+        """The root group, its ``geoemb:`` convention checked (a SourceError saying why not)."""
         try:
             store = open_store(self.url, storage_options=self.storage_options)
             root = zarr.open_group(store, mode="r", zarr_format=3)
@@ -184,6 +172,7 @@ class TesseraZarrSource:
 
     @staticmethod
     def zone_names_of(root: zarr.Group) -> list[str]:
+        """The ``utmNN`` zone groups of ``root``, sorted."""
         return sorted(
             name
             for name, node in root.groups()
@@ -192,16 +181,19 @@ class TesseraZarrSource:
 
     @property
     def dimensions(self) -> int:
+        """Bands per pixel, from the root's ``geoemb:dimensions``."""
         return int(self.root.attrs["geoemb:dimensions"])  # type: ignore[arg-type]
 
     @property
     def dataset(self) -> str:
+        """``tessera/<version>[/<variant>]`` from the root's attributes."""
         a = self.root.attrs
         version = a.get("tessera:dataset_version") or a.get("geoemb:model", "unknown")
         variant = a.get("tessera:dataset_variant", "")
         return f"tessera/{version}" + (f"/{variant}" if variant else "")
 
     def zone_names(self, grid_kind: str | None = None) -> list[str]:
+        """The ``utmNN`` zone groups (the store has no other lattice)."""
         if grid_kind not in (None, "utm"):
             return []
         return self.zone_names_of(self.root)
@@ -219,7 +211,7 @@ class TesseraZarrSource:
             ) from None
 
     @cached_property
-    def _zone_info(self) -> dict[str, tuple[Affine, dict[int, int], zarr.Array, zarr.Array]]:
+    def _zone_info(self) -> dict[str, tuple[Affine, dict[int, int], ZarrArray, ZarrArray]]:
         """Per zone: transform, year→time index, embeddings and scales arrays."""
         info = {}
         for name, g in self._groups.items():
@@ -260,9 +252,10 @@ class TesseraZarrSource:
 
     @property
     def years(self) -> list[int]:
+        """The years of any zone group's time axis."""
         return sorted({y for _, ty, _, _ in self._zone_info.values() for y in ty})
 
-    def _locate(self, zone: Zone, year: int) -> tuple[tuple[int, int], int, zarr.Array, zarr.Array]:
+    def _locate(self, zone: Zone, year: int) -> tuple[tuple[int, int], int, ZarrArray, ZarrArray]:
         self._group(zone.name)  # a clear error for a zone the store does not have
         transform, tindex, emb, scales = self._zone_info[zone.name]
         if year not in tindex:
@@ -301,7 +294,7 @@ class TesseraZarrSource:
             w = Window(offset[0] + index[0] * block[0], offset[1] + index[1] * block[1], *block)
             return within.intersection(w) is not None
 
-        def masks(arr: zarr.Array, stored: dict[tuple[int, int], str],
+        def masks(arr: ZarrArray, stored: dict[tuple[int, int], str],
                   block: tuple[int, int]) -> dict[tuple[int, int], np.ndarray]:
             """Usable inner-chunk masks of the stored blocks that meet ``within``."""
             if arr.shards is None:
@@ -352,14 +345,14 @@ class TesseraZarrSource:
             # Padding is NaN with codes 0, which no rule flags: check the whole window at once.
             problems = corruption(codes, sc)
             if problems:
-                raise SourceError(self._corrupt_message(zone, year, window, problems))
+                raise SourceError(corrupt_message(self.url, zone, year, window, problems))
             if self.nan_is_water:
                 water[dst] = np.isnan(sc[dst])
         valid = np.isfinite(sc)
         sc[~valid] = 0.0  # codes there are already 0: the checks above guarantee it
         return EmbeddingWindow(window, codes, sc, valid, water, "per_pixel_scale")
 
-    def _fetch(self, arr: zarr.Array, sel: tuple[Any, ...], year: int, inner: Window) -> Any:
+    def _fetch(self, arr: ZarrArray, sel: tuple[Any, ...], year: int, inner: Window) -> Any:
         """``arr[sel]``, with undecodable stored bytes turned into one SourceError.
 
         Only a failure that recurs when the shards are re-read one by one is blamed on the
@@ -383,7 +376,7 @@ class TesseraZarrSource:
             ) from exc
 
     @staticmethod
-    def _bad_blocks(arr: zarr.Array, sel: tuple[Any, ...], limit: int = 4) -> list[str]:
+    def _bad_blocks(arr: ZarrArray, sel: tuple[Any, ...], limit: int = 4) -> list[str]:
         """Keys of the blocks (shards) under ``sel`` that fail to decode, found by reading them
         one at a time (error path only)."""
         block = arr.shards or arr.chunks
@@ -404,18 +397,14 @@ class TesseraZarrSource:
                         return [*bad, "…"]
         return bad
 
-    def _corrupt_message(
-        self, zone: Zone, year: int, window: Window, problems: list[tuple[str, str, np.ndarray]]
-    ) -> str:
-        return corrupt_message(self.url, zone, year, window, problems)
-
     def describe(self) -> dict[str, Any]:
+        """Provenance: the identity fields and the store's ``geoemb:build_version``."""
         return {
             **identity(self),
             "build_version": self.root.attrs.get("geoemb:build_version"),
         }
 
-    def _digest_arrays(self, zone: Zone) -> list[zarr.Array]:
+    def _digest_arrays(self, zone: Zone) -> list[ZarrArray]:
         """The arrays a tile reads (embeddings and scales; subclasses add what they read)."""
         _, _, emb, scales = self._zone_info[zone.name]
         return [emb, scales]
@@ -443,20 +432,6 @@ class TesseraZarrSource:
         return {w: self.input_digest(zone, w, year, listings) for w in windows}
 
 
-def corrupt_message(
-    url: str, zone: Zone, year: int, window: Window, problems: list[tuple[str, str, np.ndarray]]
-) -> str:
-    """One line: each broken rule with its pixel count and first pixel, then the fix."""
-    parts = []
-    for what, cause, mask in problems:
-        r, c = divmod(int(np.flatnonzero(mask)[0]), window.width)
-        parts.append(
-            f"{int(mask.sum())} pixels {what} (first at zone row {window.row + r}, "
-            f"col {window.col + c}): {cause}"
-        )
-    return f"corrupt TESSERA input in {url}, {zone.name} year {year}: {'; '.join(parts)}; {FIX}"
-
-
 def _blocks_under(
     within: Window | None, offset: tuple[int, int], block: tuple[int, int],
     shape: tuple[int, ...],
@@ -471,13 +446,13 @@ def _blocks_under(
     return [(r, c) for r in rows for c in cols]
 
 
-def _block(arr: zarr.Array) -> tuple[int, int]:
+def _block(arr: ZarrArray) -> tuple[int, int]:
     """Spatial (y, x) shape of the array's stored objects: shards, else chunks."""
     b = arr.shards or arr.chunks
     return (b[-2], b[-1])
 
 
-def _inner(arr: zarr.Array) -> tuple[int, int]:
+def _inner(arr: ZarrArray) -> tuple[int, int]:
     """Spatial (y, x) shape of the array's (inner) chunks."""
     return (arr.chunks[-2], arr.chunks[-1])
 
@@ -487,33 +462,3 @@ def _refine(mask: np.ndarray, inner: tuple[int, int], cell: tuple[int, int]) -> 
     if inner == cell:
         return mask
     return np.repeat(np.repeat(mask, inner[0] // cell[0], 0), inner[1] // cell[1], 1)
-
-
-def corruption(codes: np.ndarray, sc: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
-    """(what is wrong, likely cause, (y, x) mask) for each rule some pixels break; empty when
-    all is well.
-
-    One pass of two reductions over the int8 codes (max and min along bands), then cheap
-    (y, x) comparisons; each pixel lands in at most one rule.
-    """
-    peak = np.maximum(codes.max(axis=0).astype(np.int16), -codes.min(axis=0).astype(np.int16))
-    written = peak > 0  # any nonzero code
-    with np.errstate(invalid="ignore", over="ignore"):
-        data = np.isfinite(sc) & (sc > 0)
-        value = peak.astype(np.float32) * np.where(data, sc, np.float32(0))
-        rules = [
-            ("have a negative or -inf scale", "the scales data is damaged", sc < 0),
-            ("have a non-finite scale (NaN or +inf: water or no embedding) but nonzero embeddings",
-             "a scales chunk was damaged, deleted or replaced",
-             (np.isnan(sc) | np.isposinf(sc)) & written),
-            ("have a positive scale but all-zero embeddings",
-             "an embeddings chunk is missing or zeroed (zarr reads a deleted chunk or a "
-             "zero-byte shard as 0)",
-             data & ~written),
-            ("have scale 0 but nonzero embeddings", "a scales chunk was zeroed",
-             (sc == 0) & written),
-            (f"de-quantise to |value| > {MAX_ABS_VALUE:g} (up to {float(value.max()):.4g})",
-             "absurd for TESSERA, typically a corrupt scales file (cf. geotessera issue #355)",
-             value > MAX_ABS_VALUE),
-        ]
-    return [rule for rule in rules if rule[2].any()]

@@ -1,0 +1,31 @@
+"""``lczscale`` command line: synth | train | map | eval | status | plot | experiment | demo |
+pyramid | serve | stac | export | deploy.
+
+``main`` is the console entry point (``lczscale = "lczscale.cli:main"``); ``arguments`` defines
+the commands, and the ``*_commands`` modules run them, grouped by what they touch: the
+pipeline (synth, train, map, deploy), reports on a cube or source (status, coverage, eval),
+what is made from a finished cube (plot, export, pyramid, serve, stac) and the studies
+(experiment, demo). Bad input is one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from lczscale.cli.arguments import parser
+from lczscale.cli.pipeline_commands import map_config, train_job_from_args
+from lczscale.errors import LczscaleError
+
+__all__ = ["main", "map_config", "parser", "train_job_from_args"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``lczscale ARGV`` (default: ``sys.argv[1:]``) and return its exit status: the
+    command's own, or 2 with a one-line error on stderr for bad input."""
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except LczscaleError as exc:
+        print(f"lczscale {args.command}: error: {exc}", file=sys.stderr)
+        return 2

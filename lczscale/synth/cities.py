@@ -1,0 +1,179 @@
+"""The synthetic cities in memory: the real sites, each city's LCZ layout, materials, masks and
+float embeddings on its zone's 10 m grid, and the seeded random streams they are drawn from.
+
+Every layout writer and label writer of ``lczscale.synth`` starts from these ``SynthCity``
+objects; ``world.write_world`` writes them to disk, ``make_world`` keeps them in memory (tests).
+Every random draw comes from ``SeedSequence(seed, spawn_key=(site, purpose, ...))``: a city is
+identical whatever other cities are generated with it.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from pyproj import Transformer
+
+from lczscale.core.grid import Window, Zone, utm_zone, utm_zone_number
+from lczscale.errors import ConfigError
+from lczscale.io.sources.protocol import quantise_per_pixel
+from lczscale.synth.layout import (
+    OBJECT_TABLE,
+    WorldSpace,
+    edge_mix,
+    lcz_layout,
+    render_embedding,
+    render_materials,
+    year_drift,
+)
+
+__all__ = ["SITES", "City", "SynthCity", "city_window", "make_world", "quantise"]
+
+NODATA_STRIP_FRACTION = 0.03
+
+# Purposes of the random streams (spawn keys); never reorder, or every world changes.
+_SPACE, _LAYOUT, _MATERIALS, _MIX, _STRIP, _YEAR, _PIXELS, _REFERENCE = range(8)
+
+
+@functools.cache
+def _transformer(src: str, dst: str) -> Transformer:
+    return Transformer.from_crs(src, dst, always_xy=True)
+
+
+@dataclass(frozen=True)
+class City:
+    """A site: name and centre (degrees)."""
+
+    name: str
+    lon: float
+    lat: float
+
+
+SITES: tuple[City, ...] = (
+    City("zurich", 8.54, 47.37),  # utm32
+    City("basel", 7.59, 47.56),  # utm32, same zone as Zurich
+    City("nairobi", 36.82, -1.29),  # utm37, south: negative northings
+    City("london", -0.12, 51.51),  # utm30
+    City("paris", 2.35, 48.86),  # utm31
+    City("bogota", -74.08, 4.71),  # utm18
+)
+
+
+@dataclass
+class SynthCity:
+    """One synthetic city on its zone's canonical 10 m grid."""
+
+    city: City
+    site: int  # index in SITES; seeds depend on it, not on the list a city came in
+    zone: Zone
+    window: Window  # zone pixels
+    truth: npt.NDArray[np.uint8]  # (H, W) LCZ 1..17
+    material: npt.NDArray[np.uint8]  # (H, W) index into MATERIALS
+    mix_other: npt.NDArray[np.uint8]  # (H, W) neighbouring material of edge pixels
+    mix_share: npt.NDArray[np.float32]  # (H, W) its sub-pixel share; 0 = pure pixel
+    objects: npt.NDArray[np.uint32]  # (H, W) building / parcel key
+    water: npt.NDArray[np.bool_]  # (H, W) truth is water: scale NaN in the store
+    nodata: npt.NDArray[np.bool_]  # (H, W) land without data yet: scale +inf in the store
+    embeddings: dict[int, npt.NDArray[np.float32]] = field(default_factory=dict)
+    seed: int = 0  # the world's seed: the coarse reference's errors are drawn from it
+
+    @property
+    def bbox_lonlat(self) -> tuple[float, float, float, float]:
+        """(minlon, minlat, maxlon, maxlat) of the window."""
+        w, a = self.window, self.zone.affine
+        t = np.linspace(0.0, 1.0, 33)
+        rows = np.concatenate([t, t, np.zeros_like(t), np.ones_like(t)]) * w.height + w.row
+        cols = np.concatenate([np.zeros_like(t), np.ones_like(t), t, t]) * w.width + w.col
+        lon, lat = _transformer(self.zone.crs, "EPSG:4326").transform(
+            a.c + a.a * cols, a.f + a.e * rows
+        )
+        return (float(np.min(lon)), float(np.min(lat)), float(np.max(lon)), float(np.max(lat)))
+
+    @property
+    def valid(self) -> npt.NDArray[np.bool_]:
+        """Pixels whose embedding is stored (finite scale)."""
+        return ~(self.water | self.nodata)
+
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+
+def _sites(cities: int, seed: int) -> tuple[City, ...]:
+    if seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed}")
+    if not 1 <= cities <= len(SITES):
+        raise ConfigError(f"cities must be 1..{len(SITES)} (the built-in SITES), got {cities}")
+    return SITES[:cities]
+
+
+def _size_px(size_km: float) -> int:
+    n = round(size_km * 100)
+    if n < 32:
+        raise ConfigError(f"size_km={size_km} gives a {n} px window; use size_km >= 0.32")
+    return n
+
+
+def city_window(city: City, n: int) -> tuple[Zone, Window]:
+    """The city's zone and its n×n window, centred on the city, on the zone's pixel lattice."""
+    zone = utm_zone(utm_zone_number(city.lon))
+    x, y = _transformer("EPSG:4326", zone.crs).transform(city.lon, city.lat)
+    col, row = ~zone.affine @ (x, y)
+    return zone, Window(round(row - n / 2), round(col - n / 2), n, n)
+
+
+def _build_city(site: int, n: int, seed: int, strip: bool) -> SynthCity:
+    """Layout, materials and masks of one city (no embeddings yet)."""
+    city = SITES[site]
+    zone, window = city_window(city, n)
+    truth = lcz_layout(n, _rng(seed, site, _LAYOUT))
+    material, objects = render_materials(truth, _rng(seed, site, _MATERIALS))
+    other, share = edge_mix(material, _rng(seed, site, _MIX))
+    water = truth == 17
+    nodata = np.zeros_like(water)
+    if strip:  # a swath not processed yet: TESSERA marks such land +inf
+        width = max(1, round(NODATA_STRIP_FRACTION * n))
+        c0 = int(_rng(seed, site, _STRIP).integers(n // 2, n - width))
+        nodata[:, c0 : c0 + width] = True
+        nodata &= ~water
+    return SynthCity(city, site, zone, window, truth, material, other, share, objects, water,
+                     nodata, seed=seed)
+
+
+def _render(c: SynthCity, seed: int, year: int, space: WorldSpace) -> npt.NDArray[np.float32]:
+    """Float32 (128, H, W) embedding of a city in a year."""
+    yrng = _rng(seed, 1_000_000 + year, _YEAR)  # one drift per world and year, all cities
+    drift = year_drift(yrng)
+    phenology = yrng.uniform(0.0, 0.35, OBJECT_TABLE).astype(np.float32)
+    return render_embedding(space, c.material, c.mix_other, c.mix_share, c.objects, drift,
+                            phenology, _rng(seed, c.site, _PIXELS, year))
+
+
+def make_world(
+    cities: int = 2, size_km: float = 4.0, seed: int = 0, years: tuple[int, ...] = (2023, 2024)
+) -> list[SynthCity]:
+    """The first ``cities`` SITES as in-memory SynthCities with float embeddings for ``years``.
+
+    The first city carries the no-data strip. Memory: 512 B per pixel and year (float32 x 128).
+    """
+    n = _size_px(size_km)
+    space = WorldSpace.make(_rng(seed, _SPACE))
+    world = []
+    for i, _ in enumerate(_sites(cities, seed)):
+        c = _build_city(i, n, seed, strip=(i == 0))
+        c.embeddings = {int(y): _render(c, seed, int(y), space) for y in years}
+        world.append(c)
+    return world
+
+
+def quantise(
+    emb: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float32]]:
+    """TESSERA-style int8 codes and per-pixel scale: scale = max|v|/127, codes = round(v/scale).
+
+    De-quantised ``codes * scale`` is within ``scale / 2`` of ``v`` in every band.
+    """
+    return quantise_per_pixel(emb)
