@@ -16,9 +16,9 @@ def open_cube(
     """Open an LCZ cube (or a lon/lat bbox of it) as an xarray Dataset with its CRS and the
     ``ds.lcz`` accessor; with ``crs=`` (and optional ``resolution=``, ``resampling=``) the
     zones the bbox touches are warped onto one grid and stitched. See
-    ``lczscale.io.cube.store.open_cube``."""
+    ``lczscale.io.cube.dataset.open_cube``."""
     import lczscale.browse.accessor  # noqa: F401  (registers ``.lcz`` on what is returned)
-    from lczscale.io.cube.store import open_cube as _open
+    from lczscale.io.cube.dataset import open_cube as _open
 
     return _open(url, bbox, **kwargs)
 

@@ -62,7 +62,7 @@ def export(
     ``open_cube`` (needed when the bbox spans several zones). ``blocksize``: GeoTIFF tile side.
     """
     import lczscale.browse.accessor  # noqa: F401  (ds.lcz)
-    from lczscale.io.cube.store import open_cube
+    from lczscale.io.cube.dataset import open_cube
 
     if fmt not in FORMATS:
         raise ConfigError(f"export format {fmt!r} is not one of {FORMATS}")

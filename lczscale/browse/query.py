@@ -157,9 +157,9 @@ def plot(
     da: xr.DataArray, ax: Axes | None = None, title: str | None = None, legend: bool = True,
 ) -> Axes:
     """Draw the map with the official LCZ colours and a legend of the classes present."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib only when a picture is asked for
 
-    from lczscale.browse.plot import draw_lcz
+    from lczscale.browse.draw import draw_lcz
 
     fig = None
     if ax is None:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from affine import Affine
@@ -22,8 +22,40 @@ from odc.geo import geom
 from odc.geo.geobox import GeoBox, GeoboxTiles
 from pyproj import Transformer
 
-from lczscale.config import GridConfig
 from lczscale.errors import ConfigError
+
+
+class GridSpec(Protocol):
+    """What the core needs to know of a grid: its zone lattice and its tile size.
+
+    ``lczscale.config.GridSpec`` (validated YAML) is one; the core takes any object with
+    these attributes, so it needs neither pydantic nor the configuration layer.
+    """
+
+    @property
+    def kind(self) -> str:
+        """``utm`` (60 UTM zones) or ``global`` (one EPSG:4326 zone)."""
+        ...
+
+    @property
+    def tile_size(self) -> int:
+        """Pixels a side of one tile (one stored chunk)."""
+        ...
+
+    @property
+    def resolution(self) -> float:
+        """Metres per pixel of the UTM zones."""
+        ...
+
+    @property
+    def global_resolution(self) -> float:
+        """Degrees per pixel of the global zone."""
+        ...
+
+    @property
+    def global_top(self) -> float:
+        """Latitude of the global zone's top edge."""
+        ...
 
 # Canonical extent of every UTM zone (metres, zone CRS 326NN). It spans 80°S..84°N (UTM's own
 # limits) and the widest easting any pixel of a 6° band can have, snapped to 10 km.
@@ -234,7 +266,7 @@ def global_zone(resolution: float, top: float = 90.0) -> Zone:
     )
 
 
-def zone_by_name(name: str, cfg: GridConfig) -> Zone:
+def zone_by_name(name: str, cfg: GridSpec) -> Zone:
     """Resolve a zone group name (``utm32``, ``global``) under a grid config."""
     if name == "global":
         return global_zone(cfg.global_resolution, cfg.global_top)
@@ -312,7 +344,7 @@ class Aoi:
         return (b.left, b.bottom, b.right, b.top)
 
 
-def zones_for_aoi(aoi: Aoi, cfg: GridConfig) -> list[tuple[Zone, geom.Geometry]]:
+def zones_for_aoi(aoi: Aoi, cfg: GridSpec) -> list[tuple[Zone, geom.Geometry]]:
     """The zones an AOI touches, each with the part of the AOI it owns, in the zone's CRS.
 
     A UTM zone owns exactly its 6° longitude band, so no pixel of the AOI is mapped twice.

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from odc.geo import geom
 
-from lczscale.config import GridConfig
 from lczscale.core.grid import (
     Aoi,
+    GridSpec,
     Window,
     Zone,
     tile_window,
@@ -106,7 +106,7 @@ def tiles_with_data(zone: Zone, avail: Availability, tile_size: int) -> list[Win
 
 def plan_tasks(
     aoi: Aoi | None,
-    grid: GridConfig,
+    grid: GridSpec,
     lattice: Lattice,
     year: int,
     availability: dict[str, Availability],

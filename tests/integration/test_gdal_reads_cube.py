@@ -22,7 +22,8 @@ from pyproj import CRS
 
 from lczscale.config import CubeConfig, GridConfig
 from lczscale.core.grid import Window, Zone, tile_window, utm_zone
-from lczscale.io.cube.store import create_cube, open_cube, write_tile
+from lczscale.io.cube.dataset import open_cube
+from lczscale.io.cube.store import create_cube, write_tile
 
 pytestmark = pytest.mark.integration
 

@@ -14,17 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import odc.geo.xr  # noqa: F401  (registers the .odc accessor on what open_cube returns)
-import xarray as xr
 import zarr
-from odc.geo import geom
 from pyproj import CRS
 from zarr.codecs import ZstdCodec
 
 from lczscale import classes
 from lczscale.config import CubeConfig, GridConfig, OutputsConfig
 from lczscale.core.grid import Window, Zone
-from lczscale.errors import CubeError, NoDataError
+from lczscale.errors import CubeError
 from lczscale.io import zarr_calls
 from lczscale.io.cube import outputs as cube_outputs
 from lczscale.io.cube.ledger import fsync_path as ledger_fsync
@@ -373,104 +370,3 @@ def stored_block(url: str, storage_options: dict[str, Any] | None = None) -> tup
 
 def cube_grid(url: str, storage_options: dict[str, Any] | None = None) -> GridConfig:
     return GridConfig.model_validate(cube_attrs(url, storage_options)["lczscale:layout"]["grid"])
-
-
-def open_cube(
-    url: str,
-    bbox: tuple[float, float, float, float] | None = None,
-    *,
-    zone: str | None = None,
-    year: int | None = None,
-    storage_options: dict[str, Any] | None = None,
-    crs: str | None = None,
-    resolution: float | None = None,
-    resampling: str = "nearest",
-) -> xr.Dataset:
-    """The cube (or a lon/lat ``bbox`` of it) as an xarray Dataset on its zone's native grid.
-
-    ``lcz`` and ``confidence`` are lazy (dask) uint8 arrays with dims (time, y, x); the
-    ``spatial_ref`` coordinate carries the CRS, so ``ds.odc.geobox`` works.
-
-    With ``crs`` (needs ``bbox``), every zone the bbox touches is warped (``resampling``:
-    nearest or mode, never bilinear) onto one grid in that CRS with pixel size ``resolution``
-    (default: the native 10 m, in degrees for a geographic CRS) and the zones are stitched;
-    see ``lczscale.io.cube.warp``.
-    """
-    attrs = cube_attrs(url, storage_options)
-    present = {z.name: z for z in cube_zones(url, storage_options)}
-    if zone is None:
-        candidates = sorted(present)
-        if bbox is not None:
-            region = geom.box(*bbox, "EPSG:4326")
-            candidates = [
-                n for n in candidates
-                if not (present[n].geobox.extent.to_crs("EPSG:4326") & region).is_empty
-                and _lon_overlap(present[n], bbox)
-            ]
-        if not candidates:
-            raise NoDataError(
-                f"cube {url} has no zone covering bbox {bbox} (zones: {sorted(present)})"
-            )
-        if len(candidates) > 1 and crs is None:
-            raise CubeError(
-                f"bbox {bbox} spans zones {candidates} of cube {url}, which have different "
-                "CRSs; open one at a time with zone=..., or stitch them onto one grid with "
-                'crs="EPSG:4326" (CLI: --crs EPSG:4326)'
-            )
-    if crs is None and (resolution is not None or resampling != "nearest"):
-        from lczscale.errors import ConfigError
-
-        raise ConfigError(
-            f"resolution={resolution} / resampling={resampling!r} apply only to a warped view: "
-            'pass crs= too (e.g. crs="EPSG:4326"; CLI: --crs), or drop them for the native grid'
-        )
-    if crs is not None:
-        from lczscale.io.cube.warp import open_stitched
-
-        names = [zone] if zone is not None else candidates
-        missing = [n for n in names if n not in present]
-        if missing:
-            raise CubeError(f"cube {url} has no zone {missing[0]!r} (zones: {sorted(present)})")
-        return open_stitched(
-            url, bbox, [present[n] for n in names], crs=crs, resolution=resolution,
-            resampling=resampling, year=year, storage_options=storage_options,
-        )
-    if zone is None:
-        zone = candidates[0]
-    if zone not in present:
-        raise CubeError(f"cube {url} has no zone {zone!r} (zones: {sorted(present)})")
-    store = open_store(url, storage_options=storage_options)
-    # Lazily indexed (no dask) until the selection is made: a dask graph over a whole zone
-    # (the global zone holds ~10^9 chunks of 128 px) would not fit in memory.
-    ds = xr.open_zarr(store, group=zone, consolidated=False, zarr_format=3, chunks=None)
-    ds.attrs.update({k: v for k, v in attrs.items() if k.startswith("lczscale:")})
-    if year is not None:
-        years = [int(v) for v in ds["time"].values]
-        if year not in years:
-            raise NoDataError(f"cube {url} has no year {year} (years: {years})")
-        ds = ds.sel(time=[year])
-    if bbox is not None:
-        zobj = present[zone]
-        roi = _bbox_window(zobj, geom.box(*bbox, "EPSG:4326").to_crs(zobj.crs))
-        ds = ds.isel(y=roi[0], x=roi[1])
-        if "y_100m" in ds.dims:  # the 100 m cells holding any pixel of the window
-            ds = ds.isel({f"{d}_100m": slice(s.start // 10, -(-s.stop // 10))
-                          for d, s in zip("yx", roi, strict=True)})
-    chunks = ds["lcz"].encoding.get("chunks") or (1, 2048, 2048)
-    extra = {d: 512 for d in ("y_100m", "x_100m") if d in ds.dims}
-    return ds.chunk({"time": 1, "y": max(chunks[-2], 2048), "x": max(chunks[-1], 2048)} | extra)
-
-
-def _lon_overlap(zone: Zone, bbox: tuple[float, float, float, float]) -> bool:
-    return bbox[0] < zone.lon_band[1] and bbox[2] > zone.lon_band[0]
-
-
-def _bbox_window(zone: Zone, region: geom.Geometry) -> tuple[slice, slice]:
-    inv = ~zone.affine
-    b = region.boundingbox
-    xs, ys = zip(*(inv @ (x, y) for x in (b.left, b.right) for y in (b.bottom, b.top)), strict=True)
-    r0, r1 = max(0, int(np.floor(min(ys)))), min(zone.shape[0], int(np.ceil(max(ys))))
-    c0, c1 = max(0, int(np.floor(min(xs)))), min(zone.shape[1], int(np.ceil(max(xs))))
-    if r1 <= r0 or c1 <= c0:
-        raise NoDataError(f"bbox does not overlap zone {zone.name}")
-    return slice(r0, r1), slice(c0, c1)
