@@ -82,7 +82,7 @@ def local_slurm(directory: Path) -> Iterator[None]:
 
 
 def slurm_yaml(directory: Path, jobs: int) -> str:
-    from lczscale.execute.clusters.settings import SlurmClusterConfig
+    from lczscale.config.clusters import SlurmClusterConfig
 
     cfg = SlurmClusterConfig(cores=1, memory="3GiB", processes=1, jobs=jobs,
                              walltime="00:30:00", worker_lifetime=None, lifetime_stagger=None,

@@ -11,18 +11,17 @@ import functools
 import hashlib
 from pathlib import Path
 
-import lczscale
-
+__version__ = "0.1.0"
 SUFFIXES = (".py", ".html", ".js", ".css")
 
 
 @functools.cache
 def code_version() -> str:
     """``<version>+<12 hex of sha256 over the package's source files>``."""
-    root = Path(lczscale.__file__).parent
+    root = Path(__file__).parent
     h = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.suffix in SUFFIXES and p.is_file()):
         h.update(str(path.relative_to(root)).encode())
         h.update(b"\0")
         h.update(path.read_bytes())
-    return f"{lczscale.__version__}+{h.hexdigest()[:12]}"
+    return f"{__version__}+{h.hexdigest()[:12]}"

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from lczscale.execute.clusters.settings import SecurityConfig, dump_cluster_config
+from lczscale.config.clusters import SecurityConfig, dump_cluster_config
 from lczscale.execute.tile import TileResult
 
 

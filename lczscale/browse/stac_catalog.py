@@ -19,7 +19,6 @@ import pystac
 from pystac.extensions.classification import Classification, ClassificationExtension
 from pystac.extensions.projection import ProjectionExtension
 
-import lczscale
 from lczscale import classes
 from lczscale.core.grid import Window, Zone
 from lczscale.errors import NoDataError
@@ -27,6 +26,7 @@ from lczscale.io.cube import ledger
 from lczscale.io.cube.pyramid import data_sources, data_window, pyramid_levels
 from lczscale.io.cube.store import cube_attrs, cube_zones, open_root, zone_group
 from lczscale.io.stores import is_remote, local_path
+from lczscale.version import __version__
 
 ZARR = "application/vnd.zarr; version=3"
 PROCESSING = "https://stac-extensions.github.io/processing/v1.1.0/schema.json"
@@ -151,7 +151,7 @@ def _item(zone: Zone, year: int, t: int, window: Window, base: str,
             "lczscale:dataset": source.get("dataset"),
             "lczscale:product": attrs.get("lczscale:product"),
             "processing:software": {
-                "lczscale": str(prov.get("lczscale_version") or lczscale.__version__)},
+                "lczscale": str(prov.get("lczscale_version") or __version__)},
             "processing:lineage": (
                 f"attention U-Net (model {str(prov.get('model_hash'))[:12]}) on "
                 f"{source.get('dataset') or 'embeddings'} {year}; halo-overlap blending"

@@ -21,7 +21,7 @@ def why(exc: Exception) -> str:
     """A settings error (pydantic or plain) as one line."""
     from pydantic import ValidationError
 
-    from lczscale.io.out_path import validation_line
+    from lczscale.config.files import validation_line
 
     return validation_line(exc) if isinstance(exc, ValidationError) else " ".join(
         str(exc).split())

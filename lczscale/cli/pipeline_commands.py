@@ -116,7 +116,8 @@ def cmd_map(a: argparse.Namespace) -> int:
     from lczscale.execute.run import run_map
 
     cfg = map_config(a)
-    from lczscale.io.out_path import check_input, check_writable_out, read_yaml_mapping
+    from lczscale.config.files import read_yaml_mapping
+    from lczscale.io.out_path import check_input, check_writable_out
     from lczscale.io.stores import exists
 
     # Every local path is checked before the first byte is written (or the source is read).
@@ -152,8 +153,9 @@ def cmd_map(a: argparse.Namespace) -> int:
 
 def cmd_deploy_kubernetes(a: argparse.Namespace) -> int:
     """``lczscale deploy kubernetes``: render the map, training and cluster manifests."""
+    from lczscale.config.files import read_yaml_mapping
     from lczscale.execute.clusters.kubernetes_cluster import write_manifests
-    from lczscale.io.out_path import check_writable_out, read_yaml_mapping
+    from lczscale.io.out_path import check_writable_out
 
     read_yaml_mapping(a.cluster, "--cluster")
     check_writable_out(a.out, "deploy --out", "dir")

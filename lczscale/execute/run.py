@@ -19,11 +19,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lczscale.config import MapConfig
+from lczscale.config.clusters import cluster_for_map
 from lczscale.core.grid import zone_by_name
 from lczscale.core.tiling import TileTask
 from lczscale.errors import ConfigError
 from lczscale.execute.cluster_executor import DaskExecutor
-from lczscale.execute.clusters.start import cluster_for_map, open_cluster
+from lczscale.execute.clusters.start import open_cluster
 from lczscale.execute.executor import Executor, SerialExecutor
 from lczscale.execute.products_pass import run_products_for_plan
 from lczscale.execute.tile import MapContext, TileResult, tile_pass

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from lczscale import __version__
+from lczscale.version import __version__
 
 USER_AGENT = f"lczscale/{__version__}"
 SOURCE_COOP_BUCKET = "us-west-2.opendata.source.coop"

@@ -1,1 +1,16 @@
-"""The LCZ model: a location-aware attention U-Net, its receptive field, and safe checkpoints."""
+"""The network and its checkpoint: an attention U-Net over embeddings, as safetensors + JSON."""
+
+from lczscale.lazy_exports import lazy_exports
+
+__all__, __getattr__ = lazy_exports(
+    __name__,
+    {
+        "lczscale.model.unet": ["LczUNet", "receptive_field"],
+        "lczscale.model.checkpoint": [
+            "CheckpointMeta",
+            "load_checkpoint",
+            "save_checkpoint",
+            "check_input",
+        ],
+    },
+)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lczscale.config import MapConfig, OutputsConfig
+from lczscale.config.clusters import KubernetesClusterConfig, SlurmClusterConfig, cluster_for_map
 from lczscale.core.grid import Aoi, Window, zone_by_name, zones_for_aoi
 from lczscale.core.stitch import Lattice
 from lczscale.core.tiling import TileTask, check_disjoint_writes, check_halo, plan_tasks
@@ -179,9 +180,6 @@ def planned_device_type(cfg: MapConfig) -> str:
     client's own answer is used, and a worker that disagrees refuses its tiles."""
     if cfg.device != "auto" or cfg.executor != "dask":
         return pick_device(cfg.device).type
-    from lczscale.execute.clusters.settings import KubernetesClusterConfig, SlurmClusterConfig
-    from lczscale.execute.clusters.start import cluster_for_map
-
     cluster = cluster_for_map(cfg)
     if isinstance(cluster, SlurmClusterConfig):
         return "cuda" if cluster.gpus_per_job else "cpu"

@@ -26,7 +26,7 @@ from lczscale.config import (
     MapConfig,
     ModelConfig,
     StitchConfig,
-    _Strict,
+    StrictSettings,
     auto_overlap,
 )
 from lczscale.errors import ConfigError
@@ -34,9 +34,9 @@ from lczscale.execute.run import run_map
 from lczscale.io.cube.store import read_window
 from lczscale.io.labels.reader import read_labels
 from lczscale.io.sources.registry import open_source
-from lczscale.model.pixel_baseline import fit_logistic, logistic_confusion
 from lczscale.model.unet import receptive_field
 from lczscale.studies.evaluate import confusion, evaluate, scores
+from lczscale.studies.pixel_baseline import fit_logistic, logistic_confusion
 from lczscale.train.launch import run_training
 from lczscale.train.regions import load_regions
 from lczscale.train.settings import LabelSet, SplitConfig, TrainConfig, TrainJob
@@ -44,7 +44,7 @@ from lczscale.train.settings import LabelSet, SplitConfig, TrainConfig, TrainJob
 Kind = Literal["transfer", "reference", "year"]
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(StrictSettings):
     """One experiment: which source, which coarse and fine labels, which cities are held out."""
     kind: Kind
     source: str

@@ -27,7 +27,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.nn.parallel import DistributedDataParallel
 
-import lczscale
 from lczscale import classes
 from lczscale.config import ModelConfig
 from lczscale.core.grid import Aoi
@@ -44,6 +43,7 @@ from lczscale.train.sampler import PatchSampler, rank_indices
 from lczscale.train.settings import TrainJob
 from lczscale.train.splits import VAL
 from lczscale.train.state import clear_state, latest_state, load_state, save_state
+from lczscale.version import __version__
 
 log = logging.getLogger(__name__)
 N = 17
@@ -94,7 +94,7 @@ def train_job(job: TrainJob, ranks: dist_.Ranks | None = None, progress: bool = 
         normalisation=Normalisation(mean=mean, std=std),
         train=job.model_dump(mode="json") | {"year": year, "world_size": ranks.world,
                                              "cities": [c.name for c in cities]},
-        lczscale_version=lczscale.__version__,
+        lczscale_version=__version__,
     )
 
     fingerprint = job.fingerprint()

@@ -14,10 +14,10 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from lczscale.config import ModelConfig, _Strict, reject_credentials
+from lczscale.config import ModelConfig, StrictSettings, reject_credentials
 
 
-class LabelSet(_Strict):
+class LabelSet(StrictSettings):
     """One city's (or area's) labels: a name for hold-outs and reports, and a label source."""
 
     name: str = Field(min_length=1)
@@ -33,7 +33,7 @@ class LabelSet(_Strict):
         return reject_credentials(v, "labels: path")
 
 
-class SplitConfig(_Strict):
+class SplitConfig(StrictSettings):
     """Spatially blocked splits: square blocks of the zone's own pixel lattice are assigned
     whole to train, val or test, so neighbouring (autocorrelated) pixels never straddle splits.
     Held-out cities and a test year come on top: a held-out city is never read for training."""
@@ -54,7 +54,7 @@ class SplitConfig(_Strict):
         return self
 
 
-class LossConfig(_Strict):
+class LossConfig(StrictSettings):
     """Class-weighted cross-entropy (or focal) plus optional Dice and coarse consistency."""
 
     kind: Literal["ce", "focal"] = "ce"
@@ -70,7 +70,7 @@ class LossConfig(_Strict):
     )
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictSettings):
     """The training loop. ``batch_size`` is per rank: N ranks train with N × batch_size."""
 
     steps: int = Field(300, ge=1)
@@ -102,7 +102,7 @@ class TrainConfig(_Strict):
         return self
 
 
-class TrainJob(_Strict):
+class TrainJob(StrictSettings):
     """Everything one training run needs; every rank reads the same job file."""
 
     source: str

@@ -29,10 +29,10 @@ from cube_compare import assert_same, cube_arrays
 from distributed import Client
 from servers import free_port
 
+from lczscale.config.clusters import KubernetesClusterConfig
 from lczscale.execute.clusters import k8s_manifests as km
 from lczscale.execute.clusters.k8s_pods import CONFIG_DIR, TLS_DIR
 from lczscale.execute.clusters.kubernetes_cluster import write_tls_secret
-from lczscale.execute.clusters.settings import KubernetesClusterConfig
 from lczscale.execute.run import run_map
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import worker_hooks
 from cluster_maps import all_done, assert_same_chunks, pid_of, processes, tls_files, write_cluster
 from distributed import Client, Nanny, Scheduler, SpecCluster
 
-from lczscale.execute.clusters.settings import (
+from lczscale.config.clusters import (
     AddressClusterConfig,
     LocalClusterConfig,
     SlurmClusterConfig,

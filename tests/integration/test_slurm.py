@@ -25,7 +25,7 @@ from cluster_maps import (
 from cube_compare import assert_same, cube_arrays
 
 import lczscale
-from lczscale.execute.clusters.settings import AddressClusterConfig, SlurmClusterConfig
+from lczscale.config.clusters import AddressClusterConfig, SlurmClusterConfig
 from lczscale.execute.clusters.start import open_cluster
 from lczscale.execute.run import run_map
 from lczscale.planning.map_plan import prepare

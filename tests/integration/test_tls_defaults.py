@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from distributed import Client
 
-from lczscale.execute.clusters.settings import LocalClusterConfig, SlurmClusterConfig
+from lczscale.config.clusters import LocalClusterConfig, SlurmClusterConfig
 from lczscale.execute.clusters.start import open_cluster
 
 pytestmark = pytest.mark.integration

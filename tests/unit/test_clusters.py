@@ -11,19 +11,19 @@ import yaml
 
 from lczscale.cli import map_config, parser
 from lczscale.config import MapConfig
-from lczscale.errors import ConfigError
-from lczscale.execute.cluster_executor import cuda_index
-from lczscale.execute.clusters import gpu_pin
-from lczscale.execute.clusters.settings import (
+from lczscale.config.clusters import (
     AddressClusterConfig,
     LocalClusterConfig,
     SecurityConfig,
     SlurmClusterConfig,
+    cluster_for_map,
     load_cluster_config,
     parse_cluster_config,
 )
+from lczscale.errors import ConfigError
+from lczscale.execute.cluster_executor import cuda_index
+from lczscale.execute.clusters import gpu_pin
 from lczscale.execute.clusters.start import (
-    cluster_for_map,
     local_worker_specs,
     security,
     slurm_job_kwargs,

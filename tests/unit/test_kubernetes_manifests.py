@@ -18,11 +18,11 @@ import pytest
 import yaml
 
 from lczscale.config import MapConfig
+from lczscale.config.clusters import KubernetesClusterConfig
 from lczscale.errors import ConfigError
 from lczscale.execute.clusters import k8s_manifests as km
 from lczscale.execute.clusters import kubernetes_cluster as kube
 from lczscale.execute.clusters.k8s_pods import TLS_DIR
-from lczscale.execute.clusters.settings import KubernetesClusterConfig
 from lczscale.train.settings import LabelSet, TrainJob
 
 REPO = Path(__file__).parents[2]

@@ -11,14 +11,14 @@ import yaml
 
 from lczscale.cli import main
 from lczscale.config import MapConfig
-from lczscale.errors import ConfigError
-from lczscale.execute.clusters.settings import parse_cluster_config
-from lczscale.screening import (
+from lczscale.config.clusters import parse_cluster_config
+from lczscale.config.screening import (
     SecretInConfigError,
     reject_env_secrets,
     reject_option_secrets,
     reject_url_secrets,
 )
+from lczscale.errors import ConfigError
 from lczscale.train.settings import LabelSet, TrainJob
 
 SECRET = "zq7-planted-Secret-9vX"

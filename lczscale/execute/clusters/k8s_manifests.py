@@ -26,9 +26,9 @@ from typing import Any
 import yaml
 
 from lczscale.config import MapConfig
+from lczscale.config.clusters import KubernetesClusterConfig
 from lczscale.errors import ConfigError
 from lczscale.execute.clusters import k8s_pods as pods
-from lczscale.execute.clusters.settings import KubernetesClusterConfig
 from lczscale.io.stores import is_remote
 from lczscale.train.settings import TrainJob
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+from lczscale.config.clusters import KubernetesClusterConfig
 from lczscale.errors import ConfigError
-from lczscale.execute.clusters.settings import KubernetesClusterConfig
 from lczscale.execute.clusters.worker_profiler import NO_PROFILER_ENV
 
 TLS_DIR = "/etc/lczscale/tls"

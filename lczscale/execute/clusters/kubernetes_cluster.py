@@ -19,6 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from lczscale.config import MapConfig, load_yaml
+from lczscale.config.clusters import KubernetesClusterConfig, load_cluster_config
 from lczscale.errors import ConfigError
 from lczscale.execute.clusters import k8s_pods as pods
 from lczscale.execute.clusters.k8s_manifests import (
@@ -29,7 +30,6 @@ from lczscale.execute.clusters.k8s_manifests import (
     tls_secret,
     to_yaml,
 )
-from lczscale.execute.clusters.settings import KubernetesClusterConfig, load_cluster_config
 from lczscale.train.settings import TrainJob
 
 # The files this module writes; a stale one (say, the autoscaler of an earlier adaptive

@@ -45,17 +45,15 @@ from distributed import Client, Nanny, Scheduler, SpecCluster
 from distributed.deploy.adaptive import Adaptive
 from distributed.security import Security
 
-from lczscale.config import MapConfig
-from lczscale.errors import ConfigError, LczscaleError
-from lczscale.execute.clusters.gpu_pin import pinned_gpu
-from lczscale.execute.clusters.settings import (
+from lczscale.config.clusters import (
     AddressClusterConfig,
     KubernetesClusterConfig,
     LocalClusterConfig,
     SecurityConfig,
     SlurmClusterConfig,
-    load_cluster_config,
 )
+from lczscale.errors import ConfigError, LczscaleError
+from lczscale.execute.clusters.gpu_pin import pinned_gpu
 from lczscale.execute.clusters.worker_profiler import NO_PROFILER, NO_PROFILER_ENV
 
 JOB_NAME = "lczscale-worker"
@@ -99,30 +97,6 @@ def security(cfg: SecurityConfig) -> Security | None:
         tls_scheduler_cert=cert, tls_scheduler_key=key, tls_worker_cert=cert,
         tls_worker_key=key, require_encryption=True,
     )
-
-
-def cluster_for_map(cfg: MapConfig) -> Any:
-    """The cluster a map runs on: its ``cluster`` YAML, else ``scheduler_address`` (an
-    ``address`` cluster), else a local cluster of ``workers`` processes."""
-    if cfg.cluster and cfg.scheduler_address:
-        raise ConfigError(
-            f"give either cluster ({cfg.cluster}) or scheduler_address "
-            f"({cfg.scheduler_address}), not both; an existing scheduler is `kind: address` "
-            "in a cluster YAML"
-        )
-    if cfg.scheduler_address:
-        return AddressClusterConfig(address=cfg.scheduler_address)
-    if not cfg.cluster:
-        return LocalClusterConfig(workers=cfg.workers, threads_per_worker=cfg.threads_per_worker)
-    cluster = load_cluster_config(cfg.cluster)
-    if (isinstance(cluster, LocalClusterConfig) and "threads_per_worker" in cluster.model_fields_set
-            and cluster.threads_per_worker != cfg.threads_per_worker):
-        raise ConfigError(
-            f"{cfg.cluster} sets threads_per_worker {cluster.threads_per_worker} but the map "
-            f"uses {cfg.threads_per_worker}; the map's value decides the cube's bytes, so "
-            "remove it from the cluster YAML or set both the same"
-        )
-    return cluster
 
 
 @contextmanager

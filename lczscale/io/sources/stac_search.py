@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
 
+from lczscale.config.screening import reject_url_secrets
 from lczscale.errors import NoDataError, SourceError
 from lczscale.io.retry import retry_io
-from lczscale.screening import reject_url_secrets
 
 ASSET_KEY = "data"
 

@@ -27,8 +27,9 @@ from pydantic import (
     model_validator,
 )
 
+from lczscale.config.screening import reject_env_secrets, reject_shell_secrets, reject_url_secrets
+from lczscale.config.settings import MapConfig
 from lczscale.errors import ConfigError
-from lczscale.screening import reject_env_secrets, reject_shell_secrets, reject_url_secrets
 
 
 class _Strict(BaseModel):
@@ -277,3 +278,27 @@ def load_cluster_config(path: str | Path) -> Any:
 def dump_cluster_config(cfg: BaseModel) -> str:
     """YAML text of a cluster config, round-trippable through ``load_cluster_config``."""
     return yaml.safe_dump(cfg.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
+
+
+def cluster_for_map(cfg: MapConfig) -> Any:
+    """The cluster a map runs on: its ``cluster`` YAML, else ``scheduler_address`` (an
+    ``address`` cluster), else a local cluster of ``workers`` processes."""
+    if cfg.cluster and cfg.scheduler_address:
+        raise ConfigError(
+            f"give either cluster ({cfg.cluster}) or scheduler_address "
+            f"({cfg.scheduler_address}), not both; an existing scheduler is `kind: address` "
+            "in a cluster YAML"
+        )
+    if cfg.scheduler_address:
+        return AddressClusterConfig(address=cfg.scheduler_address)
+    if not cfg.cluster:
+        return LocalClusterConfig(workers=cfg.workers, threads_per_worker=cfg.threads_per_worker)
+    cluster = load_cluster_config(cfg.cluster)
+    if (isinstance(cluster, LocalClusterConfig) and "threads_per_worker" in cluster.model_fields_set
+            and cluster.threads_per_worker != cfg.threads_per_worker):
+        raise ConfigError(
+            f"{cfg.cluster} sets threads_per_worker {cluster.threads_per_worker} but the map "
+            f"uses {cfg.threads_per_worker}; the map's value decides the cube's bytes, so "
+            "remove it from the cluster YAML or set both the same"
+        )
+    return cluster

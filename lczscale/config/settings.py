@@ -19,16 +19,20 @@ from pydantic import (
     field_validator,
 )
 
+from lczscale.config.files import read_yaml_mapping, validation_line
+from lczscale.config.screening import reject_option_secrets, reject_url_secrets
 from lczscale.errors import ConfigError
 
 
-class _Strict(BaseModel):
+class StrictSettings(BaseModel):
+    """Settings that refuse unknown keys, are immutable, and never echo inputs in errors."""
+
     # Inputs are left out of error messages: a URL given by mistake with a secret in it must
     # not be echoed to logs.
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
-class GridConfig(_Strict):
+class GridConfig(StrictSettings):
     """Which zone lattice the cube uses and how it is cut into tiles (one tile = one chunk)."""
 
     kind: Literal["utm", "global"] = "utm"
@@ -44,7 +48,7 @@ class GridConfig(_Strict):
     )
 
 
-class StitchConfig(_Strict):
+class StitchConfig(StrictSettings):
     """The global patch lattice: patches of ``patch_size`` every ``stride`` zone pixels."""
 
     patch_size: int = Field(256, ge=16, le=4096)
@@ -89,7 +93,7 @@ def auto_overlap(receptive_field: int) -> int:
     return max(16, -(-2 * radius // 16) * 16)
 
 
-class InferenceConfig(_Strict):
+class InferenceConfig(StrictSettings):
     """How the model runs on its device. The defaults give the reference cube; dtype,
     channels_last and compile change the arithmetic (bf16/fp16 visibly, the others in the last
     bits), so a run that sets them records them in the cube's provenance."""
@@ -114,7 +118,7 @@ class InferenceConfig(_Strict):
         return dict(changed)
 
 
-class CubeConfig(_Strict):
+class CubeConfig(StrictSettings):
     """On-disk layout of the output cube."""
 
     sharding: bool = False
@@ -122,7 +126,7 @@ class CubeConfig(_Strict):
     compression_level: int = Field(3, ge=1, le=22)
 
 
-class OutputsConfig(_Strict):
+class OutputsConfig(StrictSettings):
     """Optional outputs a map run adds to the cube beside ``lcz`` and ``confidence``.
 
     Once a cube holds an output, later runs keep it current (the cube's outputs are the union
@@ -150,7 +154,7 @@ class OutputsConfig(_Strict):
         )
 
 
-class FaultConfig(_Strict):
+class FaultConfig(StrictSettings):
     """How a run meets failures: retries for transient I/O, tolerance for lost workers."""
 
     io_attempts: int = Field(4, ge=1, le=20, description="tries of a tile's reads and writes")
@@ -164,7 +168,7 @@ class FaultConfig(_Strict):
     )
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictSettings):
     """Location-aware attention U-Net shape."""
 
     in_dim: int = Field(128, ge=1)
@@ -182,7 +186,7 @@ class ModelConfig(_Strict):
         return v
 
 
-class MapConfig(_Strict):
+class MapConfig(StrictSettings):
     """Everything that decides a map run; stored in the cube's attributes."""
 
     source: str
@@ -268,28 +272,22 @@ def reject_credentials(url: str, where: str = "URL") -> str:
     """Refuse URLs that carry a credential: user info (``user:password@``, ``token@``) or a
     signing/token query parameter (presigned S3/GCS, Azure SAS, ``access_token=`` …). They
     would be stored in the cube and travel in the task graph. Raises
-    :class:`lczscale.screening.SecretInConfigError` (a ConfigError) with a one-line message
+    :class:`lczscale.config.screening.SecretInConfigError` (a ConfigError) with a one-line message
     that names ``where`` and the fix, never the secret."""
-    from lczscale.screening import reject_url_secrets
-
     return reject_url_secrets(url, where)
 
 
 def reject_secret_options(options: dict[str, Any], where: str = "source_options") -> dict[str, Any]:
     """Refuse storage options that are not on lczscale's allow-list of non-secret fsspec/s3fs/
-    gcsfs/HTTP settings (:data:`lczscale.screening.ALLOWED_OPTIONS`), screened through nested
+    gcsfs/HTTP settings (:data:`lczscale.config.screening.ALLOWED_OPTIONS`), screened through nested
     mappings and lists: config is stored in the cube and travels in task graphs, so secrets
     must come from the environment on each machine."""
-    from lczscale.screening import reject_option_secrets
-
     return reject_option_secrets(options, where)
 
 
 def load_yaml(path: str | Path, model: type[BaseModel]) -> Any:
     """Read a YAML file into a config model; ConfigError, in one line naming the file and the
     problem, when it is missing, not YAML, not a mapping, or not valid settings."""
-    from lczscale.io.out_path import read_yaml_mapping, validation_line
-
     data = read_yaml_mapping(path, f"{model.__name__} file")
     try:
         return model.model_validate(data)

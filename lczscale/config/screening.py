@@ -210,7 +210,7 @@ def _screen(value: Any, rule: Rule, path: str) -> None:
             if _SECRETISH.search(str(name)):
                 raise _refuse(where, "looks like a credential")
             raise _refuse(where, "is not on lczscale's allow-list of non-secret storage "
-                          "options (lczscale.screening.ALLOWED_OPTIONS: anon, endpoint_url, "
+                          "options (lczscale.config.screening.ALLOWED_OPTIONS: anon, endpoint_url, "
                           "region, client_kwargs, config_kwargs, …)")
         _screen(item, sub, where)
 
