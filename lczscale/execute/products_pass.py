@@ -47,6 +47,7 @@ from lczscale.io.cube.outputs import (
     update_seam,
     write_cells,
 )
+from lczscale.io.cube.sink import ZarrCubeSink
 from lczscale.io.cube.store import read_window, zone_year
 from lczscale.planning.blocks import (
     HALO_CELLS,
@@ -116,7 +117,7 @@ def run_block(task: BlockTask, ctx: ProductsContext) -> BlockResult:
             "finished_at": time.time(),
         }
         # Only after the chunks are written: a crash in between leaves the block not done.
-        with_retries(lambda: ledger.record(ctx.cube_url, task.key, entry), ctx.faults)
+        with_retries(lambda: ZarrCubeSink(ctx.cube_url).finish(task.key, entry), ctx.faults)
         return BlockResult(task.key, task.zone, task.year, seam=seam,
                            seconds=time.perf_counter() - t0)
     except Exception as exc:  # the block's own failure: record it, carry on with others
@@ -129,7 +130,7 @@ def record_block_failure(ctx: ProductsContext, task: BlockTask, exc: BaseExcepti
     entry = {"kind": LEDGER_PREFIX, "provenance_hash": ctx.provenance_hash,
              "digest": task.digest, "failed_at": time.time()} | info
     try:
-        ledger.record_failure(ctx.cube_url, task.key, entry)
+        ZarrCubeSink(ctx.cube_url).fail(task.key, entry)
     except Exception:  # the ledger itself unreachable: the report still says it failed
         log.exception("could not record the failure of block %s", task.key)
     return BlockResult(task.key, task.zone, task.year, "failed",
@@ -237,9 +238,9 @@ def update_seams(
             update_seam(g, t, values)
 
         with_retries(write, ctx.faults)
-        ledger.record(ctx.cube_url, seam_key, {"kind": LEDGER_PREFIX, "digest": digest,
-                                               "provenance_hash": ctx.provenance_hash,
-                                               "tiles": len(values), "finished_at": time.time()})
+        ZarrCubeSink(ctx.cube_url).finish(seam_key, {
+            "kind": LEDGER_PREFIX, "digest": digest, "provenance_hash": ctx.provenance_hash,
+            "tiles": len(values), "finished_at": time.time()})
         written += len(values)
     return written
 
@@ -253,7 +254,7 @@ def run_products(
     """The whole pass after a run's tiles: plan blocks from the ledger as it is now, run those
     to do, update the seam layer. Returns a summary for the run's report."""
     t0 = time.perf_counter()
-    entries = ledger.read_all(ctx.cube_url)
+    entries = ZarrCubeSink(ctx.cube_url).entries()
     blocks, todo = plan_blocks(planned, ctx.grid, ctx.outputs, entries)
     results = (executor or SerialExecutor()).run(products_pass(ctx), todo, on_result)
     seam_tiles = update_seams(planned, blocks, results, entries, ctx)

@@ -35,7 +35,7 @@ from lczscale.execute.faults import describe, is_transient, with_retries
 from lczscale.infer.predict import Predictor, TilePrediction
 from lczscale.infer.tile_input import TileInput, row_bands
 from lczscale.io.cube import ledger
-from lczscale.io.cube.store import write_tile
+from lczscale.io.cube.sink import CubeSink, ZarrCubeSink
 from lczscale.io.sources.protocol import EmbeddingSource
 from lczscale.planning.map_plan import MapPlan
 
@@ -125,6 +125,7 @@ class TileRunner:
         self._zones: dict[str, Zone] = {}
         self._attempts = 0
         self.name = ledger.writer()
+        self.sink: CubeSink = ZarrCubeSink(ctx.cube_url)
 
     @property
     def _probabilities(self) -> bool:
@@ -196,14 +197,12 @@ class TileRunner:
             lambda: digest(zone, task.read, task.year))
         pred, waited = self._predict(zone, task)
         t2 = time.perf_counter()
-        # Pending before any chunk is overwritten: a crash from here until the done entry
-        # leaves the tile not done (never "done" by an earlier run over these new bytes).
-        pending = tile_entry(self.ctx, task, self.name) | {"state": ledger.PENDING,
-                                                           "started_at": time.time()}
-        self._retry(lambda: ledger.record(self.ctx.cube_url, task.key, pending))
-        self._retry(lambda: write_tile(
-            self.ctx.cube_url, zone, task.year, task.core, pred.lcz, pred.confidence,
-            probability=pred.probability,
+        # Pending before any chunk is overwritten, done only after every output is written:
+        # a crash in between leaves the tile not done (the sink's rules).
+        pending = tile_entry(self.ctx, task, self.name) | {"started_at": time.time()}
+        self._retry(lambda: self.sink.start(task.key, pending))
+        self._retry(lambda: self.sink.write(
+            zone, task.year, task.core, pred.lcz, pred.confidence, probability=pred.probability,
         ))
         entry = tile_entry(self.ctx, task, self.name) | {
             "inputs": inputs,
@@ -213,8 +212,7 @@ class TileRunner:
         }
         if pred.probability is not None:  # what else the tile wrote (a resume checks it)
             entry["outputs"] = ["probability"]
-        # Only after every output is written (and fsynced on local disk): done.
-        self._retry(lambda: ledger.record(self.ctx.cube_url, task.key, entry))
+        self._retry(lambda: self.sink.finish(task.key, entry))
         t3 = time.perf_counter()
         return TileResult(
             task.key, pred.valid_pixels, task.core.size, pred.patches, waited,
@@ -258,7 +256,7 @@ def record_failure(
         "transient": is_transient(exc), "attempts": attempts, "failed_at": time.time(),
     }
     try:
-        ledger.record_failure(ctx.cube_url, task.key, entry)
+        ZarrCubeSink(ctx.cube_url).fail(task.key, entry)
     except OSError as write_error:  # e.g. the disk is full: report it, never a traceback
         log.error("tile %s: its failure could not be recorded in the ledger either (%s)",
                   task.key, write_error)

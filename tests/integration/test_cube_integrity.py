@@ -184,12 +184,12 @@ def test_ledger_entries_are_fsynced_and_a_failed_write_leaves_no_temporary_file(
 
 def test_a_full_disk_while_recording_a_failure_is_reported_not_a_traceback(
         world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lczscale.execute import tile as tile_module
+    from lczscale.io.cube import sink as sink_module
 
     def no_space(*a: Any, **kw: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(tile_module, "write_tile", no_space)
+    monkeypatch.setattr(sink_module, "write_tile", no_space)
     monkeypatch.setattr(ledger, "record_failure", no_space)
     from lczscale.config import FaultConfig, MapConfig, StitchConfig
     from lczscale.execute.run import run_map

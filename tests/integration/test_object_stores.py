@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,15 +19,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lczscale.config import GridConfig, MapConfig
+from lczscale.config import CubeConfig, GridConfig, MapConfig
+from lczscale.core.grid import utm_zone
 from lczscale.errors import ConfigError, SourceError
 from lczscale.execute.tile import MapContext
+from lczscale.io.cube.sink import ZarrCubeSink
+from lczscale.io.cube.store import create_cube
 from lczscale.io.sources.aef_cogs import AefCogSource
 from lczscale.io.sources.registry import open_source
 from lczscale.io.stores import filesystem
 from lczscale.planning.map_plan import prepare
 from lczscale.synth import world as synth
 from tests.conformance import SourceCase, SourceConformance
+from tests.cube_sink_conformance import TILE as SINK_TILE
+from tests.cube_sink_conformance import CubeSinkConformance, SinkCase
 from tests.mapping import cube_window, map_source, random_model
 from tests.servers import S3_SECRET, S3Server, environment, free_port, need_module, s3_server
 from tests.sources.reference import aef_reference
@@ -193,3 +199,19 @@ def test_aef_cogs_on_s3_map_like_local(aef_local: dict[str, Any], aef_s3: str,
         for var in ref:
             assert np.array_equal(ref[var], got[var]), f"{zone} {var}"
         assert (ref["lcz"] > 0).any()
+
+
+class TestS3ZarrSink(CubeSinkConformance):
+    """The cube sink on an S3 server (moto) passes the same suite as on local disk."""
+
+    @pytest.fixture(scope="class")
+    def bucket(self, s3: S3Server) -> str:
+        s3.create_bucket("sinks")
+        return "sinks"
+
+    @pytest.fixture
+    def case(self, bucket: str) -> SinkCase:
+        zone = utm_zone(32)
+        url = f"s3://{bucket}/{uuid.uuid4().hex}.zarr"
+        create_cube(url, [zone], [2024], GridConfig(tile_size=SINK_TILE), CubeConfig(), {})
+        return SinkCase(ZarrCubeSink(url), zone, 2024)
