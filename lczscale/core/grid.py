@@ -75,17 +75,21 @@ class Window:
 
     @property
     def row_stop(self) -> int:
+        """The first row after the window."""
         return self.row + self.height
 
     @property
     def col_stop(self) -> int:
+        """The first column after the window."""
         return self.col + self.width
 
     @property
     def size(self) -> int:
+        """Pixels in the window."""
         return self.height * self.width
 
     def intersection(self, other: Window) -> Window | None:
+        """The pixels both windows hold, or None when they do not meet."""
         r0, c0 = max(self.row, other.row), max(self.col, other.col)
         r1, c1 = min(self.row_stop, other.row_stop), min(self.col_stop, other.col_stop)
         if r1 <= r0 or c1 <= c0:
@@ -112,14 +116,17 @@ class Zone:
 
     @property
     def affine(self) -> Affine:
+        """Pixel → zone CRS coordinates of the pixel corners."""
         return Affine(*self.transform)
 
     @property
     def geobox(self) -> GeoBox:
+        """The zone's whole pixel grid as an odc-geo GeoBox."""
         return GeoBox(self.shape, self.affine, self.crs)
 
     @property
     def full_window(self) -> Window:
+        """The window of every pixel of the zone."""
         return Window(0, 0, self.shape[0], self.shape[1])
 
     def window_geobox(self, window: Window) -> GeoBox:
@@ -186,6 +193,7 @@ class Zone:
         return LonLatNodes(xx, yy, i, fy, j, fx)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description, as stored in a cube's layout attributes."""
         return {
             "name": self.name,
             "crs": self.crs,
@@ -196,10 +204,11 @@ class Zone:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Zone:
+        """The zone ``to_dict`` described."""
         return cls(
             name=d["name"],
             crs=d["crs"],
-            transform=tuple(d["transform"]),  # type: ignore[arg-type]
+            transform=tuple(d["transform"]),
             shape=(int(d["shape"][0]), int(d["shape"][1])),
             lon_band=(float(d["lon_band"][0]), float(d["lon_band"][1])),
         )
@@ -221,7 +230,8 @@ class LonLatNodes:
         """Bilinear values of node array ``v`` at every pixel, along columns on the node rows
         first: the same products and sums per pixel as from its four nodes, 1/step the work."""
         across = v[:, self.j] * (1 - self.fx) + v[:, self.j + 1] * self.fx
-        return across[self.i] * (1 - self.fy) + across[self.i + 1] * self.fy
+        out: np.ndarray = across[self.i] * (1 - self.fy) + across[self.i + 1] * self.fy
+        return out
 
 
 _TRANSFORMERS: dict[str, Transformer] = {}
@@ -340,6 +350,7 @@ class Aoi:
 
     @property
     def bbox(self) -> tuple[float, float, float, float]:
+        """(min lon, min lat, max lon, max lat) of the AOI."""
         b = self.geometry.boundingbox
         return (b.left, b.bottom, b.right, b.top)
 

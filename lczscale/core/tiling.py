@@ -65,6 +65,7 @@ class Availability:
         ]
 
     def intersects(self, window: Window) -> bool:
+        """Whether any of the tile's available data meets ``window``."""
         bh, bw = self.block
         r0 = (window.row - self.origin[0]) // bh
         r1 = (window.row_stop - 1 - self.origin[0]) // bh

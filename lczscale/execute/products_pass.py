@@ -76,6 +76,7 @@ class ProductsContext:
 
 @dataclass(frozen=True)
 class BlockResult:
+    """One block's outcome, with its seam counts for the driver."""
     key: str
     zone: str
     year: int
@@ -125,6 +126,7 @@ def run_block(task: BlockTask, ctx: ProductsContext) -> BlockResult:
 
 
 def record_block_failure(ctx: ProductsContext, task: BlockTask, exc: BaseException) -> BlockResult:
+    """Record ``task`` as failed with ``exc``; the failed result to report."""
     info = describe(exc)
     log.warning("100 m block %s failed: %s: %s", task.key, info["error_type"], info["error"])
     entry = {"kind": LEDGER_PREFIX, "provenance_hash": ctx.provenance_hash,

@@ -37,6 +37,7 @@ from lczscale.planning.map_plan import MapPlan, prepare
 
 @dataclass
 class MapReport:
+    """What a map run did: tiles computed, skipped and failed, pixels, time."""
     cube: str
     year: int
     computed: int
@@ -50,9 +51,11 @@ class MapReport:
 
     @property
     def failed(self) -> list[TileResult]:
+        """The tiles that did not finish."""
         return [r for r in self.results if r.status != "done"]
 
     def summary(self) -> dict[str, Any]:
+        """The report as JSON-ready fields (what ``lczscale map`` prints)."""
         return {
             "cube": self.cube,
             "year": self.year,

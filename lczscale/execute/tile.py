@@ -104,6 +104,7 @@ class TileResult:
     @classmethod
     def failed(cls, key: str, core_pixels: int, error: str, worker: str = "",
                attempts: int = 1) -> TileResult:
+        """A failed tile's result."""
         return cls(key, 0, core_pixels, 0, 0.0, 0.0, 0.0, worker, "failed", error, attempts)
 
 
@@ -132,6 +133,7 @@ class TileRunner:
         return self.ctx.outputs.probabilities
 
     def zone(self, name: str) -> Zone:
+        """The zone ``name`` of the run's grid (built once per runner)."""
         if name not in self._zones:
             self._zones[name] = zone_by_name(name, self.ctx.grid)
         return self._zones[name]

@@ -43,6 +43,7 @@ class BlockTask:
 
     @property
     def key(self) -> str:
+        """The block's ledger key, ``products100m/<zone>/<year>/<row>_<col>``."""
         return f"{LEDGER_PREFIX}/{self.zone}/{self.year}/{self.cells.row}_{self.cells.col}"
 
     @property

@@ -37,6 +37,7 @@ from lczscale.version import code_version
 
 @dataclass
 class MapPlan:
+    """A checked run: its source, provenance, every tile and those still to make."""
     cfg: MapConfig
     source: EmbeddingSource
     year: int
@@ -59,6 +60,7 @@ class MapPlan:
 
     @property
     def skipped(self) -> int:
+        """Planned tiles already done with this provenance."""
         return len(self.planned) - len(self.tasks)
 
 

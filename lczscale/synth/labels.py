@@ -275,6 +275,7 @@ def _geoclimate(code: int) -> int:
 
 
 def write_training_areas(d: Path, c: SynthCity, seed: int) -> dict[str, Any]:
+    """Write a city's LCZ Generator-style training areas (GeoJSON, KML, KMZ)."""
     areas = training_areas(c, seed)
     name = c.city.name
     code, dy = so2sat_epsg(c)  # GeoClimate, like So2Sat, uses 327NN south of the equator

@@ -444,6 +444,7 @@ class WorldSpace:
 
     @classmethod
     def make(cls, rng: np.random.Generator) -> WorldSpace:
+        """A random placement of the world's cities."""
         protos = material_prototypes(rng)
         objects = rng.normal(0.0, OBJECT_SD, (OBJECT_TABLE, BANDS)).astype(np.float32)
         return cls(protos, objects)

@@ -111,7 +111,9 @@ def open_cube(
                           for d, s in zip("yx", roi, strict=True)})
     chunks = ds["lcz"].encoding.get("chunks") or (1, 2048, 2048)
     extra = {d: 512 for d in ("y_100m", "x_100m") if d in ds.dims}
-    return ds.chunk({"time": 1, "y": max(chunks[-2], 2048), "x": max(chunks[-1], 2048)} | extra)
+    chunked: xr.Dataset = ds.chunk(
+        {"time": 1, "y": max(chunks[-2], 2048), "x": max(chunks[-1], 2048)} | extra)
+    return chunked
 
 
 def _lon_overlap(zone: Zone, bbox: tuple[float, float, float, float]) -> bool:

@@ -100,6 +100,7 @@ def record_failure(
 def read_one(
     cube_url: str, key: str, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any] | None:
+    """The entry of tile ``key``, or None (none, or unreadable)."""
     fs, path = filesystem(_entry_path(cube_url, key), storage_options)
     try:
         return _parse(fs.cat_file(path), path)

@@ -32,6 +32,7 @@ from lczscale import classes
 from lczscale.config import CubeConfig, GridConfig, OutputsConfig
 from lczscale.core.grid import Window, Zone
 from lczscale.io import zarr_calls
+from lczscale.io.zarr_calls import ZarrArray
 
 FACTOR = 10  # 10 m pixels per 100 m cell side
 N_CLASSES = 17
@@ -50,6 +51,7 @@ def cells_shape(zone: Zone) -> tuple[int, int]:
 
 
 def tiles_shape(zone: Zone, tile_size: int) -> tuple[int, int]:
+    """Tile rows and columns of a zone cut into ``tile_size`` tiles."""
     return -(-zone.shape[0] // tile_size), -(-zone.shape[1] // tile_size)
 
 
@@ -171,7 +173,7 @@ def _create_seam_arrays(
                             " of the tile's first pixel"})
 
 
-def _array(g: zarr.Group, name: str) -> zarr.Array:
+def _array(g: zarr.Group, name: str) -> ZarrArray:
     arr = g[name]
     assert isinstance(arr, zarr.Array)
     return arr

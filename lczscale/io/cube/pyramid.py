@@ -86,7 +86,8 @@ def mode2x2(codes: npt.ArrayLike) -> npt.NDArray[np.uint8]:
     votes = np.where(quads > 0, votes, 0)
     score = votes.astype(np.int16) * 32 + (31 - quads.astype(np.int16))  # more votes, then low
     best = score.argmax(axis=0)
-    return np.take_along_axis(quads, best[None], axis=0)[0]
+    out: npt.NDArray[np.uint8] = np.take_along_axis(quads, best[None], axis=0)[0]
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,6 +361,7 @@ def _state_url(url: str, zone: str) -> str:
 
 def read_state(url: str, zone: str, storage_options: dict[str, Any] | None = None
                ) -> dict[str, Any]:
+    """The pyramid's build state of ``zone`` (which levels are complete)."""
     fs, path = filesystem(_state_url(url, zone), storage_options)
     try:
         state = dict(json.loads(fs.cat_file(path)))
@@ -372,6 +374,7 @@ def read_state(url: str, zone: str, storage_options: dict[str, Any] | None = Non
 
 def write_state(url: str, zone: str, state: dict[str, Any],
                 storage_options: dict[str, Any] | None = None) -> None:
+    """Write the pyramid's build state of ``zone``."""
     fs, path = filesystem(_state_url(url, zone), storage_options)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     fs.pipe_file(path, json.dumps(state, sort_keys=True).encode())

@@ -34,6 +34,7 @@ VARIABLES = ("lcz", "confidence")
 
 
 def open_root(url: str, mode: str, storage_options: dict[str, Any] | None) -> zarr.Group:
+    """The cube's root group."""
     store = open_store(url, read_only=(mode == "r"), storage_options=storage_options)
     return zarr.open_group(store, mode=mode, zarr_format=3)  # type: ignore[arg-type]
 
@@ -369,4 +370,5 @@ def stored_block(url: str, storage_options: dict[str, Any] | None = None) -> tup
 
 
 def cube_grid(url: str, storage_options: dict[str, Any] | None = None) -> GridConfig:
+    """The grid settings the cube was made with."""
     return GridConfig.model_validate(cube_attrs(url, storage_options)["lczscale:layout"]["grid"])
