@@ -4,7 +4,7 @@ Each zone lives in its own CRS, so a view of a region that spans zones must repr
 every zone whose data the view touches, the renderer picks the pyramid level whose pixels are
 just finer than the view's (``pyramid.level_for_resolution``), reads only the window under the
 view from that level, and warps it with *nearest* (class codes must never be blended) onto the
-view's grid. Zones are combined by the one stitching rule of ``io.cube_warp.zone_choice``
+view's grid. Zones are combined by the one stitching rule of ``io.cube.warp.zone_choice``
 (the zone owning a pixel's longitude, else the first zone with a class), so a tile shows
 what ``open_cube(crs=)`` and the exports give at zone edges. A tile therefore reads about one
 tile's worth of pixels per zone at any zoom, whatever the size of the cube.

@@ -4,7 +4,7 @@ Pure numpy over windows of zone pixels (no I/O), so the aggregation pass can run
 worker and tests can check them on synthetic maps:
 
 - ``cell_products``: for a window of 100 m cells (``factor`` × ``factor`` zone pixels aligned to
-  the zone's pixel lattice, as in ``aggregate``), the class fractions in 1/255 units, the
+  the zone's pixel lattice, as in ``counts``), the class fractions in 1/255 units, the
   majority class, and the majority after the global LCZ map's Gaussian mode filter. The input
   window carries a halo of ``halo`` cells so that the filter of every cell in the window sees
   all its neighbours: a block's result is then exactly the whole map's, whatever the blocks.

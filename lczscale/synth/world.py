@@ -11,7 +11,7 @@
 - ``truth.zarr`` — the 10 m truth as an lczscale cube, to score maps against;
 - ``world.json`` — what was written where.
 
-The content is built to be *honest* (see ``synth_layout``): classes are neighbourhood mixtures
+The content is built to be *honest* (see ``synth.layout``): classes are neighbourhood mixtures
 of materials, and compact/open classes share roof materials, so per-pixel shortcuts fail.
 The cities themselves are built in ``synth.cities`` and their coarse labels made in
 ``synth.global_lcz_map``; this module writes them, and the other layouts through

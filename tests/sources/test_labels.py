@@ -1,4 +1,4 @@
-"""Every LCZ label format, written from the synthetic truth by ``synth_labels``, read back onto
+"""Every LCZ label format, written from the synthetic truth by ``synth.labels``, read back onto
 the zone grid through one layer (``open_labels`` / ``read_labels``): the same map in any
 encoding gives the identical array, patches and polygons give the truth exactly, the encoding
 is reported, and bad input fails with an error naming the file and the values."""

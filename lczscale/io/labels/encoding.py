@@ -6,7 +6,7 @@ Real label products write the same 17 classes in several ways (data-formats.md �
 - GeoClimate (OSM / BD TOPO vector LCZ): 1–10 and **101–107** for A–G;
 - float rasters (after a trip through R or xarray) with −1 or NaN as nodata;
 - int32 with a declared nodata such as −999 (w2w's Zaragoza sample);
-- So2Sat LCZ42 one-hot vectors → argmax + 1 (decoded in ``labels_so2sat``).
+- So2Sat LCZ42 one-hot vectors → argmax + 1 (decoded in ``so2sat``).
 
 The rule, applied to a raster's sample at open and again to every window read:
 

@@ -7,7 +7,7 @@ coarse cell that holds its centre, which is exactly what the coarse map claims a
 mode would give the same answer, as each fine pixel sees one coarse cell. Fine → coarse (a 10 m
 source onto a coarser zone) uses **mode**, the majority class of the source pixels under each
 output pixel, because nearest would pick one arbitrary sample of many. Rasters are warped by
-``labels_warp``, not GDAL, so that a pixel gets the same label whatever window it is read in.
+``warp``, not GDAL, so that a pixel gets the same label whatever window it is read in.
 
 Polygons (training areas, So2Sat patch footprints) are burnt with pixel-centre inclusion
 (``all_touched=False``), the polygon analogue of nearest. Overlaps follow one deterministic rule:

@@ -1,8 +1,8 @@
 """LCZ labels of any source (100 m maps, So2Sat patches, training polygons) onto a zone window.
 
 ``read_labels`` is what training and evaluation call once per region: it opens the file through
-``open_labels`` (which detects the kind and the encoding, see ``label_sources`` and
-``labels_encoding``) and keeps the opened source for the next call, so a GeoJSON is parsed and a
+``open_labels`` (which detects the kind and the encoding, see ``registry`` and
+``encoding``) and keeps the opened source for the next call, so a GeoJSON is parsed and a
 raster's encoding sampled once, not once per window. Labels are categorical, so they are warped
 with nearest neighbour or mode, never bilinear; embeddings stay on their own grid, only labels
 move.

@@ -10,7 +10,7 @@ extension still opens): HDF5 with a ``label`` or ``tfw`` dataset → So2Sat; TIF
 ``<VRTDataset`` → raster; zip → KMZ; ``<kml`` → KML; ``{`` → GeoJSON; anything else (netCDF,
 an HDF5 without So2Sat's datasets, …) is offered to GDAL as a raster. A directory or store
 that is not a file but holds a ``zarr.json`` is a Zarr store, read as an lczscale cube
-(``labels_cube``; any other Zarr store is refused there with the reason). ``kind=`` overrides.
+(``cube``; any other Zarr store is refused there with the reason). ``kind=`` overrides.
 """
 
 from __future__ import annotations

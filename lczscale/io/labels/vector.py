@@ -12,7 +12,7 @@ The class attribute is auto-detected (``lcz``, ``LCZ``, ``lcz_primary``, ``class
 ``ATTRIBUTE_NAMES``; ``LCZ_SECONDARY`` is never taken) or named with ``attribute=``. A feature
 without it is an error, a null value is "unclassified" (counted in ``describe``), and a value in
 no encoding is an error naming the file and the values. Only polygonal geometries are burnt
-(with pixel-centre inclusion; overlaps of different classes → 0, see ``labels_base``); others
+(with pixel-centre inclusion; overlaps of different classes → 0, see ``protocol``); others
 are counted as skipped.
 """
 
