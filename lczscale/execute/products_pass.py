@@ -14,9 +14,9 @@ Which blocks a run makes, and which of them a resume redoes, is planned in
 The seam layer: each block also counts, per 10 m tile, the adjacent pixel pairs whose
 upper/left pixel it owns (border vs interior, valid pairs, class changes; see
 ``products.cells.seam_counts``) and keeps the counts in its ledger entry. Counts of disjoint
-pairs add up, so the driver sums them over the blocks under each planned tile and alone writes the seam
-arrays (small: one value per tile), again only when some block changed
-(ledger key ``products100m/<zone>/<year>/seam``).
+pairs add up, so the driver sums them over the blocks under each planned tile and alone writes
+the seam arrays (small: one value per tile), again only when some block changed (ledger key
+``products100m/<zone>/<year>/seam``).
 
 The blocks run through the run's executor (``products_pass``), in-process or one Dask task per
 block, exactly as the 10 m tiles do.
