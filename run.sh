@@ -46,6 +46,8 @@ case "${1:-}" in
     ;;
   test)
     setup
+    "$PY" -m ruff check lczscale tests benchmarks  # the layout's rules are part of the tests
+    "$PY" -m mypy lczscale
     "$PY" -m pytest -q -p no:cacheprovider tests
     ;;
   *)
