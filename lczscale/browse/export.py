@@ -26,7 +26,11 @@ import xarray as xr
 from pyproj import CRS
 
 from lczscale import classes
+from lczscale.config import MapConfig
 from lczscale.errors import ConfigError, CubeError
+from lczscale.io.cube.dataset import open_cube
+from lczscale.io.cube.warp import georeferenced, grid_free_attrs
+from lczscale.io.out_path import check_writable_out
 
 FORMATS = ("cog", "geotiff", "netcdf")
 Format = Literal["cog", "geotiff", "netcdf"]
@@ -62,13 +66,11 @@ def export(
     ``open_cube`` (needed when the bbox spans several zones). ``blocksize``: GeoTIFF tile side.
     """
     import lczscale.browse.accessor  # noqa: F401  (ds.lcz)
-    from lczscale.io.cube.dataset import open_cube
 
     if fmt not in FORMATS:
         raise ConfigError(f"export format {fmt!r} is not one of {FORMATS}")
     if blocksize < 16 or blocksize % 16:
         raise ConfigError(f"blocksize must be a multiple of 16 (GeoTIFF tiles), got {blocksize}")
-    from lczscale.io.out_path import check_writable_out
 
     bbox = checked_bbox(bbox)
     path = Path(out)
@@ -92,8 +94,6 @@ def checked_bbox(bbox: tuple[float, float, float, float]) -> tuple[float, float,
     """``bbox`` if ``lczscale map`` would accept it, else the ConfigError map gives: the very
     rule of ``MapConfig.bbox`` (degrees in range, minlat < maxlat, MINLON > MAXLON only for a
     box across the antimeridian narrower than 180°) — never a silently swapped box."""
-    from lczscale.config import MapConfig
-
     try:
         box = tuple(float(v) for v in bbox)
         if len(box) != 4:
@@ -168,8 +168,6 @@ def _netcdf_attr(value: Any) -> Any:
 def write_netcdf(ds: xr.Dataset, path: Path, source: str = "") -> None:
     """``lcz`` and ``confidence`` (time, y, x) as NetCDF4 (h5netcdf engine) with a CF grid
     mapping; uint8 with _FillValue 0, zlib-compressed."""
-    from lczscale.io.cube.warp import georeferenced, grid_free_attrs
-
     ds = georeferenced(ds)
     keep = [n for n in ("lcz", "confidence") if n in ds.data_vars]
     out = ds[keep].copy()  # new Variables (attrs edited below), data still lazy: streamed

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from lczscale.classes import LCZ_CODES
+from lczscale.classes import LCZ_CLASS_NAMES, LCZ_CODES
 from lczscale.config import ModelConfig
 from lczscale.errors import CheckpointError
 from lczscale.model.unet import LczUNet
@@ -358,8 +358,6 @@ def save_untrained(
 ) -> str:
     """A checkpoint with seeded random weights and identity normalisation, for benchmarks and
     tests whose subject is throughput or plumbing, not accuracy. Returns its model hash."""
-    from lczscale.classes import LCZ_CLASS_NAMES
-
     torch.manual_seed(seed)
     meta = CheckpointMeta(
         model=cfg, classes=LCZ_CODES, class_names=LCZ_CLASS_NAMES, input=input_spec,

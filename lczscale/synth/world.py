@@ -41,6 +41,7 @@ from zarr.core.array_spec import ArrayConfigParams
 from lczscale.config import CubeConfig, GridConfig
 from lczscale.core.grid import Window, Zone
 from lczscale.errors import ConfigError
+from lczscale.io.cube.store import create_cube, write_tile
 from lczscale.synth.cities import (
     _SPACE,
     SITES,
@@ -259,8 +260,6 @@ def _write_city_year(
 def _write_truth(out_dir: Path, world: Sequence[SynthCity], seed: int, size_km: float,
                  year: int) -> Path:
     """The 10 m truth as an lczscale cube (through the cube API), one write per city."""
-    from lczscale.io.cube.store import create_cube, write_tile
-
     url = str(out_dir / "truth.zarr")
     zones = sorted({c.zone.name: c.zone for c in world}.items())
     create_cube(

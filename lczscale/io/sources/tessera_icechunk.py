@@ -47,7 +47,7 @@ from lczscale.io.sources.hemisphere_groups import GROUP, GroupPart, group_part
 from lczscale.io.sources.protocol import EmbeddingWindow, identity
 from lczscale.io.sources.tessera_dclimate_zarr import is_dclimate_tessera
 from lczscale.io.sources.tessera_zarr import read_array
-from lczscale.io.stores import is_remote, local_path
+from lczscale.io.stores import filesystem, is_remote, local_path
 from lczscale.io.zarr_calls import ZarrArray
 
 log = logging.getLogger(__name__)
@@ -158,8 +158,6 @@ class TesseraIcechunkSource:
     @classmethod
     def detect(cls, url: str, storage_options: dict[str, Any] | None = None) -> str | None:
         """An Icechunk repository (its ``repo`` object) whose root is a dClimate TESSERA build."""
-        from lczscale.io.stores import filesystem
-
         fs, path = filesystem(url, storage_options)
         try:
             if not fs.exists(f"{path.rstrip('/')}/repo"):
