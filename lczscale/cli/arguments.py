@@ -112,6 +112,14 @@ def parser() -> argparse.ArgumentParser:
                    "(see deploy/*/cluster.yaml); --workers then does not apply")
     m.add_argument("--device", choices=["auto", "cpu", "cuda"])
     m.add_argument("--quiet", action="store_true")
+    m.add_argument("--dry-run", action="store_true", help="plan the run and say what it would "
+                   "cost (tiles, land share, input bytes, coverage gaps, tiles done, hours for "
+                   "--workers from the stored benchmark rates); writes nothing")
+    m.add_argument("--json", action="store_true", help="with --dry-run: the result as one "
+                   "JSON object, the last line of stdout")
+    m.add_argument("--rates", metavar="FILE_OR_DIR", help="with --dry-run: benchmark results "
+                   "(.jsonl, or a folder of them) to project hours from (default: the "
+                   "repository's benchmarks/results)")
     m.set_defaults(func=cmd_map)
 
     e = sub.add_parser("eval", help="score a cube against a reference cube")

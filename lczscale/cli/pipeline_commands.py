@@ -115,6 +115,14 @@ def cmd_map(a: argparse.Namespace) -> int:
     """``lczscale map``: map an AOI into an LCZ cube; exit 1 when a tile or product failed."""
     from lczscale.execute.run import run_map
 
+    dry = getattr(a, "dry_run", False)
+    for flag in ("json", "rates"):
+        if getattr(a, flag, None) and not dry:
+            raise LczscaleError(f"--{flag} goes with --dry-run (a real run prints its summary)")
+    if dry and getattr(a, "rates", None):
+        from lczscale.planning.rates import rates_path
+
+        rates_path(a.rates)  # refused before the source is opened
     cfg = map_config(a)
     from lczscale.config.files import read_yaml_mapping
     from lczscale.io.out_path import check_input, check_writable_out
@@ -126,7 +134,8 @@ def cmd_map(a: argparse.Namespace) -> int:
     check_aoi_file(cfg.geojson)
     if cfg.cluster:
         read_yaml_mapping(cfg.cluster, "--cluster")
-    check_writable_out(cfg.out, "map --out", "dir")
+    if not dry:  # the writability probe creates (and removes) a file: a dry run writes nothing
+        check_writable_out(cfg.out, "map --out", "dir")
 
     if cfg.source_kind in ("auto", "") and exists(cfg.source, cfg.source_options):
         from lczscale.io.sources.registry import detect_layout
@@ -134,6 +143,8 @@ def cmd_map(a: argparse.Namespace) -> int:
         layout, found = detect_layout(cfg.source, cfg.source_options)
         print(f"source {cfg.source}: {found} (kind {layout})", file=sys.stderr)
         cfg = cfg.model_copy(update={"source_kind": layout})  # detected once, not again
+    if dry:
+        return _dry_run(a, cfg)
     report = run_map(cfg, progress=not a.quiet)
     summary = report.summary()
     failed = report.failed
@@ -149,6 +160,17 @@ def cmd_map(a: argparse.Namespace) -> int:
               f"{products['skipped']}, {products['failed']} failed", file=sys.stderr)
     print_json(summary)
     return 1 if failed or products.get("failed") else 0
+
+
+def _dry_run(a: argparse.Namespace, cfg: Any) -> int:
+    """``lczscale map --dry-run``: the plan and its projected cost; nothing is written."""
+    import json
+
+    from lczscale.planning.dry_run import dry_run, summary_lines
+
+    result = dry_run(cfg, a.workers, a.rates)
+    print(json.dumps(result, default=str) if a.json else "\n".join(summary_lines(result)))
+    return 0
 
 
 def cmd_deploy_kubernetes(a: argparse.Namespace) -> int:
