@@ -48,7 +48,10 @@ case "${1:-}" in
     setup
     "$PY" -m ruff check lczscale tests benchmarks  # the layout's rules are part of the tests
     "$PY" -m mypy lczscale
-    "$PY" -m pytest -q -p no:cacheprovider tests
+    # Two pytest-xdist workers (CI has two cores; much of the suite waits on processes, servers
+    # and SLURM), each taking whole test files, the longest first (tests/conftest.py), so that
+    # a file's fixtures are built once; the session's shared world is built once in all.
+    "$PY" -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder tests
     ;;
   *)
     echo "usage: bash run.sh demo [DIR] | bash run.sh test" >&2

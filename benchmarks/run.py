@@ -25,6 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import amplification
+import ledger_scale
 import model_forward
 import planning
 import read_throughput
@@ -44,6 +45,7 @@ BENCHMARKS: dict[str, Runner] = {
     "planning": lambda quick, a: planning.run(quick),
     "tile_memory": lambda quick, a: tile_memory.run(quick),
     "store_planning": lambda quick, a: store_planning.run(quick),
+    "ledger_scale": lambda quick, a: ledger_scale.run(quick, with_s3=not a.no_s3),
 }
 
 
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
     ap.add_argument("--out", type=Path, help="also write the lines to this .jsonl file")
     ap.add_argument("--workdir", type=Path, help="keep worlds and models here (reused)")
-    ap.add_argument("--no-s3", action="store_true", help="read benchmark: local files only")
+    ap.add_argument("--no-s3", action="store_true",
+                    help="read and ledger_scale benchmarks: local files only")
     ap.add_argument("--slurm", action="store_true",
                     help="scaling: also the local SLURM cluster (deploy/slurm)")
     a = ap.parse_args(argv)

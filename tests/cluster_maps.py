@@ -26,7 +26,8 @@ def tls_files(directory: Path) -> SecurityConfig:
     files = {"ca.pem": sec.tls_ca_file, "cert.pem": sec.tls_scheduler_cert,
              "key.pem": sec.tls_scheduler_key}
     for name, text in files.items():
-        assert text and "-----BEGIN" in text
+        assert text
+        assert "-----BEGIN" in text
         (directory / name).write_text(text)
     (directory / "key.pem").chmod(0o600)
     return SecurityConfig(tls=True, ca_file=str(directory / "ca.pem"),
@@ -46,7 +47,8 @@ def chunk_files(url: str) -> dict[str, bytes]:
 
 def assert_same_chunks(url: str, reference: str) -> None:
     got, want = chunk_files(url), chunk_files(reference)
-    assert len(want) > 2 and got.keys() == want.keys(), (
+    assert len(want) > 2, f"the reference holds {len(want)} stored files"
+    assert got.keys() == want.keys(), (
         f"stored files differ: missing {sorted(want.keys() - got.keys())[:5]}, "
         f"extra {sorted(got.keys() - want.keys())[:5]}"
     )

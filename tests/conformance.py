@@ -59,9 +59,12 @@ class SourceConformance:
         assert s.dimensions == case.dimensions
         assert case.year in s.years
         assert case.zone.name in s.zone_names()
-        assert s.layout and s.kind and s.dataset
+        assert s.layout
+        assert s.kind
+        assert s.dataset
         desc = s.describe()
-        assert desc["kind"] == s.kind and desc["layout"] == s.layout
+        assert desc["kind"] == s.kind
+        assert desc["layout"] == s.layout
 
     def test_window_inside_the_data(self, case: SourceCase) -> None:
         e = case.extent
@@ -70,11 +73,14 @@ class SourceConformance:
         assert data.window == w
         assert data.codes.dtype == np.int8
         assert data.codes.shape == (case.dimensions, w.height, w.width)
-        assert data.valid.dtype == bool and data.valid.shape == (w.height, w.width)
-        assert data.water.dtype == bool and data.water.shape == (w.height, w.width)
+        assert data.valid.dtype == bool
+        assert data.valid.shape == (w.height, w.width)
+        assert data.water.dtype == bool
+        assert data.water.shape == (w.height, w.width)
         assert data.dequantisation == case.dequantisation
         if data.scales is not None:
-            assert data.scales.dtype == np.float32 and data.scales.shape == (w.height, w.width)
+            assert data.scales.dtype == np.float32
+            assert data.scales.shape == (w.height, w.width)
         assert data.valid.any()
         _check_values(data, case)
 
@@ -108,7 +114,8 @@ class SourceConformance:
     def test_halo_before_the_zone_origin(self, case: SourceCase) -> None:
         data = case.source.read(case.zone, Window(-16, -16, 48, 48), case.year)
         assert data.codes.shape == (case.dimensions, 48, 48)
-        assert not data.valid[:16].any() and not data.valid[:, :16].any()
+        assert not data.valid[:16].any()
+        assert not data.valid[:, :16].any()
 
     def test_masks_are_consistent(self, case: SourceCase) -> None:
         data = case.source.read(case.zone, case.extent, case.year)

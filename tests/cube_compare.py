@@ -20,7 +20,8 @@ def cube_arrays(url: str, world) -> dict[str, np.ndarray]:
 
 
 def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
-    assert a.keys() == b.keys() and a
+    assert a.keys() == b.keys()
+    assert a
     for k in a:
         assert a[k].shape == b[k].shape, k
         assert np.array_equal(a[k], b[k]), f"{k}: {int((a[k] != b[k]).sum())} pixels differ"

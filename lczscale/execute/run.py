@@ -28,6 +28,7 @@ from lczscale.execute.clusters.start import open_cluster
 from lczscale.execute.executor import Executor, SerialExecutor
 from lczscale.execute.products_pass import run_products_for_plan
 from lczscale.execute.tile import MapContext, TileResult, tile_pass
+from lczscale.io.cube.compaction import compact_after_run
 from lczscale.io.cube.lock import writer_lock
 from lczscale.io.cube.store import create_cube
 from lczscale.planning.blocks import blocks_to_do
@@ -160,6 +161,7 @@ def _run_locked(
         seconds = time.perf_counter() - t0
         if cfg.outputs.fractions:
             products = run_products_for_plan(plan, executor, progress)
+    compact_after_run(cfg.out)  # still under the lock, no tile in flight: ledger snapshots
     return MapReport(
         cube=cfg.out,
         year=plan.year,

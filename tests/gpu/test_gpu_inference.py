@@ -26,7 +26,8 @@ pytestmark = [
 def cuda_map(world, out, **kw):  # type: ignore[no-untyped-def]
     cfg = world.map_config(out, device="cuda", **kw)
     report = run_map(cfg, progress=False)
-    assert report.computed >= 4 and not report.failed
+    assert report.computed >= 4
+    assert not report.failed
     return cube_arrays(str(out), world)
 
 
@@ -57,7 +58,8 @@ def test_the_gpu_cube_agrees_with_the_cpu_cube(world, fp32, tmp_path) -> None:
     """Outputs come back from the device asynchronously (pinned buffers, an event per batch):
     a row read on the host before its copy landed would show here as zeros or stale classes."""
     report = run_map(world.map_config(tmp_path / "cpu.zarr", device="cpu"), progress=False)
-    assert report.computed >= 4 and not report.failed
+    assert report.computed >= 4
+    assert not report.failed
     cpu = cube_arrays(str(tmp_path / "cpu.zarr"), world)
     assert agreement(fp32, cpu) >= 0.99
     for key in cpu:
@@ -92,7 +94,8 @@ def test_auto_batch_size_fits_and_runs(world, fp32, tmp_path) -> None:
     predictor = Predictor(model, meta, StitchConfig(patch_size=128, batch_size="auto"),
                           torch.device("cuda"))
     b = predictor.batch_size
-    assert 1 <= b <= 1024 and b & (b - 1) == 0
+    assert 1 <= b <= 1024
+    assert b & (b - 1) == 0
 
 
 def test_location_channels_on_the_device_match_the_host(world) -> None:
@@ -102,6 +105,7 @@ def test_location_channels_on_the_device_match_the_host(world) -> None:
     cpu = Predictor(*load_checkpoint(world.model)[:2], stitch, torch.device("cpu"))
     zone, window = utm_zone(32), Window(5_200_000, 45_000, 300, 260)
     a, b = gpu.location(zone, window).cpu(), cpu.location(zone, window)
-    assert a.shape == b.shape and a.dtype == b.dtype == torch.float32
+    assert a.shape == b.shape
+    assert a.dtype == b.dtype == torch.float32
     assert (a == b).float().mean() >= 0.9999
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

@@ -175,7 +175,8 @@ def test_out_in_a_read_only_directory() -> None:
     try:
         with as_nobody(), pytest.raises(LczscaleError, match="not writable") as err:
             out_path.check_writable_out(str(ro / "cube.zarr"), "map --out", "dir")
-        assert str(ro) in str(err.value) and "\n" not in str(err.value)
+        assert str(ro) in str(err.value)
+        assert "\n" not in str(err.value)
         assert list(ro.iterdir()) == []
     finally:
         ro.chmod(0o755)
@@ -193,7 +194,7 @@ def test_config_with_bad_yaml_syntax(scene, capsys, command) -> None:
 
 
 @pytest.mark.parametrize("command", ["map", "train"])
-@pytest.mark.parametrize("name, holds", [("list.yaml", "list"), ("scalar.yaml", "str")])
+@pytest.mark.parametrize(("name", "holds"), [("list.yaml", "list"), ("scalar.yaml", "str")])
 def test_config_yaml_that_is_not_a_mapping(scene, capsys, command, name, holds) -> None:
     s, tmp = scene
     before = digest(tmp, s.dir)
@@ -245,9 +246,11 @@ def test_export_refuses_the_bbox_map_refuses(scene, capsys, bbox) -> None:
     on_plot = refused(["plot", s.cube, "--bbox", bbox, "--out", str(tmp / "p.png")], capsys,
                       "bbox")
     reason = on_map.split("bbox: ", 1)[1]  # map: `invalid map settings: bbox: <reason>`
-    assert on_export.endswith(reason) and on_plot.endswith(reason)
+    assert on_export.endswith(reason)
+    assert on_plot.endswith(reason)
     if bbox == "9,47,8,48":
-        assert "antimeridian" in reason and "8.0,47.0,9.0,48.0" in reason
+        assert "antimeridian" in reason
+        assert "8.0,47.0,9.0,48.0" in reason
     assert digest(tmp, s.dir) == before
 
 

@@ -32,10 +32,12 @@ def lines(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 
 def test_every_line_has_a_name_and_the_context(lines: list[dict]) -> None:
-    assert lines and all(x["context"].keys() >= CONTEXT and x["name"] for x in lines)
+    assert lines
+    assert all(x["context"].keys() >= CONTEXT and x["name"] for x in lines)
     assert {x["benchmark"] for x in lines if x["name"] != "run"} == {
         "amplification", "end_to_end", "tile_memory"}
-    assert lines[-1]["name"] == "run" and lines[-1]["failed"] == []
+    assert lines[-1]["name"] == "run"
+    assert lines[-1]["failed"] == []
 
 
 def test_end_to_end_line(lines: list[dict]) -> None:
@@ -43,21 +45,27 @@ def test_end_to_end_line(lines: list[dict]) -> None:
     for key in ("workers", "threads_per_worker", "tile_size", "halo_mean_px", "patch_size",
                 "batch_size", "dtype", "source", "km2_per_hour"):
         assert key in e2e, key
-    assert e2e["px_per_s"] > 0 and e2e["model_px_per_s"] > 0 and e2e["failed"] == 0
+    assert e2e["px_per_s"] > 0
+    assert e2e["model_px_per_s"] > 0
+    assert e2e["failed"] == 0
     assert e2e["ratio"] == pytest.approx(e2e["px_per_s"] / e2e["model_px_per_s"], rel=1e-3)
     assert e2e["km2_per_hour"] == pytest.approx(e2e["px_per_s"] * 0.36, rel=1e-3)
-    assert e2e["read_amplification"] >= 1 and e2e["tiles"] >= 2
+    assert e2e["read_amplification"] >= 1
+    assert e2e["tiles"] >= 2
     (plain,) = [x for x in lines if x["name"] == "end_to_end_no_read_ahead"]
-    assert plain["read_ahead"] is False and e2e["read_ahead"] is True
+    assert plain["read_ahead"] is False
+    assert e2e["read_ahead"] is True
     assert plain["valid_pixels"] == e2e["valid_pixels"]
 
 
 def test_amplification_lines(lines: list[dict]) -> None:
     halo = [x for x in lines if x["name"] == "halo_amplification"]
-    assert len(halo) == 15 and sum(x["default"] for x in halo) == 1
+    assert len(halo) == 15
+    assert sum(x["default"] for x in halo) == 1
     assert all(x["read_amplification"] >= 1 and x["patch_amplification"] >= 1 for x in halo)
     measured = [x for x in lines if x["name"] == "halo_amplification_measured"]
-    assert measured and all(x["measured_read_amplification"] >= 1 for x in measured)
+    assert measured
+    assert all(x["measured_read_amplification"] >= 1 for x in measured)
 
 
 def test_tile_memory_lines(lines: list[dict]) -> None:
@@ -68,5 +76,6 @@ def test_tile_memory_lines(lines: list[dict]) -> None:
     assert streamed["tile_size"] == whole["tile_size"] == 2048
     assert whole["input_rows"] == whole["read_rows"] > streamed["input_rows"] > 0
     assert streamed["input_rows"] <= 2 * 256 + 64 + 2 * 256  # ahead, a patch, two bands
-    assert 0 < streamed["sum_rows"] < 2048 and streamed["estimate_mib"] < whole["estimate_mib"]
+    assert 0 < streamed["sum_rows"] < 2048
+    assert streamed["estimate_mib"] < whole["estimate_mib"]
     assert all(x["peak_mib"] > 0 and x["px_per_s"] > 0 for x in (streamed, whole))

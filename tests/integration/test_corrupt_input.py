@@ -176,7 +176,8 @@ def test_each_corrupt_place_fails_only_its_tiles_and_a_repaired_rerun_completes(
                 assert np.array_equal(got, want), f"{key} {var} differs from intact input"
 
     status = cube_status(str(out))
-    assert status["failed"] == len(failed) and status["remaining"] == 0
+    assert status["failed"] == len(failed)
+    assert status["remaining"] == 0
     assert status["done"] == len(plan.planned) - len(failed)
     assert all(k in failed for k in status["failures"])
 
@@ -185,8 +186,10 @@ def test_each_corrupt_place_fails_only_its_tiles_and_a_repaired_rerun_completes(
     shutil.copytree(pristine["keep"], source)
     code = main(map_args(source, model, out))
     rerun = json.loads(capsys.readouterr().out)
-    assert code == 0 and rerun["failed"] == 0
-    assert rerun["computed"] == len(failed) and rerun["skipped"] == len(plan.planned) - len(failed)
+    assert code == 0
+    assert rerun["failed"] == 0
+    assert rerun["computed"] == len(failed)
+    assert rerun["skipped"] == len(plan.planned) - len(failed)
     for task in tasks.values():
         for var in ("lcz", "confidence"):
             assert np.array_equal(read_window(str(out), zone, YEAR, task.core, var),
@@ -210,7 +213,8 @@ def test_corrupt_or_mismatched_checkpoint_stops_before_writing(pristine, tmp_pat
     weights.write_bytes(weights.read_bytes()[:100])
     code = main(map_args(pristine["keep"], broken, cube, executor="serial"))
     err = capsys.readouterr().err
-    assert code == 2 and "safetensors" in err.lower()
+    assert code == 2
+    assert "safetensors" in err.lower()
 
     _, meta, _ = load_checkpoint(str(pristine["model"]))
     wide = meta.model_copy(update={
@@ -221,5 +225,7 @@ def test_corrupt_or_mismatched_checkpoint_stops_before_writing(pristine, tmp_pat
     save_checkpoint(tmp_path / "ae64", LczUNet(wide.model).eval(), wide)
     code = main(map_args(pristine["keep"], tmp_path / "ae64", cube, executor="serial"))
     err = capsys.readouterr().err
-    assert code == 2 and "64" in err and "128" in err
+    assert code == 2
+    assert "64" in err
+    assert "128" in err
     assert tree_digest(cube) == before, "a refused run must not change the existing cube"

@@ -104,7 +104,8 @@ def test_another_model_is_refused_unless_overwrite(world: dict[str, Any], tmp_pa
     assert _map_cli(world, world["m2"], out) == 2
     err = capsys.readouterr().err
     assert f"{world['tiles']} of the {world['tiles']} tiles" in err
-    assert "differs in: model_hash" in err and "--overwrite" in err
+    assert "differs in: model_hash" in err
+    assert "--overwrite" in err
     # with a bbox over one tile: refused too (this was the silent model mix)
     b = world["city"]["bbox_lonlat"]
     small = f"{b[0]},{b[1]},{b[0] + 0.001},{b[1] + 0.001}"
@@ -117,9 +118,11 @@ def test_another_model_is_refused_unless_overwrite(world: dict[str, Any], tmp_pa
     # --overwrite over one tile: a mixed cube, recorded and reported
     assert _map_cli(world, world["m2"], out, "--bbox", small, "--overwrite") == 0
     history = cube_attrs(out)["lczscale:history"]
-    assert history[-1]["overwrite"] and history[-1]["overwrote"] >= 1
+    assert history[-1]["overwrite"]
+    assert history[-1]["overwrote"] >= 1
     status = cube_status(out)
-    assert status["mixed_provenance"] and len(status["provenances"]) == 2
+    assert status["mixed_provenance"]
+    assert len(status["provenances"]) == 2
     assert status["done"] + status["stale"] == world["tiles"], "every ledger entry counts"
     assert status["stale"] == world["tiles"] - history[-1]["overwrote"]
     assert any("model_hash" in r for r in status["stale_reasons"])
@@ -198,7 +201,8 @@ def test_a_full_disk_while_recording_a_failure_is_reported_not_a_traceback(
                     executor="serial", grid=_grid(), stitch=StitchConfig(patch_size=64),
                     faults=FaultConfig(io_attempts=1))
     report = run_map(cfg, progress=False)
-    assert report.failed and all("ledger entry could not be written" in (r.error or "")
+    assert report.failed
+    assert all("ledger entry could not be written" in (r.error or "")
                                  for r in report.failed)
 
 
@@ -208,9 +212,11 @@ def test_an_unreadable_ledger_entry_counts_as_not_done(world: dict[str, Any],
     entry = next((Path(out) / "_ledger").rglob("*.json"))
     entry.write_bytes(b"")  # a full disk cut it short
     status = cube_status(out)
-    assert status["remaining"] == 1 and status["done"] == world["tiles"] - 1
+    assert status["remaining"] == 1
+    assert status["done"] == world["tiles"] - 1
     report = map_source(world["source"], world["m1"], out, grid=_grid())
-    assert report.computed == 1 and json.loads(entry.read_text())["state"] == ledger.DONE
+    assert report.computed == 1
+    assert json.loads(entry.read_text())["state"] == ledger.DONE
 
 
 def test_a_cube_whose_creation_was_cut_short_resumes(world: dict[str, Any],
@@ -237,7 +243,8 @@ def test_a_second_writer_exits_2_naming_the_holder(world: dict[str, Any], tmp_pa
         assert _map_cli(world, world["m1"], out, "--overwrite") == 2
         err = capsys.readouterr().err
         assert "is being written by lczscale map (the first run)" in err
-        assert f"(pid {os.getpid()})" in err and "one writer at a time" in err
+        assert f"(pid {os.getpid()})" in err
+        assert "one writer at a time" in err
         # also a new cube that another run is creating
         new = str(tmp_path / "new.zarr")
         with cube_lock.writer_lock(new, "lczscale map (creating)"):
@@ -258,7 +265,8 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(world: dict[str, Any],
         "host": socket.gethostname(), "pid": int(dead.stdout), "pid_started": 1.0,
         "command": "lczscale map", "since": "2026-01-01T00:00:00+00:00", "token": "old"}))
     report = map_source(world["source"], world["m1"], out, grid=_grid())
-    assert report.computed == 0 and report.skipped == world["tiles"]
+    assert report.computed == 0
+    assert report.skipped == world["tiles"]
     assert not (Path(out) / cube_lock.LOCK_NAME).exists()
 
 
@@ -328,7 +336,8 @@ def test_rewriting_one_shard_restales_exactly_the_tiles_that_read_it(
     changed = Window(t[0] + sr, t[1] + sc, shard, shard)
     plan = _prepare(local, out)
     expected = {task.key for task in plan.planned if task.read.intersection(changed)}
-    assert {task.key for task in plan.tasks} == expected and 0 < len(expected) < len(plan.planned)
+    assert {task.key for task in plan.tasks} == expected
+    assert 0 < len(expected) < len(plan.planned)
     status = cube_status(out)
     assert status["stale"] == len(expected)
     assert status["stale_reasons"] == {INPUTS_REASON: len(expected)}

@@ -60,11 +60,14 @@ def test_bbox_across_zones_without_crs_suggests_one(cube: str) -> None:
 
 def test_stitched_lonlat_view_agrees_with_each_zone(cube: str) -> None:
     ds = lczscale.open_cube(cube, ACROSS, crs="EPSG:4326", year=2024)
-    assert ds.odc.crs.epsg == 4326 and ds["lcz"].dims == ("time", "y", "x")
+    assert ds.odc.crs.epsg == 4326
+    assert ds["lcz"].dims == ("time", "y", "x")
     assert ds.attrs["lczscale:stitched_zones"] == ["utm31", "utm32"]
     b = ds.odc.geobox.extent.boundingbox
-    assert b.left <= ACROSS[0] and b.right >= ACROSS[2]
-    assert b.bottom <= ACROSS[1] and b.top >= ACROSS[3]
+    assert b.left <= ACROSS[0]
+    assert b.right >= ACROSS[2]
+    assert b.bottom <= ACROSS[1]
+    assert b.top >= ACROSS[3]
     lcz = ds["lcz"].sel(time=2024)
     lon = np.broadcast_to(lcz["x"].values[None, :], lcz.shape)
     values = lcz.values
@@ -76,7 +79,8 @@ def test_stitched_lonlat_view_agrees_with_each_zone(cube: str) -> None:
     other = np.where(lon < 6.0, east, west)
     want = np.where(owner > 0, owner, other)
     clear = west_clear & east_clear
-    assert clear.sum() > 2000 and (owner[clear] == 0).sum() > 50  # the fallback is tested
+    assert clear.sum() > 2000
+    assert (owner[clear] == 0).sum() > 50
     np.testing.assert_array_equal(values[clear], want[clear])
     # classes 1–8 exist only in the west zone: only where it owns the ground or east has none
     assert ((values <= 8) | (lon >= 6.0) | (west == 0)).all()
@@ -123,9 +127,11 @@ def test_stitched_view_south_of_the_equator(cube: str) -> None:
 
 def test_stitched_view_in_a_projected_crs_with_mode(cube: str) -> None:
     ds = lczscale.open_cube(cube, ACROSS, crs="EPSG:3857", resolution=40.0, resampling="mode")
-    assert ds.odc.crs.epsg == 3857 and abs(ds.odc.geobox.resolution.x) == 40.0
+    assert ds.odc.crs.epsg == 3857
+    assert abs(ds.odc.geobox.resolution.x) == 40.0
     values = ds["lcz"].sel(time=2024).values
-    assert set(np.unique(values)) <= set(range(18)) and (values > 0).mean() > 0.8
+    assert set(np.unique(values)) <= set(range(18))
+    assert (values > 0).mean() > 0.8
     with pytest.raises(ConfigError, match="nearest"):
         lczscale.open_cube(cube, ACROSS, crs="EPSG:4326", resampling="bilinear")
     with pytest.raises(ConfigError, match="needs a bbox"):
@@ -149,7 +155,8 @@ def test_cog_has_the_zone_grid_colour_table_and_cube_values(cube: str, tmp_path:
         z = EAST.zone.affine
         a = src.transform
         col, row = (a.c - z.c) / z.a, (a.f - z.f) / z.e
-        assert col == int(col) and row == int(row)  # offset by whole zone pixels
+        assert col == int(col)
+        assert row == int(row)
         assert a == z @ Affine.translation(col, row)
         assert a == ds.set_coords("spatial_ref").odc.geobox.affine
         assert (src.dtypes[0], src.nodata, src.count) == ("uint8", 0.0, 1)
@@ -160,9 +167,12 @@ def test_cog_has_the_zone_grid_colour_table_and_cube_values(cube: str, tmp_path:
         assert "Local Climate Zone 2024" in (src.descriptions[0] or "")
         assert src.tags()["LCZ_CLASS_17"] == "G Water"
         # cloud-optimised: tiled, overviews, COG layout (IFDs first, then tile data)
-        assert src.profile["tiled"] and src.block_shapes[0] == (128, 128)
+        assert src.profile["tiled"]
+        assert src.block_shapes[0] == (128, 128)
         levels = src.overviews(1)  # down to one block, as GDAL's COG driver does
-        assert levels and levels[0] == 2 and max(src.shape) / levels[-1] <= 128
+        assert levels
+        assert levels[0] == 2
+        assert max(src.shape) / levels[-1] <= 128
         assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         overview = src.read(1, out_shape=(src.height // 2, src.width // 2))
         assert set(np.unique(overview)) <= set(np.unique(want))  # mode: no invented class
@@ -176,7 +186,8 @@ def test_geotiff_is_tiled_without_overviews_and_year_is_selectable(
     out = export(cube, IN_EAST, tmp_path / "east2023.tif", "geotiff", year=2023)
     want = lczscale.open_cube(cube, IN_EAST, zone="utm32", year=2023)["lcz"].values[0]
     with rasterio.open(out) as src:
-        assert src.profile["tiled"] and src.overviews(1) == []
+        assert src.profile["tiled"]
+        assert src.overviews(1) == []
         assert src.colormap(1)[17][:3] == classes.palette_rgb()[16]
         np.testing.assert_array_equal(src.read(1), want)
     with pytest.raises(CubeError, match="exists"):
@@ -188,7 +199,8 @@ def test_netcdf_reopens_with_values_and_crs(cube: str, tmp_path: Path) -> None:
     ds = _native(cube, IN_EAST, "utm32")
     with xr.open_dataset(out, mask_and_scale=False) as nc:
         assert nc.odc.crs.epsg == 32632
-        assert nc["lcz"].dtype == np.uint8 and nc["lcz"].attrs["_FillValue"] == 0
+        assert nc["lcz"].dtype == np.uint8
+        assert nc["lcz"].attrs["_FillValue"] == 0
         np.testing.assert_array_equal(nc["lcz"].values, ds["lcz"].values)
         np.testing.assert_array_equal(nc["confidence"].values, ds["confidence"].values)
         assert nc.odc.geobox.affine == ds.set_coords("spatial_ref").odc.geobox.affine

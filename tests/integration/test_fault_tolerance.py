@@ -260,7 +260,8 @@ def test_a_worker_dying_mid_run_changes_nothing(world, reference, tmp_path, mode
     assert killer.processing, "the ended worker was running a tile"
     assert 0 < killer.done_at_kill < planned, "the worker must end mid-run"
     assert_nothing_failed(report)
-    assert report.computed == planned and report.skipped == 0
+    assert report.computed == planned
+    assert report.skipped == 0
     assert done_keys(out, reference.provenance_hash) == reference.planned
     assert_same(reference.arrays, cube_arrays(str(out), world))
     assert_same_array_bytes(str(out), reference.url)
@@ -299,7 +300,8 @@ def test_killing_the_whole_run_then_rerunning_computes_only_the_rest(
                                 start_new_session=True)
     try:
         started = wait_until(lambda: ledger_files(out) >= 3 or proc.poll() is not None, 240)
-        assert started and proc.poll() is None, (
+        assert started, f"no 3 tiles were done in time:\n{log.read_text()[-4000:]}"
+        assert proc.poll() is None, (
             f"the run ended (exit {proc.poll()}) before it could be killed:\n"
             f"{log.read_text()[-4000:]}"
         )
@@ -357,7 +359,8 @@ def test_a_changed_model_recomputes_every_tile_and_nothing_changed_none(world, t
 
     first = run_cli(cmd)
     planned = first["computed"]
-    assert planned >= 4 and first["skipped"] == 0
+    assert planned >= 4
+    assert first["skipped"] == 0
     old_hash, old_arrays = model_hash(model), cube_arrays(str(out), world)
 
     retrain_in_place(model)
@@ -367,10 +370,12 @@ def test_a_changed_model_recomputes_every_tile_and_nothing_changed_none(world, t
                              env=cli_env(), check=False)
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert f"{planned} of the {planned} tiles" in refused.stderr
-    assert "differs in: model_hash" in refused.stderr and "--overwrite" in refused.stderr
+    assert "differs in: model_hash" in refused.stderr
+    assert "--overwrite" in refused.stderr
     assert_same(old_arrays, cube_arrays(str(out), world))
     second = run_cli([*cmd, "--overwrite"])
-    assert second["computed"] == planned and second["skipped"] == 0
+    assert second["computed"] == planned
+    assert second["skipped"] == 0
     history = cube_attrs(str(out))["lczscale:history"]
     assert [h["overwrote"] for h in history] == [0, planned]
     cfg = cfg.model_copy(update={"overwrite": True})
@@ -382,7 +387,8 @@ def test_a_changed_model_recomputes_every_tile_and_nothing_changed_none(world, t
     )
 
     third = run_cli(cmd)
-    assert third["computed"] == 0 and third["skipped"] == planned
+    assert third["computed"] == 0
+    assert third["skipped"] == planned
     assert_same(new_arrays, cube_arrays(str(out), world))
 
 
@@ -475,7 +481,8 @@ def test_gpu_cluster_plans_cuda_and_a_worker_on_another_device_refuses_its_tiles
     cfg = reference.cfg.model_copy(update={"out": str(out), "cluster": str(slurm),
                                            "device": "auto", "overwrite": True})
     plan = prepare(cfg)
-    assert plan.provenance["device_type"] == "cuda" and plan.provenance["threads"] is None
+    assert plan.provenance["device_type"] == "cuda"
+    assert plan.provenance["threads"] is None
     assert {t.key for t in plan.tasks} == reference.planned  # CUDA bytes differ: all to redo
     cpu_slurm = tmp_path / "cpu.yaml"
     cpu_slurm.write_text("kind: slurm\nprocesses: 1\n")
@@ -485,6 +492,7 @@ def test_gpu_cluster_plans_cuda_and_a_worker_on_another_device_refuses_its_tiles
     task = plan.tasks[0]
     result = TileRunner(MapContext.from_plan(plan), device="cpu").run(task)
     assert result.status == "failed", result
-    assert "planned for cuda" in result.error and "set device to 'cpu'" in result.error
+    assert "planned for cuda" in result.error
+    assert "set device to 'cpu'" in result.error
     assert ledger.read_all(str(out))[task.key]["provenance_hash"] == plan.provenance_hash
     assert_same_array_bytes(str(out), reference.url)

@@ -37,7 +37,8 @@ def _load_reader() -> ModuleType:
         return sys.modules["gdal_reader"]
     path = Path(__file__).resolve().parents[1] / "gdal_reader.py"
     spec = importlib.util.spec_from_file_location("gdal_reader", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["gdal_reader"] = module
     spec.loader.exec_module(module)
@@ -127,7 +128,8 @@ def _check_cube(
             assert (got["height"], got["width"]) == zone.shape
             assert got["count"] == 1
             assert got["nodata"] == 0
-            assert got["dtype"] == "uint8" and got["values_dtype"] == "uint8"
+            assert got["dtype"] == "uint8"
+            assert got["values_dtype"] == "uint8"
             # values, byte for byte
             for window, values in zip(windows, got["values_list"], strict=True):
                 gdal_values = np.asarray(values, dtype=np.uint8)

@@ -93,7 +93,8 @@ def test_s3_source_to_s3_cube_on_dask_workers(
     assert S3_SECRET.encode() not in stored, "a credential was written into the cube"
     # a rerun resumes from the ledger on S3: nothing left to do
     again = map_source(uploaded["s3"], local["model"], out)
-    assert again.computed == 0 and again.skipped == report.computed
+    assert again.computed == 0
+    assert again.skipped == report.computed
 
 
 def test_http_source(local: dict[str, Any], uploaded: dict[str, str], tmp_path: Path) -> None:

@@ -90,7 +90,8 @@ def test_cli_writes_a_layout_and_map_says_what_it_found(
                  "--patch-size", "64", "--quiet"])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert "kind tessera-tiles" in err and "TESSERA" in err
+    assert "kind tessera-tiles" in err
+    assert "TESSERA" in err
 
 
 def test_training_on_alphaearth_and_the_128d_model_refuses_it(world: dict[str, Any],
@@ -109,7 +110,8 @@ def test_training_on_alphaearth_and_the_128d_model_refuses_it(world: dict[str, A
     metrics = train_job(TrainJob(source=str(d / "aef"), labels=labels, out=str(tmp_path / "aef"),
                                  train=cfg, model=small), progress=False)
     meta = json.loads((tmp_path / "aef" / "checkpoint.json").read_text())
-    assert meta["input"]["dequantisation"] == "sign_square" and meta["model"]["in_dim"] == 64
+    assert meta["input"]["dequantisation"] == "sign_square"
+    assert meta["model"]["in_dim"] == 64
     assert np.isfinite(metrics["final_loss"])
     map_source(str(d / "aef"), str(tmp_path / "aef"), str(tmp_path / "aef.zarr"))
 

@@ -117,9 +117,11 @@ def test_a_map_from_s3_writes_and_pickles_no_secret(world: dict[str, Any], plant
                     grid=GridConfig(tile_size=128), stitch=StitchConfig(patch_size=64,
                                                                          batch_size=4))
     report = run_map(cfg, progress=False)
-    assert report.computed >= 2 and not report.failed, report.summary()
+    assert report.computed >= 2, report.summary()
+    assert not report.failed, report.summary()
     graph = b"".join(captured)
-    assert b"TileTask" in graph and b"RunnerPlugin" in graph, "the graph was captured"
+    assert b"TileTask" in graph, "the graph was captured"
+    assert b"RunnerPlugin" in graph, "the graph was captured"
     assert world["source"].encode() in graph, "the source travelled (by its address)"
     assert not leaks(graph), "a planted credential travelled in the task graph"
     plan = prepare(cfg.model_copy(update={"out": str(tmp_path / "other.zarr")}))
@@ -148,7 +150,8 @@ def test_deploy_kubernetes_writes_no_secret(world: dict[str, Any], planted: dict
                  str(tmp_path / "map.yaml"), "--train", str(tmp_path / "train.json"),
                  "--ranks", "2", "--out", str(out)]) == 0
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.yaml"))
-    assert "map/configmap.yaml" in written and "tls/secret.yaml" in written
+    assert "map/configmap.yaml" in written
+    assert "tls/secret.yaml" in written
     assert not files_leaking(tmp_path)
 
 
@@ -160,5 +163,6 @@ def test_a_short_training_writes_no_secret(world: dict[str, Any], planted: dict,
     model = tmp_path / "model"
     assert main(["train", "--source", world["source"], "--labels", world["coarse"], "--out",
                  str(model), "--config", str(tmp_path / "train.yaml"), "--quiet"]) == 0
-    assert (model / "train_job.json").is_file() and (model / "checkpoint.json").is_file()
+    assert (model / "train_job.json").is_file()
+    assert (model / "checkpoint.json").is_file()
     assert not files_leaking(tmp_path)

@@ -116,7 +116,8 @@ def test_huge_zoom_is_refused_at_once_without_allocating(view: CubeView) -> None
             start = time.monotonic()
             status, _, body = get(port, target)
             assert time.monotonic() - start < 1.0, target  # was 5.6 s
-            assert status == expected and len(body) < 200, (target, status, body)
+            assert status == expected, (target, status, body)
+            assert len(body) < 200, (target, status, body)
             assert "error" in json.loads(body)
         assert proc.memory_info().rss - rss < 100 * 2**20
         assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 256 * 2**10
@@ -142,9 +143,12 @@ def test_a_failing_render_is_a_generic_500_with_the_detail_in_the_log(
     assert status == 500
     rid = headers["X-Request-Id"]
     assert json.loads(body) == {"error": "internal error", "request_id": rid}
-    assert b"private-bucket" not in body and b"RuntimeError" not in body
+    assert b"private-bucket" not in body
+    assert b"RuntimeError" not in body
     logged = [r for r in caplog.records if rid in r.getMessage()]
-    assert logged and logged[0].exc_info and secret in str(logged[0].exc_info[1])
+    assert logged
+    assert logged[0].exc_info
+    assert secret in str(logged[0].exc_info[1])
 
 
 def test_a_slow_render_times_out_with_503_and_frees_its_worker(
@@ -160,16 +164,21 @@ def test_a_slow_render_times_out_with_503_and_frees_its_worker(
     try:
         with serving(view, timeout=0.3, workers=1) as port:
             status, headers, body = get(port, slow)
-            assert status == 503 and headers["Retry-After"] == "1"
+            assert status == 503
+            assert headers["Retry-After"] == "1"
             assert json.loads(body)["request_id"] == headers["X-Request-Id"]
-            assert get(port, slow)[0] == 503 and gate.calls == 1  # shared, not restarted
-            assert get(port, other)[0] == 503 and gate.calls == 1  # the worker is taken
+            assert get(port, slow)[0] == 503
+            assert gate.calls == 1
+            assert get(port, other)[0] == 503
+            assert gate.calls == 1
             gate.release.set()
             deadline = time.monotonic() + 30
             while (got := get(port, slow))[0] != 200 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert got[0] == 200 and gate.calls == 1  # from the cache: the late render
-            assert get(port, other)[0] == 200 and gate.calls == 2  # the worker is free
+            assert got[0] == 200
+            assert gate.calls == 1
+            assert get(port, other)[0] == 200
+            assert gate.calls == 2
     finally:
         gate.release.set()
 
@@ -191,7 +200,8 @@ def test_connections_beyond_the_pool_get_503_not_threads(
             threads = threading.active_count()
             for _ in range(20):
                 status, _, body = get(port, "/legend.json")
-                assert status == 503 and json.loads(body) == {
+                assert status == 503
+                assert json.loads(body) == {
                     "error": "server busy, retry later"}
             assert threading.active_count() <= threads
             waiting.close()
@@ -222,18 +232,21 @@ def test_known_malformed_inputs_are_short_4xx(view: CubeView) -> None:
                                  ("//[x", 404), ("http://[::1", 200), ("*", 400)]:
             status, _, body = get(port, target)
             short = status == 200 or len(body) < 200  # 200: the page itself
-            assert status == expected and short, (target[:60], status, body)
+            assert status == expected, (target[:60], status, body)
+            assert short, (target[:60], status, body)
 
 
 def test_the_page_files_are_an_allow_list(view: CubeView) -> None:
     """The page and the vendored Leaflet are served by name from ``ASSETS``, byte for byte as
     packaged; any other path under the web folder, or out of it, is a 404."""
     web = Path(__file__).parents[2] / "lczscale" / "browse" / "web"
-    assert "vendor/leaflet/leaflet.js" in ASSETS and "vendor/leaflet/leaflet.css" in ASSETS
+    assert "vendor/leaflet/leaflet.js" in ASSETS
+    assert "vendor/leaflet/leaflet.css" in ASSETS
     with serving(view) as port:
         for name, ctype in ASSETS.items():
             status, headers, body = get(port, "/" + name)
-            assert status == 200 and headers["Content-Type"] == ctype, name
+            assert status == 200, name
+            assert headers["Content-Type"] == ctype, name
             assert body == (web / name).read_bytes(), name
         for target in ["/vendor/leaflet/", "/vendor/leaflet/leaflet.js.map", "/vendor/",
                        "/vendor/leaflet/README.md", "/vendor/leaflet/../../serve.py",
@@ -242,7 +255,8 @@ def test_the_page_files_are_an_allow_list(view: CubeView) -> None:
                        "/./map.js", "/web/map.js", "/../../../../etc/passwd",
                        "/vendor/leaflet/images", "/vendor\\leaflet\\leaflet.js"]:
             status, _, body = get(port, target)
-            assert status == 404 and len(body) < 200, (target, status, body)
+            assert status == 404, (target, status, body)
+            assert len(body) < 200, (target, status, body)
 
 
 def test_limits_are_checked() -> None:
@@ -307,12 +321,16 @@ def test_fuzzed_requests_are_answered_4xx_never_500(
             assert status in (200, 400, 404, 414), (target[:200], status, body[:200])
             if status != 200 and headers.get("Content-Type") == "application/json":
                 error = json.loads(body)["error"]
-                assert len(error) < 200 and "Traceback" not in error
+                assert len(error) < 200
+                assert "Traceback" not in error
         assert time.monotonic() - start < 120
         status, headers, body = get(port, "/tiles/{}/{}/{}.png".format(*tile))
-    assert status == 200 and headers["Content-Type"] == "image/png"
+    assert status == 200
+    assert headers["Content-Type"] == "image/png"
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(body))), view.tile(*tile))
-    assert seen.get(200, 0) > 20 and seen.get(400, 0) > 50 and seen.get(404, 0) > 10, seen
+    assert seen.get(200, 0) > 20, seen
+    assert seen.get(400, 0) > 50, seen
+    assert seen.get(404, 0) > 10, seen
 
 
 def test_cli_passes_timeout_and_threads(tmp_path: Path) -> None:

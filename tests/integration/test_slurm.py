@@ -79,18 +79,18 @@ def slurm_config(root: Path, **kw: object) -> SlurmClusterConfig:
 
 
 @pytest.fixture(scope="module")
-def reference(world, tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("slurm-ref") / "local.zarr"
-    report = run_map(world.map_config(out, executor="dask", workers=2), progress=False)
-    all_done(report)
-    return str(out)
+def reference(dask_cube) -> str:
+    """The cube of the default local cluster (2 worker processes): read-only."""
+    assert not dask_cube.failed, dask_cube.summary["failures"]
+    return dask_cube.url
 
 
 def test_slurm_map_equals_the_local_cluster_cube(world, slurm, reference, tmp_path) -> None:
     """TLS by default: no certificate files named, so temporary ones are written for the jobs
     (the worker logs say tls://), and removed when the map's cluster closes."""
     cfg = slurm_config(slurm)
-    assert cfg.security.tls and not cfg.security.has_files
+    assert cfg.security.tls
+    assert not cfg.security.has_files
     cluster = write_cluster(cfg, tmp_path / "cluster.yaml")
     out = tmp_path / "slurm.zarr"
     report = run_map(world.map_config(out, executor="dask", cluster=cluster), progress=False)
@@ -99,13 +99,15 @@ def test_slurm_map_equals_the_local_cluster_cube(world, slurm, reference, tmp_pa
     assert_same_chunks(str(out), reference)
     assert_same(cube_arrays(reference, world), cube_arrays(str(out), world))
     logs = list((slurm / "logs").glob("lczscale-worker-*.err"))
-    assert logs and any("Start worker" in p.read_text() for p in logs), "no SLURM worker job"
+    assert logs, "no SLURM worker job"
+    assert any("Start worker" in p.read_text() for p in logs), "no SLURM worker job"
     text = "".join(p.read_text() for p in logs)
     assert re.search(r"Start worker at:\s+tls://", text), text[-2000:]
     assert not re.search(r"Start worker at:\s+tcp://", text), "a plain worker joined"
     assert not list((slurm / "tls").iterdir()), "the temporary key outlived its cluster"
 
 
+@pytest.mark.alone  # workers that live 15 s must get a tile done: not beside another test
 def test_tls_slurm_jobs_that_retire_mid_run_are_replaced(world, slurm, reference,
                                                          tmp_path) -> None:
     """Scheduler, worker jobs and client talk TLS only. Workers live 15 ± 2 s; each tile takes

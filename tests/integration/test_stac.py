@@ -58,7 +58,8 @@ def _map(world: dict[str, Any], out: Path, *source: str) -> int:
 
 def test_search_finds_the_covering_files_of_the_year(world: dict[str, Any], api: str) -> None:
     assets = search_api(api, COLLECTION, tuple(world["city"]["bbox_lonlat"]), YEAR)
-    assert assets and all(a.year == YEAR for a in assets)
+    assert assets
+    assert all(a.year == YEAR for a in assets)
     assert all(Path(a.href).is_file() and f"/{YEAR}/" in a.href for a in assets)
     assert all(a.crs == "EPSG:32632" for a in assets)
 

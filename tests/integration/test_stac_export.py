@@ -77,7 +77,8 @@ def test_items_describe_grid_classes_and_provenance(stac: tuple[str, Path]) -> N
     _, out = stac
     item = json.loads((out / "utm32-2024" / "utm32-2024.json").read_text())
     props = item["properties"]
-    assert props["proj:code"] == "EPSG:32632" and props["proj:transform"][:3] == [10.0, 0.0,
+    assert props["proj:code"] == "EPSG:32632"
+    assert props["proj:transform"][:3] == [10.0, 0.0,
                                                                                    160000.0]
     assert props["lczscale:model_hash"] == PROVENANCE["model_hash"]
     assert props["lczscale:dataset"] == "synthetic-tessera"
@@ -92,7 +93,8 @@ def test_items_describe_grid_classes_and_provenance(stac: tuple[str, Path]) -> N
     assert [c["title"].split(": ", 1)[1] for c in klasses] == classes.LCZ_CLASS_NAMES
     # the footprint is the data (two 2.56 km tiles), not the 680 km wide zone
     w, s, e, n = item["bbox"]
-    assert 0.02 < e - w < 0.06 and 0.03 < n - s < 0.07
+    assert 0.02 < e - w < 0.06
+    assert 0.03 < n - s < 0.07
 
 
 def _broken(out: Path, change: str) -> dict[str, Any]:

@@ -57,7 +57,8 @@ def test_land_without_an_embedding_is_nodata_and_water_is_the_models(
     got = {k: np.squeeze(v) for k, v in cube_window(
         world["cubes"]["tessera-icechunk"], c.zone.name, (w.row, w.col, w.height, w.width)
     ).items()}
-    assert c.nodata.any() and (got["lcz"][c.nodata] == 0).all()
+    assert c.nodata.any()
+    assert (got["lcz"][c.nodata] == 0).all()
     assert (got["confidence"][c.nodata] == 0).all()
     assert (got["lcz"][~c.nodata] > 0).all()
     # water has no marker in v1.1: the model classifies it; nothing forces class 17 at 255
@@ -95,7 +96,8 @@ def test_a_year_not_in_years_complete_exits_2_and_writes_nothing(
                  "--quiet"])
     err = capsys.readouterr().err
     assert code == 2, err
-    assert "zone 32N has no complete year 2023" in err and f"[{YEAR}]" in err
+    assert "zone 32N has no complete year 2023" in err
+    assert f"[{YEAR}]" in err
     assert not out.exists()
 
 
@@ -146,8 +148,11 @@ def test_coverage_says_whether_an_aoi_is_covered(world: dict[str, Any],
     assert main(["coverage", "--source", world["tessera-icechunk"], "--year", str(YEAR),
                  "--bbox", bbox, "--json"]) == 0
     [row] = json.loads(capsys.readouterr().out)
-    assert row["zone"] == "32N" and row["complete"] and row["from"] == "registry"
-    assert row["embedded"] == row["tiles"] == 1 and 0 < row["refused_share"] < 0.01
+    assert row["zone"] == "32N"
+    assert row["complete"]
+    assert row["from"] == "registry"
+    assert row["embedded"] == row["tiles"] == 1
+    assert 0 < row["refused_share"] < 0.01
     south = ",".join(str(v) for v in nairobi["bbox_lonlat"])
     assert main(["coverage", "--source", world["tessera-icechunk"], "--year", "2019",
                  "--bbox", south]) == 1

@@ -127,7 +127,9 @@ def test_cli_holdout_city(world: dict[str, Any], tmp_path: Path,
     code = main(["train", "--source", world["source"], "--labels", world["coarse"], "--out",
                  str(tmp_path / "m2"), "--holdout-city", "bern", "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and "bern" in err and "not among the label sets" in err
+    assert code == 2
+    assert "bern" in err
+    assert "not among the label sets" in err
     assert not (tmp_path / "m2").exists()
 
 
@@ -146,11 +148,13 @@ def test_experiment_end_to_end(world: dict[str, Any], tmp_path: Path, kind: str,
     report = json.loads(out.out)
     (city,) = report["cities"]
     runs = {"reference": ["coarse", "fine"], "year": ["trained 2023", "trained 2024"]}[kind]
-    assert city["city"] == "basel" and list(city["evaluate"]) == runs
+    assert city["city"] == "basel"
+    assert list(city["evaluate"]) == runs
     land = city["land_pixels"]
     assert set(land) == {*runs, "baseline", "logistic (fine labels, per pixel)"}
     pixels = {s["pixels"] for s in land.values()}
-    assert len(pixels) == 1 and pixels.pop() > 10_000  # every method scored on the same pixels
+    assert len(pixels) == 1
+    assert pixels.pop() > 10_000
     for s in land.values():
         assert 0 <= s["miou"] <= 1
     # coarse labels of the same world are informative (well above chance for 16 classes), if
@@ -163,4 +167,5 @@ def test_experiment_end_to_end(world: dict[str, Any], tmp_path: Path, kind: str,
         assert meta["train"]["year"] == (2023 if label == "trained 2023" else 2024)
         assert city["evaluate"][label]["bbox"] is not None
     md = (tmp_path / "x" / "report.md").read_text()
-    assert "held-out city: basel" in md and "logistic" in md
+    assert "held-out city: basel" in md
+    assert "logistic" in md

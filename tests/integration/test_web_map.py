@@ -125,7 +125,8 @@ def _layout(exe: str, url: str, tmp: Path, lon: float, lat: float) -> tuple[int,
     found = re.search(r'data-view="([-\d,]+)"', page)
     assert found, page[-3000:]
     z, ox, oy, mw, mh = (int(v) for v in found.group(1).split(","))
-    assert z == ZOOM and (ox, oy) == _origin(lon, lat, mw, mh)
+    assert z == ZOOM
+    assert (ox, oy) == _origin(lon, lat, mw, mh)
     return ox, oy, mw, mh
 
 
@@ -163,7 +164,8 @@ def test_screenshot_shows_the_cube_in_lcz_colours_with_legend(
             seen.add(code)
             if np.abs(img[r, c] - palette[code]).max() > 2:
                 wrong.append((r, c, code, img[r, c].tolist()))
-    assert checked > 2000 and len(seen - {0}) >= 6, (checked, seen)
+    assert checked > 2000, (checked, seen)
+    assert len(seen - {0}) >= 6, (checked, seen)
     assert len(wrong) <= checked // 200, wrong[:10]  # a handful at most (antialiased text)
     side = img[:, mw + 1 :].reshape(-1, 3)
     for code, rgb in enumerate(classes.palette_rgb(), start=1):
@@ -207,7 +209,8 @@ def test_page_is_leaflet_from_the_package_with_zoom_scale_and_legend(
     assert {"vendor/leaflet/leaflet.js", "vendor/leaflet/leaflet.css", "map.js", "info.json",
             "legend.json"} <= paths, paths
     assert any(p.startswith(f"tiles/{ZOOM}/") for p in paths), paths
-    assert 'class="leaflet-control-zoom-in"' in dom and 'class="leaflet-control-zoom-out"' in dom
+    assert 'class="leaflet-control-zoom-in"' in dom
+    assert 'class="leaflet-control-zoom-out"' in dom
     # the scale bar: a round distance over its width, at the map's metres per screen pixel
     found = re.search(r'class="leaflet-control-scale-line" style="width: (\d+)px;">(\d+) (k?m)<',
                       dom)
@@ -234,7 +237,8 @@ def test_point_endpoint_and_errors(server: str, cube: str, world: World) -> None
                         ("/point?lon=1&lat=1&year=1990", 400)):
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(server + bad)
-        assert err.value.code == status and "error" in json.load(err.value)
+        assert err.value.code == status
+        assert "error" in json.load(err.value)
     with urllib.request.urlopen(f"{server}/legend.json") as r:
         legend = json.load(r)
     assert [e["color"] for e in legend] == classes.LCZ_PALETTE
@@ -244,8 +248,10 @@ def test_static_export_has_the_served_tiles(server: str, cube: str, tmp_path: Pa
     out = tmp_path / "static"
     assert main(["serve", cube, "--static", str(out), "--max-zoom", "12"]) == 0
     info = json.loads((out / "info.json").read_text())
-    assert info["static"] and info["maxzoom"] == 12
-    assert (out / "index.html").is_file() and (out / "map.js").is_file()
+    assert info["static"]
+    assert info["maxzoom"] == 12
+    assert (out / "index.html").is_file()
+    assert (out / "map.js").is_file()
     tiles = sorted((out / "tiles").rglob("*.png"))
     assert tiles
     z, x, y = tiles[-1].relative_to(out / "tiles").with_suffix("").parts

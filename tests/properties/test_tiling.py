@@ -25,7 +25,8 @@ def test_tiles_partition_the_zone(h: int, w: int, tile: int) -> None:
     for ty in range(-(-h // tile)):
         for tx in range(-(-w // tile)):
             win = tile_window(zone, (ty, tx), tile)
-            assert 0 < win.height <= tile and 0 < win.width <= tile
+            assert 0 < win.height <= tile
+            assert 0 < win.width <= tile
             count[win.row : win.row_stop, win.col : win.col_stop] += 1
     assert (count == 1).all()
 
@@ -63,7 +64,8 @@ def test_planned_cores_are_written_exactly_once(
         count[core.row : core.row_stop, core.col : core.col_stop] += 1
         read = lattice.read_window(core)
         for origin in lattice.origins(core):
-            assert origin[0] % stride == 0 and origin[1] % stride == 0
+            assert origin[0] % stride == 0
+            assert origin[1] % stride == 0
             pw = Window(origin[0], origin[1], patch, patch)
             assert pw.intersection(read) == pw
             assert pw.intersection(core) is not None
@@ -100,9 +102,12 @@ def test_lattice_does_not_depend_on_the_tile(
 
 def test_blend_window_is_smooth_and_positive() -> None:
     w = blend_window(64)
-    assert w.shape == (64, 64) and (w > 0).all()
-    assert np.allclose(w, w.T) and np.allclose(w, w[::-1, ::-1])
-    assert w[32, 32] > 0.99 and w[0, 0] < 0.01
+    assert w.shape == (64, 64)
+    assert (w > 0).all()
+    assert np.allclose(w, w.T)
+    assert np.allclose(w, w[::-1, ::-1])
+    assert w[32, 32] > 0.99
+    assert w[0, 0] < 0.01
 
 
 def test_tiles_for_geometry_cover_the_aoi() -> None:
@@ -111,4 +116,5 @@ def test_tiles_for_geometry_cover_the_aoi() -> None:
     tiles = list(tiles_for_geometry(zone, geom, 128))
     rows = {t.row for t in tiles}
     cols = {t.col for t in tiles}
-    assert rows == {0, 128, 256, 384} and cols == {128, 256}
+    assert rows == {0, 128, 256, 384}
+    assert cols == {128, 256}

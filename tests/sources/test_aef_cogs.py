@@ -94,13 +94,18 @@ def test_files_are_aef_cogs(tree: Path) -> None:
     assert files
     for f in files:
         year, zone = f.parent.parent.name, f.parent.name
-        assert int(year) in YEARS and re.fullmatch(r"\d{1,2}[NS]", zone)
+        assert int(year) in YEARS
+        assert re.fullmatch(r"\d{1,2}[NS]", zone)
         assert re.fullmatch(r"x[0-9a-z]{16}-\d{10}-\d{10}\.tiff", f.name)
         with rasterio.open(f) as ds:
-            assert ds.count == 64 and set(ds.dtypes) == {"int8"} and ds.nodata == -128
+            assert ds.count == 64
+            assert set(ds.dtypes) == {"int8"}
+            assert ds.nodata == -128
             assert ds.descriptions == tuple(f"A{i:02d}" for i in range(64))
-            assert ds.block_shapes[0] == (256, 256) and ds.compression.name == "zstd"
-            assert ds.interleaving.name == "band" and ds.overviews(1)
+            assert ds.block_shapes[0] == (256, 256)
+            assert ds.compression.name == "zstd"
+            assert ds.interleaving.name == "band"
+            assert ds.overviews(1)
             assert ds.transform.e > 0, "bottom-up like the Source Cooperative files"
             assert ds.crs.to_epsg() == (32700 if zone.endswith("S") else 32600) + int(zone[:-1])
 
@@ -121,7 +126,8 @@ def test_index_columns_and_footprints(tree: Path, world: list[synth.SynthCity]) 
         assert poly.bounds == pytest.approx(
             (r["wgs84_west"], r["wgs84_south"], r["wgs84_east"], r["wgs84_north"]))
     south = [r for r in rows if r["utm_zone"] == "37S"]
-    assert south and all(r["utm_north"] > 9_000_000 for r in south), "true southern northings"
+    assert south, "true southern northings"
+    assert all(r["utm_north"] > 9_000_000 for r in south), "true southern northings"
     for c in world:  # every city centre lies in a footprint of each year
         for y in YEARS:
             assert any(shapely.from_wkb(r["geometry"]).contains(shapely.Point(c.city.lon,
@@ -132,7 +138,8 @@ def test_index_columns_and_footprints(tree: Path, world: list[synth.SynthCity]) 
 def test_stac_geoparquet_index(tree: Path) -> None:
     t = pq.read_table(tree / "aef_index_stac_geoparquet.parquet")
     meta = pq.read_metadata(tree / "aef_index_stac_geoparquet.parquet").metadata
-    assert b"geo" in meta and b"stac-geoparquet" in meta
+    assert b"geo" in meta
+    assert b"stac-geoparquet" in meta
     hrefs = pc.struct_field(t.column("assets").combine_chunks(), ["data", "href"]).to_pylist()
     assert all(not h.startswith("/") and "://" not in h for h in hrefs), "relative hrefs"
     assert all((tree / h).exists() for h in hrefs)
@@ -146,12 +153,18 @@ def test_stac_geoparquet_index(tree: Path) -> None:
 
 def test_detected_and_described(tree: Path) -> None:
     layout, found = sources.detect_layout(str(tree))
-    assert layout == "aef-cogs" and "aef_index.parquet" in found
-    assert "2023..2024" in found and "32N" in found and "37S" in found
+    assert layout == "aef-cogs"
+    assert "aef_index.parquet" in found
+    assert "2023..2024" in found
+    assert "32N" in found
+    assert "37S" in found
     s = sources.open_source(str(tree))
     assert isinstance(s, AefCogSource)
-    assert s.dataset == "alphaearth/v1" and s.dimensions == 64 and s.years == list(YEARS)
-    assert s.zone_names() == ["utm32", "utm37"] and s.zone_names("global") == ["global"]
+    assert s.dataset == "alphaearth/v1"
+    assert s.dimensions == 64
+    assert s.years == list(YEARS)
+    assert s.zone_names() == ["utm32", "utm37"]
+    assert s.zone_names("global") == ["global"]
     # the provenance names the dataset and index, never a count of files or zones: adding
     # files elsewhere must not restale a cube made from this source
     assert not {"files", "zones", "years"} & set(s.describe())
@@ -163,7 +176,8 @@ def test_stac_index_alone_and_index_file_urls(tree: Path, tmp_path: Path,
     shutil.copytree(tree, copy)
     (copy / "aef_index.parquet").unlink()
     layout, found = sources.detect_layout(str(copy))
-    assert layout == "aef-cogs" and "stac_geoparquet" in found
+    assert layout == "aef-cogs"
+    assert "stac_geoparquet" in found
     ref = AefCogSource.open(str(tree))
     for url in (str(copy), str(copy / "aef_index_stac_geoparquet.parquet"),
                 str(tree / "aef_index.parquet")):
@@ -185,7 +199,8 @@ def test_from_assets_reads_missing_crs_and_bounds_from_headers(
     s = AefCogSource.from_assets("stac://aef-synthetic", assets, base_url=str(tree))
     clone = pickle.loads(pickle.dumps(s))
     ref = AefCogSource.open(str(tree))
-    assert clone.years == ref.years and len(clone.files) == len(ref.files)
+    assert clone.years == ref.years
+    assert len(clone.files) == len(ref.files)
     for c in world:
         a, b = clone.read(c.zone, c.window, 2023), ref.read(c.zone, c.window, 2023)
         np.testing.assert_array_equal(a.codes, b.codes)
@@ -269,7 +284,8 @@ def test_global_grid_read_is_the_nearest_utm_pixel(
         ref_codes, ref_valid = sample_nearest(zone, window, utm_reader(world, codes[2023]), 64)
         np.testing.assert_array_equal(data.valid, ref_valid)
         np.testing.assert_array_equal(data.codes, ref_codes)
-        assert data.valid.mean() > 0.5 and not data.valid.all()
+        assert data.valid.mean() > 0.5
+        assert not data.valid.all()
         assert not data.codes[:, ~data.valid].any()
     avail = s.availability(zone, 2023)
     assert avail.block == (4096, 4096)
@@ -296,7 +312,8 @@ def test_missing_year_and_zone(tree: Path, world: list[synth.SynthCity]) -> None
     with pytest.raises(NoDataError, match="2019"):
         s.read(world[0].zone, world[0].window, 2019)
     empty = s.read(utm_zone(33), Window(0, 0, 8, 8), 2023)
-    assert not empty.valid.any() and not empty.codes.any()
+    assert not empty.valid.any()
+    assert not empty.codes.any()
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,7 +341,8 @@ def test_partial_nodata_in_a_pixel_is_damage(tmp_path: Path) -> None:
     zone = utm_zone(32)
     win = f.window_in(zone)
     top = s.read(zone, Window(win.row, win.col, 50, 256), 2024)
-    assert not top.valid[:10].any() and top.valid[10:].all()
+    assert not top.valid[:10].any()
+    assert top.valid[10:].all()
     assert not top.codes[:, :10].any()
     with pytest.raises(SourceError, match=r"xbadfile.*some bands but not all.*row "
                                           rf"{win.row + 100}, col {win.col + 40}"):
@@ -382,7 +400,8 @@ def test_stac_items_of_the_written_index_feed_from_assets(
              and it["bbox"][0] < lon1 and it["bbox"][2] > lon0
              and it["bbox"][1] < lat1 and it["bbox"][3] > lat0]
     assets = stac.assets_of(items, str(index))
-    assert assets and all(a.year == 2024 and a.href.startswith(str(tree)) for a in assets)
+    assert assets
+    assert all(a.year == 2024 and a.href.startswith(str(tree)) for a in assets)
     s = AefCogSource.from_assets(str(index), assets)
     assert {f.zone_label for f in s.files} == {"37S"}
     a, b = s.read(c.zone, c.window, 2024), AefCogSource.open(str(tree)).read(c.zone, c.window,

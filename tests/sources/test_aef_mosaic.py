@@ -81,7 +81,8 @@ def test_cogs_on_the_global_grid_equal_the_mosaic(out: Path, world: list[synth.S
                 a, b = mosaic.read(zone, window, year), cogs.read(zone, window, year)
                 np.testing.assert_array_equal(a.valid, b.valid)
                 np.testing.assert_array_equal(a.codes, b.codes)
-                assert a.valid.any() and not a.valid.all()
+                assert a.valid.any()
+                assert not a.valid.all()
 
 
 def test_nearest_rule_is_the_projected_pixel_centre() -> None:
@@ -111,8 +112,10 @@ def test_store_is_the_published_layout(out: Path) -> None:
     arr = root["embeddings"]
     assert isinstance(arr, zarr.Array)
     assert arr.shape == (len(YEARS), 64, *MOSAIC_SHAPE) == (2, 64, 1_859_584, 4_009_984)
-    assert arr.dtype == np.int8 and arr.fill_value == -128
-    assert arr.shards == (1, 64, 4096, 4096) and arr.chunks == (1, 64, 256, 256)
+    assert arr.dtype == np.int8
+    assert arr.fill_value == -128
+    assert arr.shards == (1, 64, 4096, 4096)
+    assert arr.chunks == (1, 64, 256, 256)
     assert arr.metadata.dimension_names == ("time", "band", "y", "x")  # type: ignore[union-attr]
     meta = json.loads((out / "aef-mosaic.zarr" / "embeddings" / "zarr.json").read_text())
     codecs = meta["codecs"][0]["configuration"]["codecs"]
@@ -131,11 +134,15 @@ def test_store_is_the_published_layout(out: Path) -> None:
 
 def test_detected_and_described(out: Path) -> None:
     layout, found = sources.detect_layout(str(out / "aef-mosaic.zarr"))
-    assert layout == "aef-mosaic" and "EPSG:4326" in found and "64-d" in found
+    assert layout == "aef-mosaic"
+    assert "EPSG:4326" in found
+    assert "64-d" in found
     s = sources.open_source(str(out / "aef-mosaic.zarr"))
     assert isinstance(s, AefMosaicSource)
     assert s.dataset == "alphaearth/v1" == AefCogSource.open(str(out / "aef")).dataset
-    assert s.years == list(YEARS) and s.zone_names() == ["global"] and s.zone_names("utm") == []
+    assert s.years == list(YEARS)
+    assert s.zone_names() == ["global"]
+    assert s.zone_names("utm") == []
     assert s.grid_kinds == ("global",)
     assert AefMosaicSource.detect(str(out / "aef")) is None
 

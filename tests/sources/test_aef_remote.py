@@ -47,27 +47,34 @@ GCS = "gs://alphaearth_foundations/satellite_embedding/v1/annual"
 def test_s3_endpoint_comes_from_the_environment() -> None:
     href = "s3://bkt/aef/2024/32N/x.tiff"
     t = vsi_target(href, None, {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"})
-    assert t is not None and t.path == "/vsis3/bkt/aef/2024/32N/x.tiff"
+    assert t is not None
+    assert t.path == "/vsis3/bkt/aef/2024/32N/x.tiff"
     assert t.options["AWS_S3_ENDPOINT"] == "127.0.0.1:9000"
-    assert t.options["AWS_HTTPS"] == "NO" and t.options["AWS_VIRTUAL_HOSTING"] == "FALSE"
-    assert t.options["AWS_NO_SIGN_REQUEST"] == "NO" and "AWS_REGION" not in t.options
+    assert t.options["AWS_HTTPS"] == "NO"
+    assert t.options["AWS_VIRTUAL_HOSTING"] == "FALSE"
+    assert t.options["AWS_NO_SIGN_REQUEST"] == "NO"
+    assert "AWS_REGION" not in t.options
     t = vsi_target(href, None, {"AWS_ENDPOINT_URL": "http://other:1",
                                 "AWS_ENDPOINT_URL_S3": "https://s3.example.org:8443"})
-    assert t is not None and t.options["AWS_S3_ENDPOINT"] == "s3.example.org:8443"
+    assert t is not None
+    assert t.options["AWS_S3_ENDPOINT"] == "s3.example.org:8443"
     assert t.options["AWS_HTTPS"] == "YES"
     given = {"endpoint_url": "http://minio:9000", "anon": True, "requester_pays": True}
     t = vsi_target(href, given, {"AWS_ENDPOINT_URL": "http://other:1"})
-    assert t is not None and t.options["AWS_S3_ENDPOINT"] == "minio:9000"
+    assert t is not None
+    assert t.options["AWS_S3_ENDPOINT"] == "minio:9000"
     assert t.options["AWS_NO_SIGN_REQUEST"] == "YES"
     assert t.options["AWS_REQUEST_PAYER"] == "requester"
     # GDAL's own settings in the environment win: GDAL reads them there
     t = vsi_target(href, None, {"AWS_S3_ENDPOINT": "gdal.example.org", "AWS_HTTPS": "NO",
                                 "AWS_ENDPOINT_URL": "http://other:1",
                                 "GDAL_HTTP_USERAGENT": "mine/1"})
-    assert t is not None and not {"AWS_S3_ENDPOINT", "AWS_HTTPS",
+    assert t is not None
+    assert not {"AWS_S3_ENDPOINT", "AWS_HTTPS",
                                   "GDAL_HTTP_USERAGENT"} & set(t.options)
     t = vsi_target(href, None, {})  # AWS itself
-    assert t is not None and "AWS_S3_ENDPOINT" not in t.options
+    assert t is not None
+    assert "AWS_S3_ENDPOINT" not in t.options
     assert t.options["GDAL_HTTP_USERAGENT"] == remote_env.USER_AGENT
     assert t.options["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
     assert vsi_target("memory://x/y.tiff") is None  # fsspec's, not GDAL's
@@ -80,7 +87,9 @@ def test_credentials_are_never_copied_into_the_configuration() -> None:
            "AWS_ENDPOINT_URL": "https://s3.example.org", "LCZSCALE_GCS_BILLING_PROJECT": "p"}
     for href in ("s3://b/k.tiff", f"{GCS}/2024/32N/x.tiff", "https://example.org/x.tiff"):
         blob = repr(vsi_target(href, {"anon": False}, env))
-        assert SECRET not in blob and "AKIA" not in blob and "/secret/" not in blob
+        assert SECRET not in blob
+        assert "AKIA" not in blob
+        assert "/secret/" not in blob
 
 
 def test_source_cooperative_is_read_unsigned_through_its_own_api() -> None:
@@ -94,11 +103,13 @@ def test_source_cooperative_is_read_unsigned_through_its_own_api() -> None:
     assert sc is not None
     assert sc.path == "/vsis3/tge-labs/aef/v1/annual/2024/32N/x.tiff", "no AWS bucket there"
     assert sc.options["AWS_S3_ENDPOINT"] == "data.source.coop"
-    assert sc.options["AWS_HTTPS"] == "YES" and sc.options["AWS_VIRTUAL_HOSTING"] == "FALSE"
+    assert sc.options["AWS_HTTPS"] == "YES"
+    assert sc.options["AWS_VIRTUAL_HOSTING"] == "FALSE"
     assert sc.options["AWS_NO_SIGN_REQUEST"] == "YES"
     signed = vsi_target(href, None, {"AWS_ENDPOINT_URL": "https://data.source.coop",
                                      "AWS_NO_SIGN_REQUEST": "NO"})
-    assert signed is not None and "AWS_NO_SIGN_REQUEST" not in signed.options
+    assert signed is not None
+    assert "AWS_NO_SIGN_REQUEST" not in signed.options
     # fsspec (index reads) agrees, and names lczscale
     assert client_options(SC)["anon"] is True
     assert client_options("s3://tge-labs/aef", {"endpoint_url": "https://data.source.coop"}
@@ -139,10 +150,12 @@ def test_gcs_billing_project_from_the_environment_and_not_in_pickles(
     monkeypatch.delenv("LCZSCALE_GCS_BILLING_PROJECT")
     monkeypatch.setenv("GS_USER_PROJECT", "gdal-project")
     t = vsi_target(href)
-    assert t is not None and "GS_USER_PROJECT" not in t.options
+    assert t is not None
+    assert "GS_USER_PROJECT" not in t.options
     assert client_options(GCS)["requester_pays"] == "gdal-project"
     anon = vsi_target(href, {"token": "anon"})
-    assert anon is not None and anon.options["GS_NO_SIGN_REQUEST"] == "YES"
+    assert anon is not None
+    assert anon.options["GS_NO_SIGN_REQUEST"] == "YES"
 
 
 @pytest.mark.parametrize(("text", "kind"), [
@@ -158,13 +171,13 @@ def test_gcs_billing_project_from_the_environment_and_not_in_pickles(
     ("'/vsis3/b/x.tiff' not recognized as being in a supported file format.", "unreadable"),
 ])
 def test_failures_are_sorted_by_what_fixes_them(text: str, kind: str) -> None:
-    try:
+    with pytest.raises(RasterioIOError, match="Read failed") as raised:
         raise RasterioIOError("Read failed. See previous exception for details.") from \
             RasterioIOError(text)
-    except RasterioIOError as exc:
-        assert classify(exc) == kind
+    assert classify(raised.value) == kind
     err = RemoteReadError("x could not be reached")
-    assert isinstance(err, SourceError) and is_transient(err), "the tile runner retries it"
+    assert isinstance(err, SourceError), "the tile runner retries it"
+    assert is_transient(err), "the tile runner retries it"
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +195,8 @@ def nine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, synth.SynthCit
 def test_every_year_2017_to_2025(nine: tuple[Path, synth.SynthCity], tmp_path: Path) -> None:
     root, c = nine
     layout, found = detect_layout(str(root))
-    assert layout == "aef-cogs" and "years 2017..2025" in found
+    assert layout == "aef-cogs"
+    assert "years 2017..2025" in found
     stac_only = tmp_path / "stac-only"
     shutil.copytree(root, stac_only)
     (stac_only / "aef_index.parquet").unlink()
@@ -193,7 +207,8 @@ def test_every_year_2017_to_2025(nine: tuple[Path, synth.SynthCity], tmp_path: P
             data = s.read(c.zone, c.window, year)
             want = aef_codes(c, c.embeddings[year], SEED)
             np.testing.assert_array_equal(data.codes[:, data.valid], want[:, want[0] != -128])
-            assert data.valid.any() and s.availability(c.zone, year).intersects(c.window)
+            assert data.valid.any()
+            assert s.availability(c.zone, year).intersects(c.window)
         with pytest.raises(NoDataError, match="2016"):
             s.read(c.zone, c.window, 2016)
 

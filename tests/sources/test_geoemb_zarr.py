@@ -59,7 +59,8 @@ class TestGeoembZarr(SourceConformance):
 
 def test_detected(store: Path) -> None:
     layout, found = detect_layout(str(store))
-    assert layout == "geoemb-zarr" and "float32" in found
+    assert layout == "geoemb-zarr"
+    assert "float32" in found
 
 
 def test_alphaearth_declared_linear_is_refused(tmp_path: Path) -> None:

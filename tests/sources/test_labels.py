@@ -6,6 +6,7 @@ is reported, and bad input fails with an error naming the file and the values.""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import zipfile
 from collections.abc import Iterator
@@ -67,11 +68,13 @@ def test_global_map_reads_as_nearest_of_the_coarse_cells(world: list[SynthCity],
     for c in world:
         path = formats["coarse"][c.city.name]["global"]
         got = read_labels(path, c.zone, c.window)
-        assert got.dtype == np.uint8 and got.shape == c.truth.shape
+        assert got.dtype == np.uint8
+        assert got.shape == c.truth.shape
         assert (got == _coarse_lookup(c, path)).mean() > 0.999  # ties on cell edges only
         assert (got == c.truth).mean() > 0.5  # a 100 m map of a 10 m truth
         src = open_labels(path)
-        assert src.encoding == "lcz 1-17" and src.describe()["palette"] is True
+        assert src.encoding == "lcz 1-17"
+        assert src.describe()["palette"] is True
         assert src.describe()["nodata_tag"] == 0.0
 
 
@@ -96,11 +99,14 @@ def test_generator_raster_uses_the_filtered_band(world: list[SynthCity],
     files = formats["coarse"][c.city.name]
     src = open_labels(files["generator"])
     d = src.describe()
-    assert d["band"] == 2 and d["band_choice"] == "named 'lczFilter'"
-    assert d["bands"] == ["lcz", "lczFilter", "classProbability"] and d["dtype"] == "int16"
+    assert d["band"] == 2
+    assert d["band_choice"] == "named 'lczFilter'"
+    assert d["bands"] == ["lcz", "lczFilter", "classProbability"]
+    assert d["dtype"] == "int16"
     raw = open_labels(files["generator"], band=1).read(c.zone, c.window)
     filtered = src.read(c.zone, c.window)
-    assert not np.array_equal(raw, filtered) and (raw == filtered).mean() > 0.5
+    assert not np.array_equal(raw, filtered)
+    assert (raw == filtered).mean() > 0.5
     with pytest.raises(SourceError, match=r"generator\.tif band 3.*no known LCZ encoding"):
         open_labels(files["generator"], band=3)  # classProbability: 0–100 %, not a class
     with pytest.raises(SourceError, match="band 4 does not exist"):
@@ -111,7 +117,8 @@ def test_projected_copy_is_read_exactly(world: list[SynthCity], formats: dict[st
     for c in world:
         path = formats["coarse"][c.city.name]["utm"]
         src = open_labels(path)
-        assert src.crs == c.zone.crs and src.encoding == "lcz 1-17"
+        assert src.crs == c.zone.crs
+        assert src.encoding == "lcz 1-17"
         with rasterio.open(path) as ds:
             data, t = ds.read(1), ds.transform
         a = c.zone.affine
@@ -171,8 +178,10 @@ def test_so2sat_patches_land_on_their_footprints(world: list[SynthCity],
     so = formats["so2sat"]
     src = open_labels(so["h5"])
     d = src.describe()
-    assert src.kind == "so2sat" and src.encoding == "so2sat one-hot (argmax+1)"
-    assert d["epsg"] == [32632, 32737] and d["cities"] == ["basel", "nairobi", "zurich"]
+    assert src.kind == "so2sat"
+    assert src.encoding == "so2sat one-hot (argmax+1)"
+    assert d["epsg"] == [32632, 32737]
+    assert d["cities"] == ["basel", "nairobi", "zurich"]
     assert d["patches"] == sum(len(p) for p in so["patches"].values())
     json.dumps(d)
     for c in world:
@@ -189,14 +198,20 @@ def test_so2sat_patches_land_on_their_footprints(world: list[SynthCity],
 def test_so2sat_file_layout(formats: dict[str, Any]) -> None:
     with h5py.File(formats["so2sat"]["h5"]) as f:
         n = f["label"].shape[0]
-        assert f["sen1"].shape == (n, 32, 32, 8) and f["sen1"].dtype == "<f8"
-        assert f["sen2"].shape == (n, 32, 32, 10) and f["sen2"].dtype == "<f8"
-        assert f["label"].shape == (n, 17) and (np.asarray(f["label"]).sum(axis=1) == 1).all()
+        assert f["sen1"].shape == (n, 32, 32, 8)
+        assert f["sen1"].dtype == "<f8"
+        assert f["sen2"].shape == (n, 32, 32, 10)
+        assert f["sen2"].dtype == "<f8"
+        assert f["label"].shape == (n, 17)
+        assert (np.asarray(f["label"]).sum(axis=1) == 1).all()
     with h5py.File(formats["so2sat"]["geo"]) as f:
-        assert f["coord"].shape == (n, 6) and f["tfw"].shape == (n, 6)
-        assert f["epsg"].shape == (n, 1) and f["city"].dtype.kind == "S"
+        assert f["coord"].shape == (n, 6)
+        assert f["tfw"].shape == (n, 6)
+        assert f["epsg"].shape == (n, 1)
+        assert f["city"].dtype.kind == "S"
         tfw = np.asarray(f["tfw"])
-        assert (tfw[:, 0] == 10).all() and (tfw[:, 3] == -10).all()  # [A, D, B, E, C, F]
+        assert (tfw[:, 0] == 10).all()
+        assert (tfw[:, 3] == -10).all()
         south = np.asarray(f["epsg"])[:, 0] == 32737
         assert (tfw[south, 5] > 9_000_000).all()  # false northing, as So2Sat's Nairobi
 
@@ -268,9 +283,11 @@ def test_polygons_burn_back_to_the_truth(world: list[SynthCity], formats: dict[s
     for c in world:
         info = formats["polygons"][c.city.name]
         src = open_labels(info[key])
-        assert src.kind == key and src.encoding == encoding
+        assert src.kind == key
+        assert src.encoding == encoding
         d = src.describe()
-        assert d["class_from"] == class_from and d["polygons"] == info["polygons"]
+        assert d["class_from"] == class_from
+        assert d["polygons"] == info["polygons"]
         json.dumps(d)
         got = src.read(c.zone, c.window)
         labelled = got > 0
@@ -319,7 +336,8 @@ def test_overlaps_of_different_classes_become_nodata(world: list[SynthCity],
     assert src.encoding == "lcz labels 1-10, A-G"  # numbers for 1–10, a letter for G
     got = src.read(c.zone, c.window)
     bottom = got[-20:]  # rows of the first two squares
-    assert (bottom[:, :10] == 2).all() and (bottom[:, 10:20] == 0).all()
+    assert (bottom[:, :10] == 2).all()
+    assert (bottom[:, 10:20] == 0).all()
     assert (bottom[:, 20:30] == 17).all()
     middle = got[-70:-50]
     assert (middle[:, :30] == 5).all()  # same class overlapping: kept
@@ -372,7 +390,8 @@ def test_kml_class_sources_and_errors(tmp_path: Path) -> None:
     path.write_text(_kml(f"<Folder><name>Training areas</name><Folder><name>A: Dense trees</name>"
                          f"{_pm('a')}</Folder><Folder><name>3</name>{_pm('b')}</Folder></Folder>"))
     src = open_labels(path)
-    assert src.kind == "kml" and src.describe()["classes"] == {3: 1, 11: 1}
+    assert src.kind == "kml"
+    assert src.describe()["classes"] == {3: 1, 11: 1}
     ext = '<ExtendedData><Data name="lcz_class"><value>{}</value></Data></ExtendedData>'
     path.write_text(_kml(_pm("loose", ext.format("101"))))
     assert open_labels(path).describe()["classes"] == {11: 1}
@@ -433,7 +452,8 @@ def test_float_nodata_undeclared_and_declared(tmp_path: Path) -> None:
     f = np.array([[1, 17, -1, np.nan]], dtype=np.float32)
     src = open_labels(_raster(tmp_path / "u.tif", f))
     assert src.encoding == "lcz 1-17; float with nodata -1"
-    assert src.describe()["nodata_tag"] is None and src.describe()["classes"] == [1, 17]
+    assert src.describe()["nodata_tag"] is None
+    assert src.describe()["classes"] == [1, 17]
     assert open_labels(_raster(tmp_path / "n.tif", f, nodata=np.nan)).encoding == (
         "lcz 1-17; float with NaN nodata")
     u = np.array([[0, 3, 255]], dtype=np.uint8)
@@ -443,28 +463,33 @@ def test_float_nodata_undeclared_and_declared(tmp_path: Path) -> None:
 
 def test_decode_and_class_values() -> None:
     codes, conv = decode(np.array([0, 1, 10, 101, 107, -999]), (-999.0,), "x")
-    assert codes.tolist() == [0, 1, 10, 11, 17, 0] and conv == "geoclimate 101-107 for A-G"
+    assert codes.tolist() == [0, 1, 10, 11, 17, 0]
+    assert conv == "geoclimate 101-107 for A-G"
     codes, conv = decode(np.array([3.0, np.nan, -1.0]), (-1.0,), "x")
-    assert codes.tolist() == [3, 0, 0] and conv is None
+    assert codes.tolist() == [3, 0, 0]
+    assert conv is None
     for value, code in [(5, 5), (5.0, 5), ("5", 5), (104, 14), ("104", 14), ("A", 11),
                         ("g", 17), ("LCZ 2", 2), ("LCZ_A", 11), ("lcz-10", 10),
                         ("10 Heavy industry", 10), ("A: Dense trees", 11), ("Dense trees", 11),
                         ("Compact high-rise", 1), ("Bare soil or sand", 16), (np.int64(3), 3)]:
         got = class_value(value)
-        assert got is not None and got[0] == code, value
+        assert got is not None, value
+        assert got[0] == code, value
     for nothing in (None, "", 0, float("nan")):
         assert class_value(nothing) is None
     for bad in ("Z9", 18, 100, 2.5, True, "Training areas", -1):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=re.escape(str(bad))):  # the value, for the message
             class_value(bad)
 
 
 def test_kind_detection_by_content(formats: dict[str, Any]) -> None:
     assert sniff(b"\x89HDF\r\n\x1a\n....") == "so2sat"
-    assert sniff(b"II*\x00") == "raster" and sniff(b"MM\x00+") == "raster"
+    assert sniff(b"II*\x00") == "raster"
+    assert sniff(b"MM\x00+") == "raster"
     assert sniff(b"\xef\xbb\xbf  {\"type\"") == "geojson"
     assert sniff(b'<?xml version="1.0"?>\n<kml xmlns=') == "kml"
-    assert sniff(b"<VRTDataset rasterXSize") == "raster" and sniff(b"PK\x03\x04") == "kmz"
+    assert sniff(b"<VRTDataset rasterXSize") == "raster"
+    assert sniff(b"PK\x03\x04") == "kmz"
     with pytest.raises(ConfigError, match=r"\['band'\] do not apply to a geojson"):
         open_labels(formats["polygons"]["zurich"]["geojson"], band=2)
     with pytest.raises(ConfigError, match="unknown label kind"):
@@ -543,7 +568,8 @@ def test_other_files_go_to_gdal(tmp_path: Path) -> None:
     tif = _raster(tmp_path / "map.tif", np.array([[0, 3, 14], [17, 14, 2]], dtype=np.uint8))
     rasterio.shutil.copy(tif, nc, driver="netCDF")
     src = open_labels(nc)
-    assert src.kind == "raster" and src.describe()["classes"] == [2, 3, 14, 17]
+    assert src.kind == "raster"
+    assert src.describe()["classes"] == [2, 3, 14, 17]
     other = tmp_path / "other.h5"  # HDF5 without So2Sat's datasets (netCDF-4 is HDF5 too)
     with h5py.File(other, "w") as f:
         f["foo"] = np.zeros(3)

@@ -30,9 +30,12 @@ def test_cube_is_detected_and_described(world: tuple[dict[str, Any], list[SynthC
     summary, _ = world
     assert detect_kind(summary["truth"]) == "cube"
     d = open_labels(summary["truth"]).describe()
-    assert d["kind"] == "cube" and d["encoding"] == "lcz 1-17"
-    assert d["zones"] == ["utm32"] and d["years"] == {"utm32": [YEAR]}
-    assert d["bounds"][0] == 6.0 and d["bounds"][2] == 12.0  # utm32's longitude band
+    assert d["kind"] == "cube"
+    assert d["encoding"] == "lcz 1-17"
+    assert d["zones"] == ["utm32"]
+    assert d["years"] == {"utm32": [YEAR]}
+    assert d["bounds"][0] == 6.0
+    assert d["bounds"][2] == 12.0
 
 
 def test_windows_read_the_truth_and_zeros_around_it(
@@ -42,7 +45,8 @@ def test_windows_read_the_truth_and_zeros_around_it(
     for c in cities:
         w = c.window
         got = read_labels(summary["truth"], c.zone, w)
-        assert got.dtype == np.uint8 and np.array_equal(got, c.truth)
+        assert got.dtype == np.uint8
+        assert np.array_equal(got, c.truth)
         big = Window(w.row - 15, w.col - 25, w.height + 40, w.width + 31)
         got = read_labels(summary["truth"], c.zone, big)
         inside = w.relative_to(big)
@@ -59,7 +63,8 @@ def test_a_zone_the_cube_lacks_reads_as_unlabelled(
     summary, cities = world
     w = cities[0].window
     got = read_labels(summary["truth"], utm_zone(33), w)
-    assert got.shape == (w.height, w.width) and not got.any()
+    assert got.shape == (w.height, w.width)
+    assert not got.any()
 
 
 def test_same_zone_on_another_grid(world: tuple[dict[str, Any], list[SynthCity]]) -> None:

@@ -45,15 +45,20 @@ def test_sydney_generator_raster() -> None:
     path = str(SYDNEY / "rasterMD.tif")
     src = open_labels(path)
     d = src.describe()
-    assert src.kind == "raster" and src.encoding == "lcz 1-17"
+    assert src.kind == "raster"
+    assert src.encoding == "lcz 1-17"
     assert d["bands"] == ["lcz", "lczFilter", "classProbability"]
-    assert d["band"] == 2 and d["band_choice"] == "named 'lczFilter'"
-    assert d["dtype"] == "int16" and d["nodata_tag"] is None and src.crs == "EPSG:4326"
+    assert d["band"] == 2
+    assert d["band_choice"] == "named 'lczFilter'"
+    assert d["dtype"] == "int16"
+    assert d["nodata_tag"] is None
+    assert src.crs == "EPSG:4326"
     assert d["classes"] == [1, 2, 3, 5, 6, 8, 9, 10, 11, 12, 14, 15, 16, 17]  # SOURCE.md
     zone, window = _window(SYDNEY_BOX)
     assert zone.name == "utm56"
     labels = read_labels(path, zone, window)
-    assert labels.shape == (window.height, window.width) and labels.max() <= 17
+    assert labels.shape == (window.height, window.width)
+    assert labels.max() <= 17
     assert (labels > 0).mean() > 0.99
     assert (labels <= 10).mean() > 0.5  # central Sydney is mostly built
     raw = open_labels(path, band=1).read(zone, window)
@@ -67,15 +72,20 @@ def test_sydney_geoclimate_geojson() -> None:
     path = str(SYDNEY / "sidney_rsu_lcz.geojson")
     src = open_labels(path)
     d = src.describe()
-    assert src.kind == "geojson" and src.encoding == "geoclimate 101-107 for A-G"
-    assert src.crs == "EPSG:32756" and d["class_from"] == "property 'LCZ_PRIMARY'"
-    assert d["polygons"] == 1233 and d["unclassified"] == 0
-    assert set(d["classes"]) <= set(range(1, 18)) and d["classes"][15] == 522  # 105 = E
+    assert src.kind == "geojson"
+    assert src.encoding == "geoclimate 101-107 for A-G"
+    assert src.crs == "EPSG:32756"
+    assert d["class_from"] == "property 'LCZ_PRIMARY'"
+    assert d["polygons"] == 1233
+    assert d["unclassified"] == 0
+    assert set(d["classes"]) <= set(range(1, 18))
+    assert d["classes"][15] == 522
     zone, window = _window(SYDNEY_BOX)
     labels = read_labels(path, zone, window)
     share = (labels > 0).mean()
     assert 0.3 < share < 0.8  # RSUs leave the street network out
-    assert labels.max() <= 17 and set(np.unique(labels)) - {0} <= set(d["classes"])
+    assert labels.max() <= 17
+    assert set(np.unique(labels)) - {0} <= set(d["classes"])
 
 
 def test_sydney_raster_and_geojson_agreement() -> None:
@@ -96,12 +106,15 @@ def test_zaragoza_int32_map() -> None:
     src = open_labels(path)
     d = src.describe()
     assert src.encoding == "lcz 1-17; int32 nodata -999"
-    assert d["dtype"] == "int32" and d["nodata_tag"] == -999.0 and src.crs == "EPSG:4326"
+    assert d["dtype"] == "int32"
+    assert d["nodata_tag"] == -999.0
+    assert src.crs == "EPSG:4326"
     assert d["classes"] == [2, 3, 5, 6, 8, 9, 11, 12, 13, 14, 15, 16, 17]  # SOURCE.md
     zone, window = _window(ZARAGOZA_BOX)
     assert zone.name == "utm30"
     labels = read_labels(path, zone, window)
-    assert labels.max() <= 17 and (labels > 0).mean() > 0.99
+    assert labels.max() <= 17
+    assert (labels > 0).mean() > 0.99
     counts = np.bincount(labels.ravel(), minlength=18)
     assert counts[14] == counts.max()  # low plants dominate, as in the whole file
     assert counts[1:11].sum() / counts[1:].sum() > 0.3  # but the city is in the window

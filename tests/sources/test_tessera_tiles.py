@@ -70,7 +70,9 @@ def city_windows(world: Path, pad: int = 40) -> list[tuple[str, Zone, Window]]:
 def test_detected_and_described(world: Path) -> None:
     layout, found = detect_layout(str(world / "tiles"))
     assert layout == "tessera-tiles"
-    assert "tessera/1.0/synthetic" in found and "2023, 2024" in found and "10 tiles" in found
+    assert "tessera/1.0/synthetic" in found
+    assert "2023, 2024" in found
+    assert "10 tiles" in found
 
 
 def test_same_windows_as_the_zarr_store(world: Path) -> None:
@@ -85,7 +87,9 @@ def test_same_windows_as_the_zarr_store(world: Path) -> None:
             for field in ("codes", "scales", "valid", "water"):
                 np.testing.assert_array_equal(getattr(a, field), getattr(b, field),
                                               err_msg=f"{name} {year} {field}")
-            assert a.valid.any() and a.water.any() and (~a.valid & ~a.water).any()
+            assert a.valid.any()
+            assert a.water.any()
+            assert (~a.valid & ~a.water).any()
 
 
 def test_files_are_in_the_geotessera_formats(world: Path) -> None:
@@ -94,24 +98,31 @@ def test_files_are_in_the_geotessera_formats(world: Path) -> None:
     assert manifest.column_names == ["version", "variant", "lon", "lat", "year", "grid_size",
                                      "scales_size", "grid_path", "scales_path", "grid_mtime",
                                      "scales_mtime"]
-    assert manifest.num_rows == 10 and set(manifest.column("variant").to_pylist()) == {
+    assert manifest.num_rows == 10
+    assert set(manifest.column("variant").to_pylist()) == {
         "synthetic"}
     meta = json.loads((root / "tessera_metadata.json").read_text())
-    assert meta["dataset_version"] == "1.0" and meta["dataset_version_path"] == "v1"
-    assert meta["format"] == "npy" and meta["tile_count"] == 10
+    assert meta["dataset_version"] == "1.0"
+    assert meta["dataset_version_path"] == "v1"
+    assert meta["format"] == "npy"
+    assert meta["tile_count"] == 10
     for key in ("dataset_variant", "dataset_path", "embeddings_subdir", "s3_embeddings_subdir",
                 "source_url_prefix", "generated_at"):
         assert meta[key]
     name = "grid_36.85_-1.25"  # Nairobi, south of the equator: true northings, EPSG:32737
     with rasterio.open(root / MASKS / f"{name}.tiff") as src:
-        assert src.crs.to_epsg() == 32737 and src.dtypes == ("uint8",)
+        assert src.crs.to_epsg() == 32737
+        assert src.dtypes == ("uint8",)
         assert src.transform == tile_footprint(3685, -125)[1]
-        assert 9_800_000 < src.transform.f < 10_000_000 and src.transform.f % 10 == 0
+        assert 9_800_000 < src.transform.f < 10_000_000
+        assert src.transform.f % 10 == 0
         shape = src.shape
     codes = np.load(root / EMB / "2024" / name / f"{name}.npy", mmap_mode="r")
     scales = np.load(root / EMB / "2024" / name / f"{name}_scales.npy", mmap_mode="r")
-    assert codes.dtype == np.int8 and codes.shape == (*shape, 128)
-    assert scales.dtype == np.float32 and scales.shape == shape
+    assert codes.dtype == np.int8
+    assert codes.shape == (*shape, 128)
+    assert scales.dtype == np.float32
+    assert scales.shape == shape
 
 
 def test_planning_opens_no_file(world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,7 +211,8 @@ def test_overlap_goes_to_the_tile_whose_box_holds_the_pixel(world: Path, tmp_pat
     x = zone.affine.c + zone.affine.a * (np.arange(window.col, window.col_stop) + 0.5)
     from_west = truth.valid & (~east | (x < west_edge)[None, :])
     np.testing.assert_array_equal(got.valid, from_west)
-    assert (east & truth.valid & ~from_west).any() and (east & from_west).any()
+    assert (east & truth.valid & ~from_west).any()
+    assert (east & from_west).any()
     np.testing.assert_array_equal(got.codes[:, from_west], truth.codes[:, from_west])
 
 
@@ -267,8 +279,10 @@ def test_npy_without_scales(damaged: tuple[Path, Zone, Window],
     missing.unlink()
     with caplog.at_level(logging.WARNING):
         source = TesseraTilesSource.open(str(root))
-    assert str(missing) in caplog.text and "#406" in caplog.text
-    assert source.years == [2023] and not source.availability(zone, 2024).blocks
+    assert str(missing) in caplog.text
+    assert "#406" in caplog.text
+    assert source.years == [2023]
+    assert not source.availability(zone, 2024).blocks
     assert source.read(zone, window, 2023).valid.any()
     with pytest.raises(SourceError, match=rf"incomplete \(missing {missing}\)"):
         source.read(zone, window, 2024)
@@ -385,7 +399,8 @@ def test_3d_scales_that_vary_are_requantised(damaged: tuple[Path, Zone, Window])
     edit_npy(path, three_d(s, factors), shape=(*s.shape, 128))
     got = TesseraTilesSource.open(str(root)).read(zone, window, 2024)
     np.testing.assert_array_equal(got.valid, want.valid)
-    assert got.scales is not None and want.scales is not None
+    assert got.scales is not None
+    assert want.scales is not None
     exact = want.codes.astype(np.float32) * (want.scales[None] * factors[:, None, None])
     error = np.abs(got.codes.astype(np.float32) * got.scales[None] - exact)
     assert (error <= got.scales[None] * 0.5 * (1 + 1e-5) + 1e-6).all()
@@ -402,7 +417,8 @@ def test_mirror_layout(small: tuple[Path, Zone, Window], tmp_path: Path) -> None
     want = TesseraTilesSource.open(str(root)).read(zone, window, 2024)
     for url in (base / "npy" / "v1-synthetic", base):
         layout, found = detect_layout(str(url))
-        assert layout == "tessera-tiles" and "npy/v1-synthetic" in found
+        assert layout == "tessera-tiles"
+        assert "npy/v1-synthetic" in found
         source = TesseraTilesSource.open(str(url))
         assert source.dataset == "tessera/1.0/synthetic"
         got = source.read(zone, window, 2024)

@@ -99,7 +99,8 @@ def test_detected_as_their_layouts_and_one_dataset(world: dict[str, Any]) -> Non
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_nan_scale_is_nodata_never_water(world: dict[str, Any], layout: str) -> None:
     c = synth.make_world(cities=CITIES, size_km=SIZE, seed=SEED, years=(2024,))[0]
-    assert c.nodata.any() and c.water.any()
+    assert c.nodata.any()
+    assert c.water.any()
     data = open_source(world[layout]).read(c.zone, c.window, 2024)
     assert not data.water.any(), "the v1.1 store has no water marker"
     assert not data.valid[c.nodata].any(), "a not-embedded pixel must be nodata"
@@ -179,7 +180,8 @@ def test_the_pre_adr024_centre_origin_transform_is_read_the_same(world: dict[str
     c = synth.make_world(cities=1, size_km=SIZE, seed=SEED, years=(2024,))[0]
     a = TesseraIcechunkSource(str(path)).read(c.zone, c.window, 2024)
     b = open_source(world["tessera-icechunk"]).read(c.zone, c.window, 2024)
-    assert np.array_equal(a.codes, b.codes) and np.array_equal(a.valid, b.valid)
+    assert np.array_equal(a.codes, b.codes)
+    assert np.array_equal(a.valid, b.valid)
 
 
 def test_a_truncated_shard_is_a_clear_error(world: dict[str, Any], tmp_path: Path) -> None:
@@ -229,7 +231,8 @@ def test_each_row_comes_from_its_own_hemisphere(tmp_path: Path) -> None:
     got = dequantised(after)
     np.testing.assert_array_equal(got[:, after.valid], expected[:, after.valid])
     assert np.array_equal(~after.valid, moved.nodata)
-    assert after.valid[:north].any() and after.valid[north:].any()
+    assert after.valid[:north].any()
+    assert after.valid[north:].any()
 
 
 def test_neighbouring_zone_data_is_never_mapped_outside_its_band(tmp_path: Path) -> None:
@@ -267,9 +270,11 @@ def test_min_s2_obs_masks_thin_pixels(world: dict[str, Any]) -> None:
         thin = open_source(world[layout], min_s2_obs=40)
         assert thin.describe()["min_s2_obs"] == 40
         data = thin.read(c.zone, c.window, 2024)
-        assert data.valid.sum() < full.valid.sum() and data.valid.any()
+        assert data.valid.sum() < full.valid.sum()
+        assert data.valid.any()
         assert not (data.valid & ~full.valid).any()
-        assert not data.codes[:, ~data.valid].any() and (data.scales[~data.valid] == 0).all()
+        assert not data.codes[:, ~data.valid].any()
+        assert (data.scales[~data.valid] == 0).all()
     with pytest.raises(SourceError, match="min_s2_obs needs per-pixel optical observation"):
         open_source(world["tessera-zarr"], min_s2_obs=40)
 
@@ -283,7 +288,8 @@ def test_registry_and_chunk_index_plan_the_same(world: dict[str, Any], tmp_path:
         index = TesseraIcechunkSource.open(str(path), None).availability(utm_zone(z), 2024)
         shutil.copytree(Path(world["tessera-icechunk"]).with_suffix(".registry"),
                         path.with_suffix(".registry"))
-        assert with_registry == index and with_registry.blocks
+        assert with_registry == index
+        assert with_registry.blocks
 
 
 def _part(folder: Path, run: str, rows: list[dict[str, Any]]) -> None:
@@ -310,7 +316,8 @@ def test_registry_refill_and_antimeridian(tmp_path: Path) -> None:
         _row("chunk_10_3", "2026-07-01T10:00:00+00:00", False, box),
         _row("chunk_10_4", "2026-07-01T10:00:00+00:00", True, box)])
     rows = tessera_registry.latest_rows(str(root), None, "32N", 2024)
-    assert rows is not None and sorted(r["tile"] for r in rows) == ["chunk_10_3", "chunk_10_4"]
+    assert rows is not None
+    assert sorted(r["tile"] for r in rows) == ["chunk_10_3", "chunk_10_4"]
     assert tessera_registry.embedded_shards(str(root), None, "32N", 2024) == {(10, 3), (10, 4)}
     assert tessera_registry.latest_rows(str(root), None, "32N", 2023) is None
     # zone 01: a tile across the antimeridian has bbox_west > bbox_east
@@ -365,9 +372,12 @@ def test_s3_reads_equal_local_reads_and_credentials_stay_in_the_environment(
         remote = open_source(on_s3[layout])
         local = open_source(world[layout])
         a, b = remote.read(c.zone, c.window, 2024), local.read(c.zone, c.window, 2024)
-        assert np.array_equal(a.codes, b.codes) and np.array_equal(a.scales, b.scales)
+        assert np.array_equal(a.codes, b.codes)
+        assert np.array_equal(a.scales, b.scales)
         ra, la = (s.availability(c.zone, 2024, c.window) for s in (remote, local))
-        assert ra.blocks == la.blocks and ra.blocks and ra.cells.keys() == la.cells.keys()
+        assert ra.blocks == la.blocks
+        assert ra.blocks
+        assert ra.cells.keys() == la.cells.keys()
         assert all(np.array_equal(ra.cells[k], la.cells[k]) for k in ra.cells)
         assert os.environ["AWS_SECRET_ACCESS_KEY"].encode() not in pickle.dumps(remote)
     assert isinstance(open_source(on_s3["tessera-dclimate-zarr"]), TesseraDclimateZarrSource)

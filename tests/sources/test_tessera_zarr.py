@@ -34,7 +34,9 @@ class TestTesseraZarr(SourceConformance):
 
 def test_detected_and_described(store: Path) -> None:
     layout, found = detect_layout(str(store))
-    assert layout == "tessera-zarr" and "TESSERA Zarr" in found and "128-d" in found
+    assert layout == "tessera-zarr"
+    assert "TESSERA Zarr" in found
+    assert "128-d" in found
 
 
 def test_a_zone_of_another_dataset_version_is_refused(store: Path, tmp_path: Path) -> None:

@@ -70,12 +70,15 @@ def test_accessor_registered_by_its_module_or_by_open_cube(cube: str, how: str) 
 def test_to_rgb_is_the_official_palette_with_white_nodata(ds: xr.Dataset) -> None:
     rgb = ds.lcz.to_rgb()
     lcz = ds["lcz"].sel(time=2024).values
-    assert rgb.dims == ("y", "x", "band") and rgb.dtype == np.uint8
-    assert rgb.shape == (*lcz.shape, 3) and list(rgb["band"].values) == ["red", "green", "blue"]
+    assert rgb.dims == ("y", "x", "band")
+    assert rgb.dtype == np.uint8
+    assert rgb.shape == (*lcz.shape, 3)
+    assert list(rgb["band"].values) == ["red", "green", "blue"]
     values = rgb.values
     palette = classes.palette_rgb()
     present = [int(c) for c in np.unique(lcz)]
-    assert 0 in present and len(present) > 3
+    assert 0 in present
+    assert len(present) > 3
     for c in present:
         want = (255, 255, 255) if c == 0 else palette[c - 1]
         assert (values[lcz == c] == want).all(), c
@@ -90,7 +93,8 @@ def test_fractions_count_cells_of_the_zone_lattice(ds: xr.Dataset) -> None:
     r0, c0 = _origin(ds)
     bc = block_counts(lcz, (r0, c0), 10)
     valid = bc.counts[:, 1:].sum(axis=1)
-    assert frac.dims == ("class", "y", "x") and frac.dtype == np.float32
+    assert frac.dims == ("class", "y", "x")
+    assert frac.dtype == np.float32
     assert list(frac["class"].values) == classes.LCZ_CODES
     assert list(frac["label"].values) == classes.LCZ_LABELS
     shares = frac.values.reshape(17, -1).T
@@ -102,7 +106,8 @@ def test_fractions_count_cells_of_the_zone_lattice(ds: xr.Dataset) -> None:
     # cell edges on the zone's 100 m lattice (zone origin 160 000 m, 9 340 000 m)
     a = frac.odc.geobox.affine
     assert (a.a, a.e) == (100.0, -100.0)
-    assert (a.c - 160_000.0) % 100 == 0 and (9_340_000.0 - a.f) % 100 == 0
+    assert (a.c - 160_000.0) % 100 == 0
+    assert (9_340_000.0 - a.f) % 100 == 0
     assert frac.odc.crs == ds.set_coords("spatial_ref").odc.crs
 
 
@@ -160,7 +165,8 @@ def test_reproject_nearest_to_lonlat_samples_the_zone(ds: xr.Dataset) -> None:
     from pyproj import Transformer
 
     out = ds["lcz"].lcz.reproject("EPSG:4326")
-    assert out.odc.crs.epsg == 4326 and out.dims == ("time", "y", "x")
+    assert out.odc.crs.epsg == 4326
+    assert out.dims == ("time", "y", "x")
     got = out.sel(time=2024).values
     lon, lat = np.meshgrid(out["x"].values, out["y"].values)
     x, y = Transformer.from_crs(4326, WEST.zone.crs, always_xy=True).transform(lon, lat)

@@ -47,7 +47,8 @@ def test_amplification_falls_with_tile_size_and_is_at_least_one() -> None:
     assert large["chunk_read_amplification"] >= large["read_amplification"]
     assert small["patch_amplification"] > (256 / small["stride"]) ** 2
     default = amplification.geometric(4096, 256)
-    assert default["default"] and not small["default"]
+    assert default["default"]
+    assert not small["default"]
     assert default["meets_target"] == (default["read_amplification"] <= 1.15)
     assert amplification.geometric(2048, 256)["read_amplification"] > 1.15
     # mean halo per side lies between the overlap and the patch size
@@ -70,7 +71,9 @@ def test_land_stand_in_has_the_earths_land_area() -> None:
     assert land.land_area_km2(f) == pytest.approx(148.9e6, rel=1e-3)
     # the hand-drawn outlines alone are already close: the scaling is a small correction
     assert land.land_area_km2(land.outline_fractions()) == pytest.approx(148.9e6, rel=0.05)
-    assert ((f >= 0) & (f <= 1)).all() and (f == 1).mean() > 0.15 and (f == 0).mean() > 0.5
+    assert ((f >= 0) & (f <= 1)).all()
+    assert (f == 1).mean() > 0.15
+    assert (f == 0).mean() > 0.5
     # a few places: Sahara land, mid-Pacific water
     assert land.is_land(np.array([15.5]), np.array([22.5]), f).all()
     assert not land.is_land(np.array([-150.5]), np.array([0.5]), f).any()
@@ -91,10 +94,12 @@ def test_zone_availability_holds_the_zones_land() -> None:
     px = sum(m.mean() for m in avail.cells.values()) * land.SHARD**2
     expected = (f[:, 186:192] * land.cell_areas_km2()[:, 186:192]).sum() * 1e4  # px of 100 m²
     assert px == pytest.approx(expected, rel=0.05)
-    assert avail.block == (4096, 4096) and avail.cell == (32, 32)
+    assert avail.block == (4096, 4096)
+    assert avail.cell == (32, 32)
     assert set(avail.cells) == set(avail.blocks)
     lean = land.zone_availability(zone, f)
-    assert lean.blocks == avail.blocks and len(lean.cells) < len(avail.cells)
+    assert lean.blocks == avail.blocks
+    assert len(lean.cells) < len(avail.cells)
     assert all(not m.all() for m in lean.cells.values())
 
 
@@ -103,7 +108,8 @@ def test_end_to_end_ratio_is_end_to_end_over_model_only() -> None:
                TileResult("b", 400, 1000, 3, 0.1, 1.0, 0.1)]
     report = MapReport("c", 2024, 2, 0, 2000, 1000, 4.0, ["utm32"], results)
     got = throughput.figures(report, model_wall=2.5, patches=8)
-    assert got["px_per_s"] == 250 and got["model_px_per_s"] == 400
+    assert got["px_per_s"] == 250
+    assert got["model_px_per_s"] == 400
     assert got["ratio"] == pytest.approx(got["px_per_s"] / got["model_px_per_s"])
     assert got["km2_per_hour"] == pytest.approx(250 * 3600 / 1e4)
 
@@ -112,7 +118,8 @@ def test_scaling_efficiency() -> None:
     points = [{"workers": 1, "px_per_s": 100.0}, {"workers": 2, "px_per_s": 180.0},
               {"workers": 4, "px_per_s": 300.0}]
     curve = scaling.curve(points)
-    assert curve["efficiency"] == [1.0, 0.9, 0.75] and curve["efficiency_at_max"] == 0.75
+    assert curve["efficiency"] == [1.0, 0.9, 0.75]
+    assert curve["efficiency_at_max"] == 0.75
     assert points[2]["speedup"] == 3.0
 
 

@@ -54,7 +54,8 @@ def make_model(cfg: ModelConfig = CFG, seed: int = 0) -> LczUNet:
     model = LczUNet(cfg)
     for m in model.modules():  # non-trivial BN statistics, so the buffers matter
         if isinstance(m, torch.nn.BatchNorm2d):
-            assert m.running_mean is not None and m.running_var is not None
+            assert m.running_mean is not None
+            assert m.running_var is not None
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     return model.eval()
@@ -65,8 +66,10 @@ def test_round_trip(tmp_path: Path) -> None:
     digest = save_checkpoint(tmp_path / "ckpt", model, meta)
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["checkpoint.json", "model.safetensors"]
     loaded, meta2, digest2 = load_checkpoint(tmp_path / "ckpt")
-    assert digest2 == digest == model_hash(tmp_path / "ckpt") and len(digest) == 64
-    assert meta2.model_copy(update={"weights_sha256": ""}) == meta and not loaded.training
+    assert digest2 == digest == model_hash(tmp_path / "ckpt")
+    assert len(digest) == 64
+    assert meta2.model_copy(update={"weights_sha256": ""}) == meta
+    assert not loaded.training
     assert meta2.weights_sha256 == hashlib.sha256(
         (tmp_path / "ckpt" / "model.safetensors").read_bytes()).hexdigest()
     x = torch.randn(2, loaded.in_channels, 16, 16)
@@ -107,7 +110,8 @@ def test_pickled_weights_refused(tmp_path: Path) -> None:
 
     with pytest.raises(CheckpointError, match=r"pickled weights are refused.*safetensors") as e:
         load_checkpoint(ckpt)
-    assert str(ckpt) in str(e.value) and "model.pt" in str(e.value)
+    assert str(ckpt) in str(e.value)
+    assert "model.pt" in str(e.value)
     with pytest.raises(CheckpointError, match="pickled weights are refused"):
         load_checkpoint(ckpt / "model.pt")
     with pytest.raises(CheckpointError, match="pickled weights are refused"):
@@ -197,7 +201,8 @@ def test_check_input() -> None:
     with pytest.raises(CheckpointError) as e:
         check_input(meta, 128, "tessera")
     msg = str(e.value)
-    assert "expects 64-d alphaearth" in msg and "gives 128-d tessera" in msg
+    assert "expects 64-d alphaearth" in msg
+    assert "gives 128-d tessera" in msg
     assert "point --source at alphaearth data" in msg
     with pytest.raises(CheckpointError, match=r"expects 64-d alphaearth.*gives 64-d tessera"):
         check_input(meta, 64, "tessera")
@@ -205,25 +210,28 @@ def test_check_input() -> None:
 
 def test_meta_validation() -> None:
     data = json.loads(make_meta().model_dump_json())
-    assert data["format"] == "lczscale-checkpoint" and data["format_version"] == 1
+    assert data["format"] == "lczscale-checkpoint"
+    assert data["format_version"] == 1
     with pytest.raises(ValidationError, match="extra"):
         CheckpointMeta.model_validate({**data, "surprise": 1})
     with pytest.raises(ValidationError, match=r"input\.dimensions 7"):
         CheckpointMeta.model_validate({**data, "input": {**data["input"], "dimensions": 7}})
     with pytest.raises(ValidationError, match="distinct LCZ codes"):
         CheckpointMeta.model_validate({**data, "classes": [0, *range(2, 18)]})
+    norm = {"mean": [0.0] * 8, "std": [1.0] * 7 + [0.0]}
     with pytest.raises(ValidationError, match="std"):
-        norm = {"mean": [0.0] * 8, "std": [1.0] * 7 + [0.0]}
         CheckpointMeta.model_validate({**data, "normalisation": norm})
 
 
 def test_classes_module() -> None:
     assert list(range(1, 18)) == classes.LCZ_CODES
-    assert classes.LCZ_LABELS[9:11] == ["10", "A"] and classes.LCZ_LABELS[-1] == "G"
+    assert classes.LCZ_LABELS[9:11] == ["10", "A"]
+    assert classes.LCZ_LABELS[-1] == "G"
     assert len(classes.LCZ_CLASS_NAMES) == len(classes.LCZ_PALETTE) == 17
     assert classes.LCZ_CLASS_NAMES[12] == "Bush, scrub"
     rgb = classes.palette_rgb()
-    assert rgb[0] == (0x91, 0x06, 0x13) and rgb[-1] == (0x65, 0x6B, 0xFA)
+    assert rgb[0] == (0x91, 0x06, 0x13)
+    assert rgb[-1] == (0x65, 0x6B, 0xFA)
     tree = ast.parse(Path(classes.__file__).read_text())
     imported = {
         ((n.module or "") if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]

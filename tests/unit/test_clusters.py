@@ -84,10 +84,12 @@ def test_tls_files_must_exist(tmp_path: Path) -> None:
 
 def test_security_requires_encryption_for_every_role(pem: SecurityConfig) -> None:
     sec = security(pem)
-    assert sec is not None and sec.require_encryption
+    assert sec is not None
+    assert sec.require_encryption
     for role in ("client", "scheduler", "worker"):
         tls = sec.get_tls_config_for_role(role)
-        assert tls["ca_file"] == pem.ca_file and tls["cert"] == pem.cert_file
+        assert tls["ca_file"] == pem.ca_file
+        assert tls["cert"] == pem.cert_file
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
@@ -139,7 +141,8 @@ def test_cli_cluster_flag(tmp_path: Path) -> None:
                                       "cluster": "c.yaml"}))
     cfg = map_config(parser().parse_args(["map", "--config", str(config), "--scheduler",
                                           "tcp://h:1"]))
-    assert cfg.cluster is None and cfg.scheduler_address == "tcp://h:1"
+    assert cfg.cluster is None
+    assert cfg.scheduler_address == "tcp://h:1"
 
 
 # -- SLURM job scripts ------------------------------------------------------------------------
@@ -167,24 +170,31 @@ def test_job_script_carries_the_slurm_settings(monkeypatch, tmp_path: Path) -> N
                      "--preload-nanny lczscale.execute.clusters.gpu_pin", "--interface ib0"):
         assert expected in script, expected
     assert "--lifetime-restart" not in script  # the job ends; the cluster submits a new one
-    assert SECRET not in script and "AWS_" not in script
+    assert SECRET not in script
+    assert "AWS_" not in script
 
 
 def test_cpu_job_script_has_no_gpu_settings() -> None:
     script = slurm_job_script(SlurmClusterConfig(cores=2, worker_lifetime=None))
-    assert "--gres" not in script and "GPU" not in script and "preload" not in script
-    assert "--lifetime" not in script and "-p " not in script and "--nthreads 1" in script
+    assert "--gres" not in script
+    assert "GPU" not in script
+    assert "preload" not in script
+    assert "--lifetime" not in script
+    assert "-p " not in script
+    assert "--nthreads 1" in script
 
 
 def test_one_gpu_jobs_need_no_pinning_preload() -> None:
     script = slurm_job_script(SlurmClusterConfig(gpus_per_job=1, processes=1))
-    assert "--gres=gpu:1" in script and "--resources GPU=1" in script
+    assert "--gres=gpu:1" in script
+    assert "--resources GPU=1" in script
     assert "preload" not in script  # SLURM gives the job exactly its one GPU
 
 
 def test_tls_job_script(pem: SecurityConfig) -> None:
     script = slurm_job_script(SlurmClusterConfig(security=pem), scheduler="tcp://head:8786")
-    assert "tls://head:8786" in script and "--protocol tls://" in script
+    assert "tls://head:8786" in script
+    assert "--protocol tls://" in script
     for flag, path in (("--tls-ca-file", pem.ca_file), ("--tls-cert", pem.cert_file),
                        ("--tls-key", pem.key_file)):
         assert f"{flag} {path}" in script
@@ -218,11 +228,14 @@ def test_slurm_default_tls_uses_temporary_certificates_in_files(tmp_path: Path) 
     cfg = SlurmClusterConfig(shared_temp_directory=str(tmp_path / "tls"))
     kwargs = slurm_job_kwargs(cfg)
     sec = kwargs["security"]
-    assert sec.require_encryption and "-----BEGIN" in sec.tls_scheduler_key
-    assert kwargs["protocol"] == "tls://" and kwargs["shared_temp_directory"] == str(
+    assert sec.require_encryption
+    assert "-----BEGIN" in sec.tls_scheduler_key
+    assert kwargs["protocol"] == "tls://"
+    assert kwargs["shared_temp_directory"] == str(
         tmp_path / "tls")
     script = slurm_job_script(cfg, scheduler="tcp://head:8786")
-    assert "tls://head:8786" in script and "--protocol tls://" in script
+    assert "tls://head:8786" in script
+    assert "--protocol tls://" in script
     for flag in ("--tls-ca-file", "--tls-cert", "--tls-key"):
         assert f"{flag} {tmp_path}/tls/.dask-jobqueue.worker." in script, flag
     assert "BEGIN" not in script
@@ -237,7 +250,8 @@ def test_secrets_in_job_script_lines_are_refused() -> None:
                         ("job_script_prologue", f"curl https://user:{SECRET}@host/x")):
         with pytest.raises(ConfigError, match=f"slurm.{field}") as err:
             parse_cluster_config({"kind": "slurm", field: [line]})
-        assert SECRET not in str(err.value) and "\n" not in str(err.value)
+        assert SECRET not in str(err.value)
+        assert "\n" not in str(err.value)
     ok = ("set -a; source ~/.config/lczscale/credentials.env; set +a",
           "export AWS_SECRET_ACCESS_KEY=$VAULT_SECRET", "module load cuda")
     assert SlurmClusterConfig(job_script_prologue=ok).job_script_prologue == ok
@@ -259,7 +273,8 @@ def test_local_gpu_workers_each_see_one_gpu() -> None:
     for i, gpu in enumerate(("4", "6")):
         options = specs[i]["options"]
         assert options["env"] == {"CUDA_VISIBLE_DEVICES": gpu, "OMP_NUM_THREADS": "1"}
-        assert options["resources"] == {"GPU": 1} and options["nthreads"] == 1
+        assert options["resources"] == {"GPU": 1}
+        assert options["nthreads"] == 1
     assert visible_gpus(2, None) == ["0", "1"]
 
 
@@ -269,10 +284,14 @@ def test_local_cpu_workers() -> None:
     specs = local_worker_specs(cfg, threads=2, gpus=[])
     assert len(specs) == 3
     options = specs[2]["options"]
-    assert options["env"] == {"OMP_NUM_THREADS": "2"} and "resources" not in options
-    assert options["nthreads"] == 1 and options["memory_limit"] == "2GiB"
-    assert options["lifetime"] == "10m" and options["lifetime_stagger"] == "1m"
-    assert options["lifetime_restart"] is True and options["protocol"] == "tcp://"
+    assert options["env"] == {"OMP_NUM_THREADS": "2"}
+    assert "resources" not in options
+    assert options["nthreads"] == 1
+    assert options["memory_limit"] == "2GiB"
+    assert options["lifetime"] == "10m"
+    assert options["lifetime_stagger"] == "1m"
+    assert options["lifetime_restart"] is True
+    assert options["protocol"] == "tcp://"
 
 
 def test_slurm_workers_are_pinned_by_their_process_index() -> None:
@@ -293,7 +312,8 @@ def test_slurm_workers_are_pinned_by_their_process_index() -> None:
 
 def test_pinned_workers_use_their_first_visible_gpu() -> None:
     assert cuda_index(3, 4, pinned="2") == 0
-    assert cuda_index(3, 4, pinned="") == 3 and cuda_index(5, 4, pinned="") == 1
+    assert cuda_index(3, 4, pinned="") == 3
+    assert cuda_index(5, 4, pinned="") == 1
     assert cuda_index("SLURMCluster-1", 2, pinned="") == 0
 
 
@@ -313,6 +333,8 @@ def test_stop_profiler_stops_a_running_workers_sampler() -> None:
     worker = SimpleNamespace(name="w", periodic_callbacks={
         "profile": profile, "profile-cycle": cycle, "heartbeat": heartbeat})
     assert stop_profiler(worker)
-    assert not profile.running and not cycle.running and heartbeat.running
+    assert not profile.running
+    assert not cycle.running
+    assert heartbeat.running
     assert set(worker.periodic_callbacks) == {"heartbeat"}
     assert not stop_profiler(worker)

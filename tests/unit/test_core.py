@@ -16,8 +16,10 @@ from lczscale.io.cube.store import create_cube, cube_zones, read_window, write_t
 
 
 def test_utm_zone_numbers_follow_tessera() -> None:
-    assert utm_zone_number(8.54) == 32 and utm_zone_number(-180) == 1
-    assert utm_zone_number(180) == 60 and utm_zone_number(36.82) == 37
+    assert utm_zone_number(8.54) == 32
+    assert utm_zone_number(-180) == 1
+    assert utm_zone_number(180) == 60
+    assert utm_zone_number(36.82) == 37
 
 
 def test_southern_points_get_negative_northings_in_the_northern_epsg() -> None:
@@ -86,7 +88,8 @@ def test_model_input_normalises_valid_pixels_and_zeroes_the_rest() -> None:
     x = model_input(codes, scales, valid, loc, mean, std, "per_pixel_scale")
     ref = (codes.float() * scales[:, None] - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
     ref = ref * valid[:, None]
-    assert torch.allclose(x[:, :3], ref, atol=1e-5) and torch.equal(x[:, 3:], loc)
+    assert torch.allclose(x[:, :3], ref, atol=1e-5)
+    assert torch.equal(x[:, 3:], loc)
     assert (x[:, :3][~valid.unsqueeze(1).expand(-1, 3, -1, -1)] == 0).all()
 
 
@@ -129,7 +132,9 @@ def test_pixel_lonlat_is_exact_enough_and_window_independent() -> None:
     xx, yy = np.meshgrid(a.c + a.a * (np.arange(win.col, win.col_stop) + 0.5),
                          a.f + a.e * (np.arange(win.row, win.row_stop) + 0.5))
     ref_lon, ref_lat = Transformer.from_crs(zone.crs, 4326, always_xy=True).transform(xx, yy)
-    assert np.abs(lon - ref_lon).max() < 1e-8 and np.abs(lat - ref_lat).max() < 1e-8
+    assert np.abs(lon - ref_lon).max() < 1e-8
+    assert np.abs(lat - ref_lat).max() < 1e-8
     sub = Window(win.row + 13, win.col + 5, 30, 21)
     sub_lon, sub_lat = zone.lonlat(sub)
-    assert np.array_equal(sub_lon, lon[13:43, 5:26]) and np.array_equal(sub_lat, lat[13:43, 5:26])
+    assert np.array_equal(sub_lon, lon[13:43, 5:26])
+    assert np.array_equal(sub_lat, lat[13:43, 5:26])

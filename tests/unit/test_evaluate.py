@@ -104,13 +104,16 @@ def test_block_majority_ties_and_nodata() -> None:
 
 def test_block_majority_follows_the_zone_lattice_not_the_array() -> None:
     grid, first = block_majority(HAND, (1, 1), factor=2)  # same pixels, one pixel further on
-    assert first == (0, 0) and grid.shape == (3, 3)
+    assert first == (0, 0)
+    assert grid.shape == (3, 3)
     assert grid[0, 0] == 3  # cell rows 0–1, cols 0–1 holds only HAND[0, 0]
     assert grid[1, 1] == 3  # HAND[1:3, 1:3] = [[3, 0], [0, 17]]: tie → 3
     assert grid[2, 2] == 0  # HAND[3, 3] only
-    assert grid[0, 2] == 0 and grid[1, 2] == 7  # HAND[0, 3] = 0; HAND[1:3, 3] = [7, 17]
+    assert grid[0, 2] == 0
+    assert grid[1, 2] == 7
     grid, first = block_majority(HAND, (-3, 5), factor=2)  # negative rows floor down
-    assert first == (-2, 2) and grid.shape == (3, 3)
+    assert first == (-2, 2)
+    assert grid.shape == (3, 3)
 
 
 def test_counts_do_not_depend_on_how_a_region_is_cut() -> None:
@@ -187,12 +190,15 @@ def _cells(c: SynthCity) -> int:
 def test_agreement_of_the_truth_with_itself_and_with_its_coarse_map(ew: EvalWorld) -> None:
     cells = sum(_cells(c) for c in ew.cities)
     own = evaluate(ew.truth, ew.truth, coarse_reference=ew.truth)["agreement_100m"]
-    assert own["cells"] == cells and own["oa"] == 1.0 and own["miou"] == 1.0
+    assert own["cells"] == cells
+    assert own["oa"] == 1.0
+    assert own["miou"] == 1.0
     coarse = evaluate(ew.truth, ew.truth, baseline=ew.coarse)["agreement_100m"]
     assert coarse["reference"] == ew.coarse
     assert 0.9 * cells < coarse["cells"] <= cells
     # the reference is the truth's cell mode with ~10 % confusions, then filtered (synth)
-    assert 0.4 < coarse["oa"] < 1.0 and coarse["miou"] < 1.0
+    assert 0.4 < coarse["oa"] < 1.0
+    assert coarse["miou"] < 1.0
 
 
 def test_agreement_equals_the_majority_of_each_whole_city(ew: EvalWorld) -> None:
@@ -222,7 +228,8 @@ def test_agreement_equals_the_majority_of_each_whole_city(ew: EvalWorld) -> None
 
 def test_no_coarse_reference_no_agreement(ew: EvalWorld) -> None:
     got = evaluate(ew.pred, ew.truth)
-    assert got["agreement_100m"] is None and "baseline_confusion" not in got
+    assert got["agreement_100m"] is None
+    assert "baseline_confusion" not in got
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,6 +283,7 @@ def test_cli_eval_json_prints_one_object_and_writes_the_report(
 def test_cli_eval_text_and_bad_bbox(ew: EvalWorld, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", ew.pred, "--truth", ew.truth, "--baseline", ew.coarse]) == 0
     out = capsys.readouterr().out
-    assert "agreement at 100 m" in out and "baseline" in out
+    assert "agreement at 100 m" in out
+    assert "baseline" in out
     assert main(["eval", ew.pred, "--truth", ew.truth, "--bbox", "0,0,1,1"]) == 2
     assert "covers no labelled pixel" in capsys.readouterr().err

@@ -46,7 +46,8 @@ def test_transient_errors_are_retried_and_others_are_not() -> None:
             raise ConnectionResetError("reset")
         return "ok"
 
-    assert with_retries(flaky, FAST) == "ok" and len(calls) == 3
+    assert with_retries(flaky, FAST) == "ok"
+    assert len(calls) == 3
     calls.clear()
 
     def broken() -> None:
@@ -72,7 +73,8 @@ def test_describe_gives_type_message_and_place() -> None:
         raise ValueError("bad\n  scales")
     except ValueError as exc:
         info = describe(exc)
-    assert info["error_type"] == "ValueError" and info["error"] == "bad scales"
+    assert info["error_type"] == "ValueError"
+    assert info["error"] == "bad scales"
     assert "test_faults.py:" in info["where"]
 
 
@@ -85,7 +87,8 @@ def test_a_failure_never_undoes_a_finished_tile(tmp_path) -> None:
     # a failure under a new provenance replaces the old done entry: the tile is not done now
     assert ledger.record_failure(cube, key, {"provenance_hash": "h2", "error": "boom"})
     entry = ledger.read_all(cube)[key]
-    assert ledger.state(entry) == ledger.FAILED and entry["error"] == "boom"
+    assert ledger.state(entry) == ledger.FAILED
+    assert entry["error"] == "boom"
     ledger.record(cube, key, {"provenance_hash": "h2"})  # a successful retry replaces it
     assert ledger.state(ledger.read_one(cube, key) or {}) == ledger.DONE
 
@@ -146,7 +149,8 @@ def test_a_tile_too_big_for_the_workers_is_refused_with_a_size_that_fits() -> No
     check_memory(Plan(), [0], "workers have")  # type: ignore[arg-type]  # no limit known
     with pytest.raises(ConfigError, match=r"--tile-size 1024") as err:
         check_memory(Plan(), [4 * 2**30, 8 * 2**30], "the smallest worker has")  # type: ignore
-    assert "3.0 GiB" in str(err.value) and "4.0 GiB" in str(err.value)
+    assert "3.0 GiB" in str(err.value)
+    assert "4.0 GiB" in str(err.value)
     with pytest.raises(ConfigError, match=r"no tile size down to 256 px fits"):
         check_memory(Plan(), [2**29], "the smallest worker has")  # type: ignore[arg-type]
 
@@ -169,7 +173,8 @@ def test_polar_aoi_on_utm_is_a_clear_error_and_works_on_the_global_grid() -> Non
     with pytest.raises(ConfigError, match="global"):
         zones_for_aoi(aoi, GridConfig())
     [(zone, part)] = zones_for_aoi(aoi, GridConfig(kind="global"))
-    assert zone.name == "global" and part.area > 0
+    assert zone.name == "global"
+    assert part.area > 0
 
 
 def test_credentials_in_urls_are_refused() -> None:

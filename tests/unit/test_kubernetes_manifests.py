@@ -210,7 +210,8 @@ def test_node_selector_and_tolerations_on_gpu_pods_only() -> None:
             assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
                                            "effect": "NoSchedule"}]
         else:
-            assert "nodeSelector" not in pod and "tolerations" not in pod, role
+            assert "nodeSelector" not in pod, role
+            assert "tolerations" not in pod, role
 
 
 def test_tls_mounts_the_secret_and_uses_tls_addresses() -> None:
@@ -236,7 +237,8 @@ def test_tls_mounts_the_secret_and_uses_tls_addresses() -> None:
         "tls://lcz-map-scheduler.maps.svc.cluster.local:8786"  # the job's own scheduler
     plain = km.render(cluster(security={"tls": False}), map_cfg())  # the opt-out
     assert "DASK_DISTRIBUTED__COMM__TLS__CA_FILE" not in str(plain)
-    assert "tls://" not in str(plain) and "secretName" not in str(plain)
+    assert "tls://" not in str(plain)
+    assert "secretName" not in str(plain)
 
 
 def test_tls_is_on_by_default_with_the_rendered_secret() -> None:
@@ -256,7 +258,8 @@ def test_map_client_command_parses_and_its_config_loads() -> None:
     assert c["command"][0] == "lczscale"
     args = parser().parse_args([a.replace("$(DASK_SCHEDULER_ADDRESS)", address)
                                 for a in c["command"][1:]])
-    assert args.scheduler == address and args.config == "/config/map.yaml"
+    assert args.scheduler == address
+    assert args.config == "/config/map.yaml"
     configmap = manifests["map/configmap.yaml"]
     assert pod["volumes"][0]["configMap"]["name"] == configmap["metadata"]["name"]
     loaded = MapConfig.model_validate(yaml.safe_load(configmap["data"]["map.yaml"]))
@@ -345,7 +348,8 @@ def test_no_credentials_in_any_manifest(monkeypatch: pytest.MonkeyPatch, tmp_pat
                         assert not literal_secrets(yaml.safe_load(inner)), (f, nested)
     secret_refs = [c.get("envFrom") for role, _, c in containers(rendered("gpu"))
                    if role != "scheduler"]
-    assert secret_refs and all(r == [{"secretRef": {"name": "lcz-storage"}}]
+    assert secret_refs
+    assert all(r == [{"secretRef": {"name": "lcz-storage"}}]
                                for r in secret_refs)
 
 
@@ -465,7 +469,9 @@ def test_example_cluster_config_is_documented() -> None:
     for field in KubernetesClusterConfig.model_fields:
         if field not in ("kind", "security"):
             assert re.search(rf"^{field}:", text, re.M), f"{field} not in the example"
-    assert cfg.worker_gpus == 1 and cfg.node_selector and cfg.tolerations
+    assert cfg.worker_gpus == 1
+    assert cfg.node_selector
+    assert cfg.tolerations
 
 
 # --- the Python entry point -----------------------------------------------------------------
@@ -534,10 +540,12 @@ def test_deploy_renders_the_tls_secret_once_and_privately(tmp_path: Path) -> Non
     out = tmp_path / "out"
     written = kube.write_manifests(path, tmp_path / "map.yaml", out)
     secret_file = out / "tls" / "secret.yaml"
-    assert secret_file in written and (secret_file.stat().st_mode & 0o777) == 0o600
+    assert secret_file in written
+    assert (secret_file.stat().st_mode & 0o777) == 0o600
     assert ((out / "tls").stat().st_mode & 0o077) == 0
     text = secret_file.read_text()
-    assert "PRIVATE KEY" in text and "never commit" in text
+    assert "PRIVATE KEY" in text
+    assert "never commit" in text
     secret = yaml.safe_load(text)
     for version in VERSIONS:
         schemas.validate(secret, version)
@@ -555,4 +563,5 @@ def test_deploy_renders_the_tls_secret_once_and_privately(tmp_path: Path) -> Non
     for security in ({"tls": False}, TLS):  # opt-out; a Secret of one's own (cert-manager …)
         path.write_text(yaml.safe_dump(base | {"security": security}))
         kube.write_manifests(path, tmp_path / "map.yaml", out)
-        assert not secret_file.exists() and not (out / "tls" / "kustomization.yaml").exists()
+        assert not secret_file.exists()
+        assert not (out / "tls" / "kustomization.yaml").exists()

@@ -25,7 +25,8 @@ def test_narrow_strip_is_removed_wide_strip_kept() -> None:
     a[:, 3] = 17  # one cell wide: a 100 m river at 100 m
     a[:, 8:12] = 17  # four cells wide
     out = gaussian_mode_filter(a)
-    assert (out[:, 3] == 14).all() and (out[:, 8:12] == 17).all()
+    assert (out[:, 3] == 14).all()
+    assert (out[:, 8:12] == 17).all()
 
 
 def test_nodata_stays_and_does_not_vote() -> None:
@@ -33,7 +34,8 @@ def test_nodata_stays_and_does_not_vote() -> None:
     a[3, 3] = 5  # one classified cell amid nodata keeps its class
     a[0, 0] = 0
     out = gaussian_mode_filter(a)
-    assert out[3, 3] == 5 and (out[a == 0] == 0).all()
+    assert out[3, 3] == 5
+    assert (out[a == 0] == 0).all()
 
 
 def test_votes_are_weighted_by_distance() -> None:

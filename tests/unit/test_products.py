@@ -86,7 +86,8 @@ def test_cell_products_match_numpy_and_the_whole_map_filter() -> None:
     fr = whole.fractions.astype(np.int64)
     assert fr.shape == (17, 36, 32)
     valid = counts[inner][..., 1:].sum(axis=-1) > 0
-    assert np.all(fr.sum(axis=0)[valid] == 255) and np.all(fr.sum(axis=0)[~valid] == 0)
+    assert np.all(fr.sum(axis=0)[valid] == 255)
+    assert np.all(fr.sum(axis=0)[~valid] == 0)
     # The chosen majority has the largest fraction.
     maj = whole.majority
     has = maj > 0
@@ -130,7 +131,8 @@ N, TILE = 1024, 256
 def test_seam_ratio_is_about_one_on_a_seamless_map() -> None:
     m = smooth_map(N)
     ratio, tile0 = seam_ratio(m, TILE)
-    assert tile0 == (0, 0) and ratio.shape == (4, 4)
+    assert tile0 == (0, 0)
+    assert ratio.shape == (4, 4)
     assert np.isnan(ratio[-1, -1]), "the last tile has no border pair inside the window"
     defined = ratio[~np.isnan(ratio)]
     assert len(defined) == 15
@@ -151,7 +153,8 @@ def test_seam_ratio_flags_a_checkerboard_of_misfit_tiles(seam: str) -> None:
         other = np.roll(np.arange(1, 18), 3).astype(np.uint8)[base - 1]
     ratio, _ = seam_ratio(checkerboard(base, other, TILE), TILE)
     defined = ratio[~np.isnan(ratio)]
-    assert len(defined) == 15 and np.all(defined > 3), ratio
+    assert len(defined) == 15, ratio
+    assert np.all(defined > 3), ratio
     # The tiles' own interiors are unchanged: the interior rate stays that of the smooth map.
     _, _, interior = seam_rates(seam_counts(checkerboard(base, other, TILE), TILE))
     _, _, smooth = seam_rates(seam_counts(base, TILE))
@@ -182,7 +185,8 @@ def test_seam_counts_ignore_nodata_and_count_tile_borders_only() -> None:
     m = np.ones((8, 8), np.uint8)
     m[:, 4:] = 2  # a class border exactly on the tile border at column 4
     c = seam_counts(m, 4)
-    assert c.border_changes[0, 0] == 4 and c.border_pairs[0, 0] == 8  # right 4 + bottom 4
+    assert c.border_changes[0, 0] == 4
+    assert c.border_pairs[0, 0] == 8
     assert c.interior_changes.sum() == 0
     m[0, :] = 0  # nodata pixels form no pairs
     c = seam_counts(m, 4)

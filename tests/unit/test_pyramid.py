@@ -49,7 +49,8 @@ def test_levels_are_cascaded_modes_over_the_data_only(tmp_path: Path) -> None:
     url = make_cube(tmp_path / "c.zarr", TILES)
     report = build_pyramid(url)["utm32"]
     # data box 512 x 512 px: level 1 is 256 px, so it already fits in one tile
-    assert report["levels"] == 1 and report["chunks"] == {1: 1}  # 512 px in, 256 px out
+    assert report["levels"] == 1
+    assert report["chunks"] == {1: 1}
     g = zarr.open_group(url, mode="r")["utm32"]
     base = np.asarray(g["lcz"][0, R0 : R0 + 512, C0 : C0 + 512])
     got = np.asarray(g[level_path(1)][0, R0 // 2 : R0 // 2 + 256, C0 // 2 : C0 // 2 + 256])
@@ -58,7 +59,8 @@ def test_levels_are_cascaded_modes_over_the_data_only(tmp_path: Path) -> None:
     assert sum(p.is_file() for p in stored) == 1  # the chunk above the data, nothing else
     layout = g.attrs["multiscales"]["layout"]
     assert [e["asset"] for e in layout] == ["lcz", "overviews/1/lcz"]
-    assert layout[1]["derived_from"] == "lcz" and layout[1]["resampling_method"] == "mode"
+    assert layout[1]["derived_from"] == "lcz"
+    assert layout[1]["resampling_method"] == "mode"
     assert layout[1]["spatial:transform"][0] == 20.0
     assert any(c["name"] == "multiscales" for c in g.attrs["zarr_conventions"])
 
@@ -68,7 +70,8 @@ def test_each_level_is_a_georeferenced_dataset(tmp_path: Path) -> None:
     assert build_pyramid(url)["utm32"]["levels"] == 3  # 1280 px box → 160 px at level 3
     ds = xr.open_zarr(url, group="utm32/overviews/3", consolidated=False, zarr_format=3)
     gt = [float(v) for v in ds["spatial_ref"].attrs["GeoTransform"].split()]
-    assert gt[1] == 80.0 and gt[5] == -80.0
+    assert gt[1] == 80.0
+    assert gt[5] == -80.0
     assert float(ds["x"][1] - ds["x"][0]) == 80.0
     assert ds["lcz"].shape[1:] == (math.ceil(utm_zone(32).shape[0] / 8),
                                    math.ceil(utm_zone(32).shape[1] / 8))
@@ -84,7 +87,8 @@ def test_rebuild_redoes_only_what_changed_and_resumes(tmp_path: Path,
     url = make_cube(tmp_path / "c.zarr", TILES)
     build_pyramid(url)
     again = build_pyramid(url)["utm32"]
-    assert again["changed_sources"] == 0 and again["chunks"] == {1: 0}  # idempotent, no work
+    assert again["changed_sources"] == 0
+    assert again["chunks"] == {1: 0}
     zone = utm_zone(32)
     write(url, zone, 2024, 1601, 118, seed=99)  # a new tile: its chunk only, at every level
     write(url, zone, 2024, 1604, 122, seed=98)  # …and the box grows: two more levels
@@ -104,7 +108,8 @@ def test_rebuild_redoes_only_what_changed_and_resumes(tmp_path: Path,
     monkeypatch.setattr(pyramid, "_make_level", real)
     report = build_pyramid(url, on_level=lambda z, k, n: calls.append((k, n)))["utm32"]
     assert [k for k, _ in calls] == [3]  # resumed at the level that failed
-    assert report["levels"] == 3 and "pending" not in read_state(url, "utm32")
+    assert report["levels"] == 3
+    assert "pending" not in read_state(url, "utm32")
     fresh = make_cube(tmp_path / "fresh.zarr", {"utm32": [*TILES["utm32"]]})
     write(fresh, zone, 2024, 1601, 118, seed=99)
     write(fresh, zone, 2024, 1604, 122, seed=98)
@@ -160,6 +165,7 @@ def test_view_renders_tiles_across_utm_zones(tmp_path: Path) -> None:
     # an XYZ tile over the seam: both zones, and level > 0 at a coarse zoom
     x, y = lonlat_to_tile(6.0, (s + n) / 2, 12)
     tile = view.tile(12, int(x), int(y))
-    assert tile.shape == (256, 256) and tile.any()
+    assert tile.shape == (256, 256)
+    assert tile.any()
     assert tile_geobox(12, int(x), int(y)).crs == "EPSG:3857"
     assert png(tile)[:8] == b"\x89PNG\r\n\x1a\n"

@@ -64,7 +64,8 @@ def test_deterministic_and_seed_dependent() -> None:
     a = synth.make_world(cities=1, size_km=1.0, seed=3, years=(2024,))[0]
     b = synth.make_world(cities=1, size_km=1.0, seed=3, years=(2024,))[0]
     c = synth.make_world(cities=1, size_km=1.0, seed=4, years=(2024,))[0]
-    assert np.array_equal(a.truth, b.truth) and np.array_equal(a.material, b.material)
+    assert np.array_equal(a.truth, b.truth)
+    assert np.array_equal(a.material, b.material)
     assert np.array_equal(a.embeddings[2024], b.embeddings[2024])
     assert not np.array_equal(a.truth, c.truth)
     assert not np.allclose(a.embeddings[2024], c.embeddings[2024])
@@ -78,7 +79,8 @@ def test_city_does_not_depend_on_its_companions() -> None:
 
 def test_sites_and_windows() -> None:
     names = [s.name for s in synth.SITES]
-    assert names[:3] == ["zurich", "basel", "nairobi"] and len(names) >= 6
+    assert names[:3] == ["zurich", "basel", "nairobi"]
+    assert len(names) >= 6
     zones = {}
     for city in synth.SITES:
         zone, win = synth.city_window(city, 200)
@@ -86,9 +88,11 @@ def test_sites_and_windows() -> None:
         assert (win.height, win.width) == (200, 200)
         # the window is centred on the city, to within one pixel
         lon, lat = zone.lonlat(Window(win.row + 100, win.col + 100, 1, 1))
-        assert abs(lon[0, 0] - city.lon) < 2e-4 and abs(lat[0, 0] - city.lat) < 2e-4
+        assert abs(lon[0, 0] - city.lon) < 2e-4
+        assert abs(lat[0, 0] - city.lat) < 2e-4
     assert zones["zurich"] == zones["basel"] == "utm32"
-    assert zones["nairobi"] == "utm37" and zones["london"] == "utm30"
+    assert zones["nairobi"] == "utm37"
+    assert zones["london"] == "utm30"
 
 
 def test_bad_arguments_are_refused(tmp_path: Path) -> None:
@@ -118,10 +122,12 @@ def test_store_follows_the_geoemb_convention(world3: tuple) -> None:
     assert a["zarr_conventions"][0]["uuid"] == "61c12cc5-0e28-4056-999a-480cf3fb7e4c"
     assert all({"uuid", "schema_url", "spec_url", "name", "description"} <= set(c)
                for c in a["zarr_conventions"])
-    assert a["geoemb:type"] == "pixel" and a["geoemb:dimensions"] == 128
+    assert a["geoemb:type"] == "pixel"
+    assert a["geoemb:dimensions"] == 128
     assert a["geoemb:model"] == "https://geotessera.org/model/1.0"
     assert len(a["geoemb:source_data"]) == 2
-    assert a["geoemb:data_type"] == "int8" and a["geoemb:gsd"] == 10.0
+    assert a["geoemb:data_type"] == "int8"
+    assert a["geoemb:gsd"] == 10.0
     assert a["geoemb:spatial_layout"] == "utm_zones"
     assert a["geoemb:build_version"] == "lczscale-synth-0.1"
     assert a["geoemb:quantization"] == {
@@ -129,31 +135,46 @@ def test_store_follows_the_geoemb_convention(world3: tuple) -> None:
         "scale": {"type": "array", "array_name": "scales", "nodata": "+inf"},
     }
     assert a["lczscale:synthetic"] is True
-    assert a["tessera:dataset_version"] == "1.0" and a["tessera:dataset_variant"] == "synthetic"
+    assert a["tessera:dataset_version"] == "1.0"
+    assert a["tessera:dataset_variant"] == "synthetic"
     assert sorted(root.group_keys()) == ["utm32", "utm37"]
 
     for name, g in root.groups():
         ga = _attrs(g)
         assert ga["proj:code"] == f"EPSG:326{name[3:]}"
-        assert ga["spatial:dimensions"] == ["y", "x"] and ga["spatial:registration"] == "pixel"
+        assert ga["spatial:dimensions"] == ["y", "x"]
+        assert ga["spatial:registration"] == "pixel"
         h, w = ga["spatial:shape"]
         t = ga["spatial:transform"]
-        assert t[0] == 10 and t[4] == -10 and t[1] == t[3] == 0
+        assert t[0] == 10
+        assert t[4] == -10
+        assert t[1] == t[3] == 0
         assert ga["spatial:bbox"] == [t[2], t[5] - 10 * h, t[2] + 10 * w, t[5]]
-        assert (t[2] - 160_000) % 10 == 0 and (t[5] - 9_340_000) % 10 == 0  # zone lattice
+        assert (t[2] - 160_000) % 10 == 0
+        assert (t[5] - 9_340_000) % 10 == 0
         emb, sc = _array(g, "embeddings"), _array(g, "scales")
-        assert emb.dtype == np.int8 and emb.shape == (2, 128, h, w) and emb.fill_value == 0
-        assert emb.chunks == (1, 128, 32, 32) and emb.shards == (1, 128, SHARD, SHARD)
+        assert emb.dtype == np.int8
+        assert emb.shape == (2, 128, h, w)
+        assert emb.fill_value == 0
+        assert emb.chunks == (1, 128, 32, 32)
+        assert emb.shards == (1, 128, SHARD, SHARD)
         assert emb.metadata.dimension_names == ("time", "band", "y", "x")  # type: ignore[union-attr]
-        assert sc.dtype == np.float32 and sc.shape == (2, h, w) and np.isposinf(sc.fill_value)
+        assert sc.dtype == np.float32
+        assert sc.shape == (2, h, w)
+        assert np.isposinf(sc.fill_value)
         assert sc.shards == (1, SHARD, SHARD)
         assert sc.metadata.dimension_names == ("time", "y", "x")  # type: ignore[union-attr]
         coords = {k: np.asarray(_array(g, k)[:]) for k in ("time", "band", "x", "y")}
-        assert coords["time"].dtype == np.int32 and list(coords["time"]) == list(YEARS)
-        assert coords["band"].dtype == np.int32 and list(coords["band"]) == list(range(128))
-        assert coords["x"].dtype == np.float64 and coords["x"].shape == (w,)
-        assert coords["x"][0] == t[2] + 5 and np.all(np.diff(coords["x"]) == 10)
-        assert coords["y"][0] == t[5] - 5 and np.all(np.diff(coords["y"]) == -10)
+        assert coords["time"].dtype == np.int32
+        assert list(coords["time"]) == list(YEARS)
+        assert coords["band"].dtype == np.int32
+        assert list(coords["band"]) == list(range(128))
+        assert coords["x"].dtype == np.float64
+        assert coords["x"].shape == (w,)
+        assert coords["x"][0] == t[2] + 5
+        assert np.all(np.diff(coords["x"]) == 10)
+        assert coords["y"][0] == t[5] - 5
+        assert np.all(np.diff(coords["y"]) == -10)
         for k in coords:
             assert _array(g, k).metadata.dimension_names == (k,)  # type: ignore[union-attr]
     # the southern city: EPSG:32637 with negative northings, as TESSERA writes it
@@ -175,19 +196,22 @@ def test_store_holds_quantised_embeddings_and_sentinels(world3: tuple) -> None:
             scales = np.asarray(_array(g, "scales")[t, rs, cs])
             assert np.isnan(scales[c.water]).all()
             assert np.isposinf(scales[c.nodata]).all()
-            assert np.isfinite(scales[c.valid]).all() and (scales[c.valid] > 0).all()
+            assert np.isfinite(scales[c.valid]).all()
+            assert (scales[c.valid] > 0).all()
             assert not codes[:, ~c.valid].any()
             emb = c.embeddings[year][:, c.valid]
             deq = codes[:, c.valid].astype(np.float32) * scales[c.valid]
             assert np.all(np.abs(deq - emb) <= scales[c.valid] / 2 * (1 + 1e-5) + 1e-6)
             assert np.abs(emb).max() == pytest.approx(127 * scales[c.valid].max(), rel=1e-5)
-            assert emb.min() > -20 and emb.max() < 50  # TESSERA v1's range, about -10..41
+            assert emb.min() > -20
+            assert emb.max() < 50
 
 
 def test_quantise_round_trip() -> None:
     v = np.random.default_rng(0).normal(5, 10, (128, 7, 9)).astype(np.float32)
     codes, scale = synth.quantise(v)
-    assert codes.dtype == np.int8 and scale.dtype == np.float32
+    assert codes.dtype == np.int8
+    assert scale.dtype == np.float32
     assert np.abs(codes).max() == 127
     assert np.all(np.abs(codes * scale - v) <= scale / 2 * (1 + 1e-5))
 
@@ -238,20 +262,27 @@ def test_water_and_unwritten_chunks_are_not_stored(world3: tuple) -> None:
 
 def _check_lcz_geotiff(path: Path | str) -> None:
     with rasterio.open(path) as ds:
-        assert ds.crs.to_epsg() == 4326 and ds.count == 1 and ds.dtypes[0] == "uint8"
+        assert ds.crs.to_epsg() == 4326
+        assert ds.count == 1
+        assert ds.dtypes[0] == "uint8"
         assert ds.res == pytest.approx((0.000898315284120, 0.000898315284120), rel=1e-12)
         # the origin sits on the global map's lattice from (-180, 90)
         col = (ds.transform.c + 180) / 0.000898315284120
         row = (90 - ds.transform.f) / 0.000898315284120
-        assert abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6
-        assert ds.nodata == 0 and ds.descriptions == ("LCZ_Filter",)
+        assert abs(col - round(col)) < 1e-6
+        assert abs(row - round(row)) < 1e-6
+        assert ds.nodata == 0
+        assert ds.descriptions == ("LCZ_Filter",)
         cmap = ds.colormap(1)
-        assert cmap[2] == (0xD9, 0x08, 0x1C, 255) and cmap[17] == (0x65, 0x6B, 0xFA, 255)
+        assert cmap[2] == (0xD9, 0x08, 0x1C, 255)
+        assert cmap[17] == (0x65, 0x6B, 0xFA, 255)
         assert len(cmap) >= 18
         if ds.driver == "GTiff":
-            assert ds.profile["tiled"] and ds.compression is not None
+            assert ds.profile["tiled"]
+            assert ds.compression is not None
         data = ds.read(1)
-        assert data.max() <= 17 and (data > 0).any()
+        assert data.max() <= 17
+        assert (data > 0).any()
 
 
 def test_coarse_labels_format(world3: tuple, tmp_path: Path) -> None:
@@ -262,7 +293,8 @@ def test_coarse_labels_format(world3: tuple, tmp_path: Path) -> None:
     for p in summary["coarse_per_city"].values():
         _check_lcz_geotiff(p)
     with rasterio.open(summary["coarse_labels"]) as vrt:
-        assert vrt.crs.to_epsg() == 4326 and vrt.nodata == 0
+        assert vrt.crs.to_epsg() == 4326
+        assert vrt.nodata == 0
         for c in world:
             with rasterio.open(summary["coarse_per_city"][c.city.name]) as part:
                 win = rasterio.windows.from_bounds(*part.bounds, transform=vrt.transform)
@@ -329,11 +361,13 @@ def test_world_json(world3: tuple) -> None:
     assert saved == json.loads(json.dumps(summary))
     assert saved["years"] == list(YEARS)
     for entry, c in zip(saved["cities"], world, strict=True):
-        assert entry["name"] == c.city.name and entry["zone"] == c.zone.name
+        assert entry["name"] == c.city.name
+        assert entry["zone"] == c.zone.name
         w = c.window
         assert entry["window"] == [w.row, w.col, w.height, w.width]
         minlon, minlat, maxlon, maxlat = entry["bbox_lonlat"]
-        assert minlon < c.city.lon < maxlon and minlat < c.city.lat < maxlat
+        assert minlon < c.city.lon < maxlon
+        assert minlat < c.city.lat < maxlat
     hist = np.bincount(np.concatenate([c.truth.ravel() for c in world]), minlength=18)
     assert saved["class_histogram"] == {str(k): int(v) for k, v in enumerate(hist) if v}
     assert set(saved["class_histogram"]) == {str(k) for k in range(1, 18)}  # all 17 classes
@@ -372,6 +406,7 @@ def test_roof_pixels_alone_cannot_tell_compact_from_open_midrise() -> None:
         objects.append(c.objects[sel])
     y = np.concatenate(labels)
     train = np.concatenate(objects) % 2 == 0  # split by building, so no building is in both
-    assert (y == 2).sum() > 500 and (y == 5).sum() > 100
+    assert (y == 2).sum() > 500
+    assert (y == 5).sum() > 100
     assert _nearest_centroid_accuracy(np.concatenate(pixel), y, train) <= 0.60
     assert _nearest_centroid_accuracy(np.concatenate(context), y, train) >= 0.80

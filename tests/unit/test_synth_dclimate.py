@@ -104,7 +104,8 @@ def _group_rowcol(attrs: dict[str, Any], c: synth.SynthCity) -> tuple[int, int]:
         y += 10_000_000.0
     t = attrs["spatial:transform"]
     col, row = (x - t[2]) / t[0], (y - t[5]) / t[4]
-    assert col == int(col) and row == int(row)
+    assert col == int(col)
+    assert row == int(row)
     return int(row), int(col)
 
 
@@ -134,8 +135,10 @@ def test_groups_root_attrs_and_tags(written: tuple[Path, str, str],
                                                  "nodata": "NaN"}
     assert a["checkpoint_id"] == "tessera_v1_1_aws_encoder"
     assert a["optical_min_obs"] == 15
-    assert a["geoemb:dimensions"] == 128 and a["geoemb:data_type"] == "int8"
-    assert a["geoemb:spatial_layout"] == "utm_zones" and a["geoemb:gsd"] == 10.0
+    assert a["geoemb:dimensions"] == 128
+    assert a["geoemb:data_type"] == "int8"
+    assert a["geoemb:spatial_layout"] == "utm_zones"
+    assert a["geoemb:gsd"] == 10.0
     assert [c["name"] for c in a["zarr_conventions"]] == ["geoemb:"]
     assert not [k for k in a if k.startswith("tessera:")]
     tags = set(_repo(written[1]).list_tags())
@@ -150,18 +153,22 @@ def test_group_attrs(ice_root: tuple[icechunk.Session, zarr.Group]) -> None:
     assert s["crs"] == s["proj:code"] == "EPSG:32737"
     assert n["spatial:transform"] == [10.0, 0.0, 163840.0, 0.0, -10.0, 9338880.0]
     assert s["spatial:transform"] == [10.0, 0.0, 163840.0, 0.0, -10.0, 10014720.0]
-    assert n["spatial:shape"] == [933888, 67584] and s["spatial:shape"] == [890880, 67584]
+    assert n["spatial:shape"] == [933888, 67584]
+    assert s["spatial:shape"] == [890880, 67584]
     assert n["spatial:bbox"] == [163840.0, 0.0, 839680.0, 9338880.0]
     assert s["spatial:bbox"] == [163840.0, 1105920.0, 839680.0, 10014720.0]
     assert n["spatial:dimensions"] == ["northing", "easting"]
-    assert n["spatial:registration"] == "pixel" and n["spatial:transform_type"] == "affine"
-    assert "PROJCRS" in n["proj:wkt2"] and isinstance(n["proj:projjson"], dict)
+    assert n["spatial:registration"] == "pixel"
+    assert n["spatial:transform_type"] == "affine"
+    assert "PROJCRS" in n["proj:wkt2"]
+    assert isinstance(n["proj:projjson"], dict)
     assert [c["name"] for c in n["zarr_conventions"]] == ["proj", "spatial"]
     for a, name in ((n, "37N"), (s, "37S")):
         assert a["years_complete"] == [YEAR]
         assert a["runs"] == {str(YEAR): {"run_id": f"{name}-{YEAR}-0001-a",
                                          "assembled_at": "2026-06-01T00:00:00+00:00"}}
-        assert a["zone_scheme"] == "utm_6deg_nominal" and a["layout"] == "global"
+        assert a["zone_scheme"] == "utm_6deg_nominal"
+        assert a["layout"] == "global"
 
 
 def test_arrays(ice_root: tuple[icechunk.Session, zarr.Group]) -> None:
@@ -170,23 +177,31 @@ def test_arrays(ice_root: tuple[icechunk.Session, zarr.Group]) -> None:
     g = _group(root, "37S")
     h, w = 890880, 67584
     emb = _array(g, "embeddings")
-    assert emb.shape == (9, h, w, 128) and emb.dtype == np.int8 and emb.fill_value == 0
-    assert emb.chunks == (1, 256, 256, 128) and emb.shards == (1, 2048, 2048, 128)
+    assert emb.shape == (9, h, w, 128)
+    assert emb.dtype == np.int8
+    assert emb.fill_value == 0
+    assert emb.chunks == (1, 256, 256, 128)
+    assert emb.shards == (1, 2048, 2048, 128)
     assert _dims(emb) == ("time", "northing", "easting", "band")
     assert [c["name"] for c in _inner_codecs(emb)] == ["bytes", "zstd"]
     sc = _array(g, "scales")
-    assert sc.shape == (9, h, w) and sc.dtype == np.float32 and np.isnan(sc.fill_value)
-    assert sc.chunks == (1, 256, 256) and sc.shards == (1, 2048, 2048)
+    assert sc.shape == (9, h, w)
+    assert sc.dtype == np.float32
+    assert np.isnan(sc.fill_value)
+    assert sc.chunks == (1, 256, 256)
+    assert sc.shards == (1, 2048, 2048)
     assert [c["name"] for c in _inner_codecs(sc)] == ["numcodecs.pcodec"]
     for name in ("s2_obs_count", "s1_asc_obs_count", "s1_desc_obs_count"):
         a = _array(g, name)
         assert (a.shape, a.dtype, a.fill_value) == ((9, h, w), np.uint16, 0)
-        assert a.chunks == (1, 256, 256) and a.shards == (1, 2048, 2048)
+        assert a.chunks == (1, 256, 256)
+        assert a.shards == (1, 2048, 2048)
         assert _dims(a) == ("time", "northing", "easting")
     for name in ("s2_month_covered", "s1_asc_month_covered", "s1_desc_month_covered"):
         a = _array(g, name)
         assert (a.shape, a.dtype, a.fill_value) == ((9, h, w, 12), np.int8, 0)
-        assert a.chunks == (1, 256, 256, 12) and a.shards == (1, 2048, 2048, 12)
+        assert a.chunks == (1, 256, 256, 12)
+        assert a.shards == (1, 2048, 2048, 12)
         assert _dims(a) == ("time", "northing", "easting", "month")
         assert _attrs(a) == {"dtype": "bool"}
 
@@ -203,16 +218,20 @@ def test_coordinates(ice_root: tuple[icechunk.Session, zarr.Group]) -> None:
         assert _attrs(time) == {"units": "nanoseconds since 1970-01-01",
                                     "calendar": "proleptic_gregorian", "bounds": "time_bnds"}
         bnds = np.asarray(_array(g, "time_bnds")[:])
-        assert bnds.shape == (9, 2) and (bnds[1:, 0] == bnds[:-1, 1]).all()
+        assert bnds.shape == (9, 2)
+        assert (bnds[1:, 0] == bnds[:-1, 1]).all()
         assert _dims(_array(g, "time_bnds")) == ("time", "bnds")
         northing = _array(g, "northing")
-        assert northing.dtype == np.float64 and northing.shape == (_attrs(g)["spatial:shape"][0],)
+        assert northing.dtype == np.float64
+        assert northing.shape == (_attrs(g)["spatial:shape"][0],)
         assert list(np.asarray(northing[:3])) == [top - 5, top - 15, top - 25]
         easting = np.asarray(_array(g, "easting")[:])
-        assert easting[0] == 163845.0 and easting[-1] == 839675.0
+        assert easting[0] == 163845.0
+        assert easting[-1] == 839675.0
         assert (np.asarray(_array(g, "band")[:]) == np.arange(128)).all()
         month = _array(g, "month")
-        assert month.dtype == np.int16 and list(np.asarray(month[:])) == list(range(1, 13))
+        assert month.dtype == np.int16
+        assert list(np.asarray(month[:])) == list(range(1, 13))
 
 
 def _read_city(g: zarr.Group, c: synth.SynthCity, rows: slice = slice(None)
@@ -238,9 +257,11 @@ def test_pixel_values(world: list[synth.SynthCity],
         done = ~c.nodata
         assert np.array_equal(emb[done], np.moveaxis(codes, 0, -1)[done])
         assert np.array_equal(got["scales"][done], scales[done])
-        assert c.water.any() and np.isfinite(got["scales"][c.water]).all()
+        assert c.water.any()
+        assert np.isfinite(got["scales"][c.water]).all()
         assert (np.abs(emb[c.water]).sum(axis=-1) > 0).any()
-        assert np.isnan(got["scales"][c.nodata]).all() and not emb[c.nodata].any()
+        assert np.isnan(got["scales"][c.nodata]).all()
+        assert not emb[c.nodata].any()
         s2 = got["s2_obs_count"]
         assert ((s2 >= 15) == np.isfinite(got["scales"])).all()
         for sensor in ("s2", "s1_asc", "s1_desc"):
@@ -302,8 +323,10 @@ def test_registry(written: tuple[Path, str, str], world: list[synth.SynthCity],
         b"zone": b"32N", b"year": b"2024", b"run_id": b"32N-2024-0001-a"}
     schema = pq.read_schema(f)
     assert len(schema) == 23
-    assert schema.field("tile").type == pa.string() and not schema.field("tile").nullable
-    assert schema.field("embedded").type == pa.bool_() and not schema.field("embedded").nullable
+    assert schema.field("tile").type == pa.string()
+    assert not schema.field("tile").nullable
+    assert schema.field("embedded").type == pa.bool_()
+    assert not schema.field("embedded").nullable
     assert schema.field("refused_px").type == pa.int64()
     assert schema.field("median_obs_where_thin").type == pa.float64()
     full = pa.schema([*schema.remove_metadata(), pa.field("zone", pa.string()),
@@ -316,11 +339,14 @@ def test_registry(written: tuple[Path, str, str], world: list[synth.SynthCity],
     r, col = _group_rowcol(_attrs(_group(root, "32N")), zurich)
     tile = f"chunk_{r // 2048}_{col // 2048}"
     row = rows[("32N", tile)]
-    assert row["year"] == YEAR and row["embedded"] and row["optical_min_obs"] == 15
+    assert row["year"] == YEAR
+    assert row["embedded"]
+    assert row["optical_min_obs"] == 15
     assert row["refused_px"] == int(zurich.nodata.sum()) > 0
     assert row["refused_px"] == row["refused_no_optical_px"] + row["refused_thin_px"] + \
         row["refused_no_radar_px"]
-    assert row["chunk_px"] == 2048 * 2048 and row["eligible_px"] == zurich.window.size
+    assert row["chunk_px"] == 2048 * 2048
+    assert row["eligible_px"] == zurich.window.size
     assert row["bbox_west"] < zurich.city.lon < row["bbox_east"]
     assert row["bbox_south"] < zurich.city.lat < row["bbox_north"]
     assert len([k for k in rows if k[0] == "32N"]) == 2
@@ -348,14 +374,17 @@ def test_plain_layout(written: tuple[Path, str, str], plain_root: zarr.Group) ->
     root = plain_root
     assert sorted(root.group_keys()) == ["utm32", "utm37"]
     a = _attrs(root)
-    assert a["geotessera:mask_source"] == "source_nodata" and a["geoemb:landmask"] is False
+    assert a["geotessera:mask_source"] == "source_nodata"
+    assert a["geoemb:landmask"] is False
     assert a["geoemb:model"] == "https://geotessera.org/model/1.1"
     assert a["geotessera:source_snapshot"] == _repo(written[1]).lookup_branch("main")
-    assert a["geotessera:source_store"] == written[1] and a["geotessera:migration_id"]
+    assert a["geotessera:source_store"] == written[1]
+    assert a["geotessera:migration_id"]
     g = _group(root, "utm37")
     ga = _attrs(g)
     h, w = 1_826_816, 69_632
-    assert ga["proj:code"] == "EPSG:32637" and ga["spatial:dimensions"] == ["y", "x"]
+    assert ga["proj:code"] == "EPSG:32637"
+    assert ga["spatial:dimensions"] == ["y", "x"]
     assert ga["spatial:transform"] == [10.0, 0.0, 163840.0, 0.0, -10.0, 9338880.0]
     assert ga["spatial:shape"] == [h, w]
     assert ga["spatial:bbox"] == [163840.0, 9338880.0 - 10 * h, 163840.0 + 10 * w, 9338880.0]
@@ -366,14 +395,20 @@ def test_plain_layout(written: tuple[Path, str, str], plain_root: zarr.Group) ->
     assert "years_complete" not in ga
     assert sorted(_attrs(_group(root, "utm32"))["geotessera:source_groups"]) == ["32N"]
     emb = _array(g, "embeddings")
-    assert emb.shape == (9, 128, h, w) and emb.dtype == np.int8 and emb.fill_value == 0
-    assert emb.chunks == (1, 128, 32, 32) and emb.shards == (1, 128, 4096, 4096)
+    assert emb.shape == (9, 128, h, w)
+    assert emb.dtype == np.int8
+    assert emb.fill_value == 0
+    assert emb.chunks == (1, 128, 32, 32)
+    assert emb.shards == (1, 128, 4096, 4096)
     assert _dims(emb) == ("time", "band", "y", "x")
     sc = _array(g, "scales")
-    assert sc.chunks == (1, 32, 32) and sc.shards == (1, 4096, 4096) and np.isnan(sc.fill_value)
+    assert sc.chunks == (1, 32, 32)
+    assert sc.shards == (1, 4096, 4096)
+    assert np.isnan(sc.fill_value)
     assert _dims(sc) == ("time", "y", "x")
     mc = _array(g, "s1_desc_month_covered")
-    assert mc.shape == (9, h, w, 12) and mc.shards == (1, 4096, 4096, 12)
+    assert mc.shape == (9, h, w, 12)
+    assert mc.shards == (1, 4096, 4096, 12)
     assert _dims(mc) == ("time", "y", "x", "month")
     for name in ("embeddings", "scales", "s2_obs_count", "s2_month_covered"):
         inner = _inner_codecs(_array(g, name))
@@ -381,11 +416,15 @@ def test_plain_layout(written: tuple[Path, str, str], plain_root: zarr.Group) ->
         assert inner[-1]["configuration"]["cname"] == "zstd"
         assert inner[-1]["configuration"]["clevel"] == 3
     y = _array(g, "y")
-    assert y.dtype == np.float64 and list(np.asarray(y[:2])) == [9338875.0, 9338865.0]
+    assert y.dtype == np.float64
+    assert list(np.asarray(y[:2])) == [9338875.0, 9338865.0]
     assert _array(g, "x")[0] == 163845.0
     time = _array(g, "time")
-    assert time.dtype == np.int32 and list(np.asarray(time[:])) == TIME_YEARS and _attrs(time) == {}
-    assert _array(g, "band").dtype == np.int32 and _array(g, "month").dtype == np.int16
+    assert time.dtype == np.int32
+    assert list(np.asarray(time[:])) == TIME_YEARS
+    assert _attrs(time) == {}
+    assert _array(g, "band").dtype == np.int32
+    assert _array(g, "month").dtype == np.int16
     assert _attrs(_array(g, "time_bnds"))["units"] == "nanoseconds since 1970-01-01"
 
 
@@ -437,5 +476,6 @@ def test_antimeridian_bbox() -> None:
     sy, sx = int((9_338_880 - y) // 10) // 2048, int((x - 163_840) // 10) // 2048
     west, south, east, north = shard_bbox_wgs84(
         g, sy * 2048, (sy + 1) * 2048, sx * 2048, (sx + 1) * 2048)
-    assert west > 0 > east and west > east
+    assert west > 0 > east
+    assert west > east
     assert south < 60.0 < north

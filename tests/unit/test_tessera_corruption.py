@@ -47,7 +47,8 @@ def arrays(path: Path) -> tuple[zarr.Array, zarr.Array]:
     g = zarr.open_group(str(path), mode="r+", zarr_format=3)[ZONE.name]
     assert isinstance(g, zarr.Group)
     emb, sc = g["embeddings"], g["scales"]
-    assert isinstance(emb, zarr.Array) and isinstance(sc, zarr.Array)
+    assert isinstance(emb, zarr.Array)
+    assert isinstance(sc, zarr.Array)
     return emb, sc
 
 
@@ -96,10 +97,12 @@ def test_undamaged_store_reads_and_plans(pristine: tuple[Path, Window]) -> None:
     assert data.valid[inside].sum() == np.isfinite(scales).sum() > 0
     assert data.water[inside].sum() == np.isnan(scales).sum() > 0
     assert not data.valid.sum() - data.valid[inside].sum()  # padding is invalid
-    assert not data.codes[:, ~data.valid].any() and not data.scales[~data.valid].any()
+    assert not data.codes[:, ~data.valid].any()
+    assert not data.scales[~data.valid].any()
     assert np.isposinf(scales).any()  # the no-data strip is there, and reads fine
     avail = src.availability(ZONE, YEAR)
-    assert avail.blocks and not avail.cells, "full blocks carry no inner-chunk mask"
+    assert avail.blocks, "full blocks carry no inner-chunk mask"
+    assert not avail.cells, "full blocks carry no inner-chunk mask"
     year0 = path / ZONE.name / "embeddings" / "c" / "0" / "0"
     stored = {tuple(int(v) for v in p.relative_to(year0).parts)
               for p in year0.rglob("*") if p.is_file()}
@@ -114,8 +117,10 @@ def test_negative_scale(store: tuple[Path, Window]) -> None:
     r, c = valid_pixel(sc)
     sc[0, r, c] = -0.05
     msg = read_error(path, window)
-    assert "1 pixels have a negative or -inf scale" in msg and where(window, r, c) in msg
-    assert "utm32 year 2024" in msg and "re-download or rebuild" in msg
+    assert "1 pixels have a negative or -inf scale" in msg
+    assert where(window, r, c) in msg
+    assert "utm32 year 2024" in msg
+    assert "re-download or rebuild" in msg
 
 
 def test_minus_inf_scale(store: tuple[Path, Window]) -> None:
@@ -146,7 +151,8 @@ def test_deleted_scales_shard(store: tuple[Path, Window]) -> None:
     shard_file(path, "scales").unlink()
     msg = read_error(path, window)
     assert f"{n} pixels have a non-finite scale (NaN or +inf: water or no embedding) but " in msg
-    assert where(window, r, c) in msg and "scales chunk was damaged, deleted or replaced" in msg
+    assert where(window, r, c) in msg
+    assert "scales chunk was damaged, deleted or replaced" in msg
     # the tile is still planned: the embeddings shard is there
     assert TesseraZarrSource(str(path)).availability(ZONE, YEAR).intersects(
         shard_window(window))
@@ -174,10 +180,12 @@ def test_missing_embeddings_shard_is_planned_and_fails(
     if damage == "zero-byte" and "cannot be decoded" in msg:
         # zarr >= 3.2 refuses a zero-byte shard instead of reading it as fill: also a clear
         # error, naming the damaged shard
-        assert "utm32/embeddings/c/0/0/1/1" in msg and "damaged" in msg
+        assert "utm32/embeddings/c/0/0/1/1" in msg
+        assert "damaged" in msg
     else:
         assert f"{n} pixels have a positive scale but all-zero embeddings" in msg
-        assert where(window, r, c) in msg and "embeddings chunk is missing or zeroed" in msg
+        assert where(window, r, c) in msg
+        assert "embeddings chunk is missing or zeroed" in msg
     # windows away from the damage still read
     src.read(ZONE, shard_window(window, (3, 0)), YEAR)
 
@@ -198,10 +206,12 @@ def test_zero_scale(store: tuple[Path, Window]) -> None:
     r, c = valid_pixel(sc)
     sc[0, r, c] = 0.0
     msg = read_error(path, window)
-    assert "1 pixels have scale 0 but nonzero embeddings" in msg and where(window, r, c) in msg
+    assert "1 pixels have scale 0 but nonzero embeddings" in msg
+    assert where(window, r, c) in msg
     emb[0, :, r, c] = 0  # scale 0 with all codes 0: a valid all-zero vector
     data = TesseraZarrSource(str(path)).read(ZONE, window, YEAR)
-    assert data.valid[r, c] and not data.codes[:, r, c].any()
+    assert data.valid[r, c]
+    assert not data.codes[:, r, c].any()
 
 
 def test_absurd_values(store: tuple[Path, Window]) -> None:
@@ -211,7 +221,8 @@ def test_absurd_values(store: tuple[Path, Window]) -> None:
     sc[0, r, c] = 100.0  # synth codes peak at ±127: values up to 12,700
     msg = read_error(path, window)
     assert f"1 pixels de-quantise to |value| > {MAX_ABS_VALUE:g}" in msg
-    assert where(window, r, c) in msg and "#355" in msg
+    assert where(window, r, c) in msg
+    assert "#355" in msg
 
 
 def test_absurd_values_use_the_pixels_largest_code(store: tuple[Path, Window]) -> None:
@@ -224,7 +235,8 @@ def test_absurd_values_use_the_pixels_largest_code(store: tuple[Path, Window]) -
     emb[0, :, r, c] = codes
     sc[0, r, c] = 100.0  # |value| ≤ 700: odd but not corrupt
     data = TesseraZarrSource(str(path)).read(ZONE, window, YEAR)
-    assert data.valid[r, c] and data.scales[r, c] == 100.0
+    assert data.valid[r, c]
+    assert data.scales[r, c] == 100.0
     sc[0, r, c] = 150.0  # 7 · 150 = 1050
     assert "de-quantise to |value| > 1000" in read_error(path, window)
 
@@ -237,7 +249,8 @@ def test_several_problems_in_one_message(store: tuple[Path, Window]) -> None:
     r2, c2 = valid_pixel(sc, (2, 2))
     sc[0, r2, c2] = 1e6
     msg = read_error(path, window)
-    assert "negative or -inf scale" in msg and "de-quantise to |value|" in msg
+    assert "negative or -inf scale" in msg
+    assert "de-quantise to |value|" in msg
     assert msg.count("re-download or rebuild") == 1
 
 
@@ -262,8 +275,10 @@ def test_undecodable_shard(store: tuple[Path, Window], array: str, damage: str) 
         target.write_bytes(np.random.default_rng(0).bytes(len(raw)))
     msg = read_error(path, window)
     key = "c/0/0/1/1" if array == "embeddings" else "c/0/1/1"
-    assert f"utm32/{array} year 2024" in msg and "cannot be decoded" in msg
-    assert f"utm32/{array}/{key}" in msg and "re-download or rebuild" in msg
+    assert f"utm32/{array} year 2024" in msg
+    assert "cannot be decoded" in msg
+    assert f"utm32/{array}/{key}" in msg
+    assert "re-download or rebuild" in msg
     assert f"rows {window.row}..{window.row_stop - 1}" in msg
     # planning neither crashes on the damaged index nor drops the shard
     avail = TesseraZarrSource(str(path)).availability(ZONE, YEAR)
@@ -329,7 +344,8 @@ def test_scales_with_another_layout_still_plan_lost_embeddings(
     assert after.intersects(shard_window(window))
     if shards == (1, 32, 32):  # same shards, finer scales chunks: the lost block's scales
         # chunks all stored, so it is planned whole, without a mask
-        assert BAD in after.blocks and BAD not in after.cells
+        assert BAD in after.blocks
+        assert BAD not in after.cells
     assert "all-zero embeddings" in read_error(path, window)
 
 

@@ -64,7 +64,8 @@ def test_row_bands_partition_the_window_on_zone_aligned_rows() -> None:
     w = Window(1000, 7, 700, 30)
     bands = row_bands(w, 256)
     assert [b.row for b in bands] == [1000, 1024, 1280, 1536]
-    assert bands[-1].row_stop == 1700 and sum(b.height for b in bands) == w.height
+    assert bands[-1].row_stop == 1700
+    assert sum(b.height for b in bands) == w.height
     assert all(b.col == 7 and b.width == 30 for b in bands)
     assert row_bands(Window(512, 0, 256, 4), 256) == [Window(512, 0, 256, 4)]
 
@@ -94,7 +95,9 @@ def test_banded_tile_holds_what_a_whole_read_holds(method: str) -> None:
         if a is not None and b is not None:
             assert torch.equal(a, b), name
             c = banded.patches(name, windows, 4)  # windows across band edges, zero padded
-            assert c is not None and c.shape[0] == 4 and not c[3].any()
+            assert c is not None
+            assert c.shape[0] == 4
+            assert not c[3].any()
             for i, win in enumerate(windows):
                 assert torch.equal(c[i], a[0][..., win.row:win.row_stop, win.col:win.col_stop])
     assert np.array_equal(whole.water, banded.water)
@@ -114,7 +117,8 @@ def test_the_reader_stays_a_few_bands_ahead_and_released_rows_are_gone() -> None
     for top in range(0, 640 - 32, 32):  # a model that needs 32 rows at a time, top down
         tile.wait(top + 32)
         got = tile.patches("codes", [Window(top, 0, 32, 8)], 1)
-        assert got is not None and np.array_equal(got[0].numpy(), data.codes[:, top:top + 32])
+        assert got is not None
+        assert np.array_equal(got[0].numpy(), data.codes[:, top:top + 32])
         tile.release(top + 32)
     thread.join()
     # Rows held: what the model asked for (32), the band it was in, and 64 ahead.
@@ -186,10 +190,13 @@ def test_prediction_from_bands_equals_prediction_from_a_whole_read(tiny_model: s
     thread = fill_in_thread(tile, data, 32)
     banded = predictor.predict_tile(core, tile)
     thread.join()
-    assert whole.patches == banded.patches > 0 and whole.valid_pixels == banded.valid_pixels
-    assert np.array_equal(whole.lcz, banded.lcz) and np.array_equal(whole.confidence,
+    assert whole.patches == banded.patches > 0
+    assert whole.valid_pixels == banded.valid_pixels
+    assert np.array_equal(whole.lcz, banded.lcz)
+    assert np.array_equal(whole.confidence,
                                                                     banded.confidence)
-    assert (whole.lcz == 17).any() and (whole.lcz == 0).any()  # water and no-data kept
+    assert (whole.lcz == 17).any()
+    assert (whole.lcz == 0).any()
     assert tile.waited_s > 0
 
 
@@ -202,7 +209,8 @@ def test_fp16_needs_cuda_and_bf16_runs_on_a_cpu(tiny_model: str) -> None:
                      inference=InferenceConfig(dtype="bf16", channels_last=True))
     core = Window(0, 0, 32, 32)
     pred = bf16.predict(utm_zone(32), core, random_window(bf16.lattice.read_window(core)))
-    assert pred.patches > 0 and set(np.unique(pred.lcz)) <= set(range(18))
+    assert pred.patches > 0
+    assert set(np.unique(pred.lcz)) <= set(range(18))
 
 
 def test_batch_size_auto_is_eight_on_a_cpu_and_activation_estimate_scales() -> None:
@@ -243,7 +251,8 @@ def test_a_tall_tile_holds_a_few_patch_rows_and_gives_the_whole_reads_bytes(
     for name in ("lcz", "confidence", "probability"):
         assert np.array_equal(getattr(streamed, name), getattr(whole, name)), name
     assert whole.input_rows == read.height  # one whole read
-    assert streamed.input_rows < read.height // 2 and streamed.sum_rows < core.height // 2
+    assert streamed.input_rows < read.height // 2
+    assert streamed.sum_rows < core.height // 2
 
 
 def test_rows_made_final_early_equal_one_whole_core_pass() -> None:
@@ -266,7 +275,9 @@ def test_rows_made_final_early_equal_one_whole_core_pass() -> None:
         streamed.finalise(at[min(k + 3, len(at) - 1)][1][0].start)
     for a, b in zip(once.outputs(valid, water, True), streamed.outputs(valid, water, True),
                     strict=True):
-        assert a is not None and b is not None and np.array_equal(a, b)
+        assert a is not None
+        assert b is not None
+        assert np.array_equal(a, b)
     assert streamed.peak_rows < once.peak_rows == h
     with pytest.raises(ValueError, match="already final"):
         streamed.add(probs[:1], weight, at[:1])

@@ -55,7 +55,9 @@ def test_boundary_mask() -> None:
     labels[:, :10] = 2
     labels[:, 10:] = 5
     m = boundary_mask(labels, 3)
-    assert m[:, 7:13].all() and not m[:, :7].any() and not m[:, 13:].any()
+    assert m[:, 7:13].all()
+    assert not m[:, :7].any()
+    assert not m[:, 13:].any()
     assert not boundary_mask(labels, 0).any()
 
 
@@ -108,7 +110,8 @@ def test_global_batchnorm_matches_batchnorm_in_one_process() -> None:
     ya.square().mean().backward()
     yb.square().mean().backward()
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
-        assert pa.grad is not None and pb.grad is not None
+        assert pa.grad is not None
+        assert pb.grad is not None
         assert torch.allclose(pa.grad, pb.grad, atol=1e-5)
 
 
@@ -120,12 +123,14 @@ def test_cross_entropy_term_is_the_weighted_mean_and_ignores_unlabelled() -> Non
     own, terms = segmentation_loss(logits, target, None, w, LossConfig(dice_weight=0), local_sum,
                                    1)
     ref = torch.nn.functional.cross_entropy(logits, target, weight=w, ignore_index=-1)
-    assert torch.allclose(own, ref) and torch.allclose(terms["loss"], ref)
+    assert torch.allclose(own, ref)
+    assert torch.allclose(terms["loss"], ref)
     own, terms = segmentation_loss(logits, target, target, w, LossConfig(
         kind="focal", dice_weight=0.5, consistency_weight=0.3, consistency_cell=4), local_sum, 1)
     assert set(terms) == {"focal", "dice", "consistency", "loss"}
     assert torch.allclose(own, terms["loss"])
-    assert 0 < float(terms["dice"]) < 1 and float(terms["focal"]) < float(ref.detach())
+    assert 0 < float(terms["dice"]) < 1
+    assert float(terms["focal"]) < float(ref.detach())
     # a perfect prediction has (nearly) no loss in any term
     perfect = torch.nn.functional.one_hot(target.clamp(min=0), 17).permute(0, 3, 1, 2) * 50.0
     _, t2 = segmentation_loss(perfect, target, target, w, LossConfig(
@@ -176,7 +181,8 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     for step in (1, 2, 3):
         save_state(tmp_path, step, net, meta, opt, sched, "abc", [{"step": step}])
     state = latest_state(tmp_path)
-    assert state is not None and state.name == "step-00000003"
+    assert state is not None
+    assert state.name == "step-00000003"
     assert len(list((tmp_path / "resume").iterdir())) == 2  # older states pruned
     net2 = LczUNet(cfg)
     opt2 = torch.optim.AdamW(net2.parameters(), lr=1e-3)
@@ -201,7 +207,9 @@ def test_ranks_from_torchrun_slurm_or_nothing() -> None:
     srun = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
             "SLURM_LAUNCH_NODE_IPADDR": "10.0.0.7", "SLURM_JOB_ID": "4242"}
     ranks = from_environment(srun)
-    assert ranks == Ranks(5, 8, 1) and not ranks.main
+    assert ranks == Ranks(5, 8, 1)
+    assert not ranks.main
     slurm_rendezvous(srun)
-    assert srun["MASTER_ADDR"] == "10.0.0.7" and srun["MASTER_PORT"] == str(29500 + 4242 % 2000)
+    assert srun["MASTER_ADDR"] == "10.0.0.7"
+    assert srun["MASTER_PORT"] == str(29500 + 4242 % 2000)
     assert from_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == Ranks(0, 1, 0)

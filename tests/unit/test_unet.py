@@ -68,7 +68,8 @@ def test_encode_location_values() -> None:
     lon = torch.tensor([[0.0, 90.0], [-180.0, 45.0]], dtype=torch.float64)
     lat = torch.tensor([[30.0, 0.0], [-90.0, 60.0]], dtype=torch.float64)
     enc = encode_location(lon, lat, 2)
-    assert enc.shape == (8, 2, 2) and enc.dtype == torch.float32
+    assert enc.shape == (8, 2, 2)
+    assert enc.dtype == torch.float32
     la, lo = math.radians(60.0), math.radians(45.0)
     expect = [math.sin(la), math.cos(la), math.sin(lo), math.cos(lo)]
     expect += [math.sin(2 * la), math.cos(2 * la), math.sin(2 * lo), math.cos(2 * lo)]
@@ -102,7 +103,8 @@ def test_receptive_field_matches_autograd(cfg: ModelConfig) -> None:
     torch.manual_seed(0)
     model = LczUNet(cfg).eval()
     rf, m, n = receptive_field(cfg), size_multiple(cfg), 128
-    assert rf % 2 == 1 and rf < n // 2
+    assert rf % 2 == 1
+    assert rf < n // 2
     xs = [torch.randn(1, model.in_channels, n, n, requires_grad=True) for _ in range(2)]
     outs = [model(x) for x in xs]
     reach = _output_reach(cfg)
@@ -120,7 +122,8 @@ def test_receptive_field_matches_autograd(cfg: ModelConfig) -> None:
         # the layer walk is exact for every alignment
         first, last = reach.at(c)
         assert (first - c, last - c) == (lo, hi)
-        assert hi - lo + 1 <= rf and max(-lo, hi) <= rf // 2
+        assert hi - lo + 1 <= rf
+        assert max(-lo, hi) <= rf // 2
         widest, radius = max(widest, hi - lo + 1), max(radius, -lo, hi)
     assert 2 * radius + 1 == rf  # the centred window is not overestimated at all
     assert 0 <= rf - widest <= m - 1  # the documented margin over one pixel's extent

@@ -9,8 +9,10 @@ The counterpart of the embedding source's protocol. Every pass writes through a
 
 A crash anywhere in between leaves the tile not done, so a resume redoes it. ``fail`` records a
 failure but never replaces a done entry of the same provenance (a duplicate attempt of a
-finished tile must not undo it). ``tests/cube_sink_conformance.py`` is the suite every sink
-passes.
+finished tile must not undo it). ``compact`` folds the ledger's per-tile entries into snapshots
+(``io/cube/compaction.py``) without changing what ``entries`` reads, crash or not; it runs under
+the cube's writer lock with no tile in flight. ``tests/cube_sink_conformance.py`` is the suite
+every sink passes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from lczscale.core.grid import Window, Zone
-from lczscale.io.cube import ledger
+from lczscale.io.cube import compaction, ledger
 from lczscale.io.cube.store import write_tile
 
 
@@ -53,6 +55,11 @@ class CubeSink(Protocol):
 
     def entries(self) -> dict[str, dict[str, Any]]:
         """Every readable ledger entry, by key."""
+        ...
+
+    def compact(self) -> int:
+        """Fold the per-tile entries into snapshots (``entries`` reads the same); how many were
+        folded. Only under the writer lock, with no tile in flight."""
         ...
 
 
@@ -88,3 +95,7 @@ class ZarrCubeSink:
     def entries(self) -> dict[str, dict[str, Any]]:
         """All entries."""
         return ledger.read_all(self.url, self.storage_options)
+
+    def compact(self) -> int:
+        """Per-tile entries folded into per-(zone, year) snapshots."""
+        return compaction.compact(self.url, self.storage_options)
