@@ -2,6 +2,7 @@
 
 - ``store``: create the cube and write/read tile windows; ``outputs``: the optional layers;
 - ``ledger``: one entry per tile (pending → done/failed, with provenance), the resume record;
+  ``compaction`` folds them into one snapshot per zone and year at the end of a run;
 - ``lock``: one writer at a time; ``sink``: a tile's write and its entry, as one interface;
 - ``dataset``: the cube as xarray (one zone, or several warped by ``warp``'s rules);
 - ``pyramid``: overviews for browsing.
