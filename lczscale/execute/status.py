@@ -32,10 +32,10 @@ INPUTS_REASON = "inputs changed: an object this tile read was rewritten since"
 def cube_status(url: str) -> dict[str, Any]:
     """Counts of done / stale / failed / remaining tiles of the cube's last recorded run."""
     attrs = cube_attrs(url)
-    entries = ledger.read_all(url)
-    out: dict[str, Any] = {"cube": url, "ledger_entries": len(entries)}
     run = attrs.get("lczscale:run")
     if run is None:
+        entries = ledger.read_all(url)
+        out: dict[str, Any] = {"cube": url, "ledger_entries": len(entries)}
         done = sum(1 for e in entries.values() if ledger.state(e) == ledger.DONE)
         return out | {"done": done, "stale": 0, "failed": len(entries) - done, "remaining": None,
                       "note": "no map run recorded in this cube (e.g. a truth cube)"}
@@ -44,8 +44,11 @@ def cube_status(url: str) -> dict[str, Any]:
         # so tiles of another lineage are reported, not refused
         plan = prepare(MapConfig.model_validate(run | {"out": url, "overwrite": True}))
     except LczscaleError as exc:
+        out = {"cube": url, "ledger_entries": len(ledger.read_all(url))}
         return out | {"done": None, "stale": None, "failed": None, "remaining": None,
                       "note": f"cannot re-plan the recorded run: {exc}"}
+    entries = plan.ledger  # the cube's entries, as prepare read them (read once)
+    out = {"cube": url, "ledger_entries": len(entries)}
     done = stale = failed = remaining = 0
     todo = {t.key for t in plan.tasks}  # what the next run would make
     reasons: Counter[str] = Counter()

@@ -12,8 +12,6 @@ nothing new recomputes nothing. Pure planning: nothing here reads the cube's arr
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ from lczscale.core.grid import Window, Zone, zone_by_name
 from lczscale.core.tiling import TileTask
 from lczscale.io.cube import ledger
 from lczscale.io.cube.outputs import FACTOR, cells_shape
-from lczscale.planning.map_plan import MapPlan
+from lczscale.planning.map_plan import MapPlan, json_digest
 
 LEDGER_PREFIX = "products100m"
 HALO_CELLS = 2  # the filter's radius: a 5x5 window
@@ -68,9 +66,7 @@ def params(grid: GridConfig, outputs: OutputsConfig) -> dict[str, Any]:
             "version": PASS_VERSION}
 
 
-def block_hash(obj: Any) -> str:
-    """The digest of a block's stamps (or of the seam layer's), as stored in the ledger."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+block_hash = json_digest  # a block's stamps (or the seam layer's), as stored in the ledger
 
 
 def _tile_key(zone: str, year: int, ty: int, tx: int, tile_size: int) -> str:

@@ -63,7 +63,7 @@ def dry_run(cfg: MapConfig, workers: int | None = None,
     workers = workers or default_workers(cfg, plan.provenance["device_type"])
     aoi = _aoi(cfg)
     todo = plan.tasks
-    avail = _availability(plan, aoi)
+    avail = plan.availability
     data_px = sum(data_pixels(avail[t.zone], t.core) for t in plan.planned)
     pixels = sum(t.core.size for t in plan.planned)
     meta = _meta(cfg.model)
@@ -133,16 +133,6 @@ def _meta(model: str) -> CheckpointMeta | None:
 
 
 # ---- tiles and land ----------------------------------------------------------------------
-
-
-def _availability(plan: MapPlan, aoi: Aoi | None) -> dict[str, Availability]:
-    """The source's availability of each zone with planned tiles, asked as ``prepare`` asks."""
-    grid = plan.cfg.grid
-    within: dict[str, Window | None] = {}
-    if aoi is not None:
-        within = {z.name: z.bounding_window(part) for z, part in zones_for_aoi(aoi, grid)}
-    return {name: plan.source.availability(zone_by_name(name, grid), plan.year, within.get(name))
-            for name in sorted({t.zone for t in plan.planned})}
 
 
 def _land_basis(layout: str, avail: dict[str, Availability]) -> str:

@@ -21,7 +21,13 @@ from lczscale.config import MapConfig, OutputsConfig
 from lczscale.config.clusters import KubernetesClusterConfig, SlurmClusterConfig, cluster_for_map
 from lczscale.core.grid import Aoi, Window, zone_by_name, zones_for_aoi
 from lczscale.core.stitch import Lattice
-from lczscale.core.tiling import TileTask, check_disjoint_writes, check_halo, plan_tasks
+from lczscale.core.tiling import (
+    Availability,
+    TileTask,
+    check_disjoint_writes,
+    check_halo,
+    plan_tasks,
+)
 from lczscale.errors import ConfigError, NoDataError
 from lczscale.infer.predict import pick_device, tile_memory_bytes
 from lczscale.io.cube import ledger
@@ -52,6 +58,8 @@ class MapPlan:
     ledger: dict[str, dict[str, Any]]
     # per planned tile, the digest of the input objects it reads now (absent: not known)
     input_digests: dict[str, str] = field(default_factory=dict)
+    # what the source said it holds, per zone of the AOI (listings and chunk indexes)
+    availability: dict[str, Availability] = field(default_factory=dict)
 
     @property
     def tile_bytes(self) -> int:
@@ -127,8 +135,8 @@ def prepare(cfg: MapConfig) -> MapPlan:
     numerics = inference_numerics(cfg, device_type)
     if numerics:  # only when set: the reference settings keep existing cubes' hashes
         provenance["inference"] = numerics
-    phash = _hash(provenance)
-    parts = {k: _hash(v)[:16] for k, v in provenance.items()}
+    phash = json_digest(provenance)
+    parts = {k: json_digest(v)[:16] for k, v in provenance.items()}
     entries = ledger.read_all(cfg.out) if exists(cfg.out) else {}
     done = {k for k, e in entries.items()
             if e.get("provenance_hash") == phash and ledger.state(e) == ledger.DONE
@@ -171,7 +179,7 @@ def prepare(cfg: MapConfig) -> MapPlan:
     done = {k for k in done if k not in digests or entries[k].get("inputs") == digests[k]}
     todo = [t for t in planned if t.key not in done]
     return MapPlan(cfg, source, year, lattice, provenance, phash, parts, tile_bytes_by_size,
-                   planned, todo, entries, digests)
+                   planned, todo, entries, digests, availability)
 
 
 def planned_device_type(cfg: MapConfig) -> str:
@@ -222,7 +230,8 @@ def inference_numerics(cfg: MapConfig, device_type: str) -> dict[str, Any]:
     return numerics
 
 
-def _hash(obj: Any) -> str:
+def json_digest(obj: Any) -> str:
+    """sha256 of ``obj`` as canonical JSON: provenance and block digests alike."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
