@@ -110,6 +110,10 @@ class InferenceConfig(StrictSettings):
     band_rows: int = Field(
         256, ge=32, le=16384, description="rows per background read (zone-aligned multiples)"
     )
+    read_concurrency: int = Field(
+        1, ge=1, le=64, description="band reads in flight at once per worker (read-ahead): "
+        "raise it where one reader is slower than the model (object stores far away)"
+    )
 
     def numerics(self) -> dict[str, Any]:
         """The settings that change the cube's bytes; empty for the reference settings."""

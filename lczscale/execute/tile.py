@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from functools import partial
@@ -36,7 +37,7 @@ from lczscale.infer.predict import Predictor, TilePrediction
 from lczscale.infer.tile_input import TileInput, row_bands
 from lczscale.io.cube import ledger
 from lczscale.io.cube.sink import CubeSink, ZarrCubeSink
-from lczscale.io.sources.protocol import EmbeddingSource
+from lczscale.io.sources.protocol import EmbeddingSource, EmbeddingWindow
 from lczscale.planning.map_plan import MapPlan
 
 T = TypeVar("T")
@@ -121,8 +122,12 @@ class TileRunner:
             ctx.model_dir, ctx.stitch, device or ctx.device, ctx.threads, ctx.inference
         )
         # One reader thread per runner: it reads the next bands of a tile while the model
-        # runs on the bands already in (see model.tile_input).
+        # runs on the bands already in (see infer.tile_input), with ``read_concurrency`` band
+        # reads in flight at once (more than one: on a pool of fetch threads).
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="lczscale-read")
+        self._concurrency = ctx.inference.read_concurrency
+        self._fetch = (ThreadPoolExecutor(self._concurrency, thread_name_prefix="lczscale-fetch")
+                       if self._concurrency > 1 else None)
         self._zones: dict[str, Zone] = {}
         self._attempts = 0
         self.name = ledger.writer()
@@ -166,9 +171,10 @@ class TileRunner:
             data = self._retry(lambda: self.source.read(zone, task.read, task.year))
             waited = time.perf_counter() - t0
             return self.predictor.predict(zone, task.core, data, self._probabilities), waited
-        # The reader keeps two bands ahead of the model, no more: a tile's input then costs a
-        # few bands of memory however large the tile.
-        tile = self.predictor.start_tile(zone, task.read, 2 * self.ctx.inference.band_rows)
+        # The reader keeps two bands (or as many as it reads at once) ahead of the model, no
+        # more: a tile's input then costs a few bands of memory however large the tile.
+        ahead = max(2, self._concurrency) * self.ctx.inference.band_rows
+        tile = self.predictor.start_tile(zone, task.read, ahead)
         reading = self._reader.submit(self._read_bands, zone, task, tile)
         try:
             pred = self.predictor.predict_tile(task.core, tile, self._probabilities)
@@ -178,15 +184,33 @@ class TileRunner:
         return pred, tile.waited_s
 
     def _read_bands(self, zone: Zone, task: TileTask, tile: TileInput) -> None:
-        """Reader thread: the read window band by band, each read retried on its own."""
+        """Reader thread: the read window band by band, each read retried on its own; with a
+        fetch pool, the next ``read_concurrency`` bands are read at once and put in order."""
+        bands = iter(row_bands(task.read, self.ctx.inference.band_rows))
+        in_flight: deque[Future[EmbeddingWindow]] = deque()
         try:
-            for band in row_bands(task.read, self.ctx.inference.band_rows):
-                if tile.cancelled:
+            while not tile.cancelled:
+                while self._fetch is not None and len(in_flight) < self._concurrency:
+                    band = next(bands, None)
+                    if band is None:
+                        break
+                    in_flight.append(self._fetch.submit(
+                        self._retry, partial(self.source.read, zone, band, task.year)))
+                if self._fetch is not None:
+                    if not in_flight:
+                        return
+                    tile.put(in_flight.popleft().result())
+                    continue
+                band = next(bands, None)
+                if band is None:
                     return
                 tile.put(self._retry(partial(self.source.read, zone, band, task.year)))
         except BaseException as exc:  # handed to the model thread, which raises it
             tile.fail(exc)
         finally:
+            for future in in_flight:  # never a read of this tile running into the next one
+                future.cancel()
+            wait_for(in_flight)
             tile.reader_finished()
 
     def _run(self, task: TileTask) -> TileResult:

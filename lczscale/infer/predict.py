@@ -298,7 +298,10 @@ def tile_memory_bytes(
     held_px = dimensions + 4 + 1 + (loc * 4 if cpu else 0)  # codes, scale, valid, location
     if inference.read_ahead:
         rows = min(read.height, span + p + 4 * band)
-        reading = rows * read.width * held_px + band * read.width * 2 * dimensions
+        # plus the bands read at once beyond those (each as read, and its dequantised copy)
+        fetched = max(1, inference.read_concurrency)
+        rows = min(read.height, rows + (fetched - 1) * band)
+        reading = rows * read.width * held_px + fetched * band * read.width * 2 * dimensions
     else:
         reading = read.size * (2 * dimensions + held_px)
     masks = read.size * 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -109,6 +111,51 @@ def test_cube_create_write_extend_and_refuse(tmp_path) -> None:
         create_cube(url, [zone], [2024], GridConfig(tile_size=512), cube, {})
     with pytest.raises(CubeError, match="shape"):
         write_tile(url, zone, 2024, core, lcz[:10], lcz[:10])
+
+
+@pytest.mark.parametrize("sharding", [False, True])
+def test_tile_writes_store_the_same_chunks_with_or_without_the_empty_check(
+        tmp_path, monkeypatch, sharding: bool) -> None:
+    """A tile with data skips zarr's fill-value comparison only where zarr would write the
+    chunk anyway: an empty tile still leaves no chunk, and the stored files are the same as
+    with the check."""
+    from lczscale.io.cube import store
+
+    zone, grid = utm_zone(32), GridConfig(tile_size=256)
+    cube = CubeConfig(sharding=sharding, inner_chunk=64)
+    lcz = np.zeros((256, 256), np.uint8)
+    lcz[:40, :40] = 3  # one inner chunk with data, the others empty
+    tiles = {Window(0, 0, 256, 256): lcz, Window(0, 256, 256, 256): np.zeros_like(lcz)}
+
+    def written(url: str) -> dict[str, bytes]:
+        create_cube(url, [zone], [2024], grid, cube, {})
+        for core, values in tiles.items():
+            write_tile(url, zone, 2024, core, values, values)
+        root = Path(url) / "utm32"
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file() and p.name != "zarr.json"
+                and p.relative_to(root).parts[0] in ("lcz", "confidence")}
+
+    fast = written(str(tmp_path / "fast.zarr"))
+    skipped = []
+    real = store.without_empty_check
+
+    def spy(arr, values, core):
+        out = real(arr, values, core)
+        skipped.append(out is not arr)
+        return out
+
+    monkeypatch.setattr(store, "without_empty_check", lambda arr, values, core: arr)
+    checked = written(str(tmp_path / "checked.zarr"))
+    monkeypatch.setattr(store, "without_empty_check", spy)
+    written(str(tmp_path / "spied.zarr"))
+    assert fast == checked
+    assert fast
+    assert not any(k.endswith("/0/0/1") for k in fast)  # the empty tile wrote no chunk
+    # the check is skipped for the tile with data, only when it is one unsharded chunk
+    assert skipped == [not sharding, not sharding, False, False]
+    assert np.array_equal(read_window(str(tmp_path / "fast.zarr"), zone, 2024,
+                                      Window(0, 0, 256, 256)), lcz)
 
 
 def test_ledger_round_trip_and_replace(tmp_path) -> None:

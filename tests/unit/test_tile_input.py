@@ -281,3 +281,53 @@ def test_rows_made_final_early_equal_one_whole_core_pass() -> None:
     assert streamed.peak_rows < once.peak_rows == h
     with pytest.raises(ValueError, match="already final"):
         streamed.add(probs[:1], weight, at[:1])
+
+
+class SlowSource:
+    """Reads bands of one random window, each after a pause, counting reads in flight."""
+
+    def __init__(self, data: EmbeddingWindow, pause: float = 0.08) -> None:
+        self.data, self.pause = data, pause
+        self.lock = threading.Lock()
+        self.in_flight = self.most = 0
+        self.bands: list[int] = []
+
+    def read(self, zone: object, window: Window, year: int) -> EmbeddingWindow:
+        with self.lock:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            self.bands.append(window.row)
+        time.sleep(self.pause)
+        with self.lock:
+            self.in_flight -= 1
+        return band_of(self.data, window)
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_concurrent_band_reads_are_in_flight_at_once_and_give_the_same_bytes(
+        tiny_model: str, concurrency: int) -> None:
+    from lczscale.config import GridConfig
+    from lczscale.core.tiling import TileTask
+    from lczscale.execute.tile import MapContext, TileRunner
+
+    stitch = StitchConfig(patch_size=32, batch_size=2)
+    model, meta, _ = load_checkpoint(tiny_model)
+    whole_predictor = Predictor(model, meta, stitch, CPU)
+    zone, core = utm_zone(32), Window(5_000_064, 40_064, 320, 64)
+    read = whole_predictor.lattice.read_window(core)
+    data = random_window(read, seed=9)
+    source = SlowSource(data)
+    ctx = MapContext(
+        source_url="slow", source=source, model_dir=tiny_model, cube_url="unused",  # type: ignore[arg-type]
+        grid=GridConfig(tile_size=256), stitch=stitch, device="cpu", threads=1,
+        provenance_hash="x", inference=InferenceConfig(band_rows=32,
+                                                       read_concurrency=concurrency))
+    runner = TileRunner(ctx)
+    pred, _ = runner._predict(zone, TileTask("utm32", 2024, core, read))
+    whole = whole_predictor.predict(zone, core, data)
+    assert np.array_equal(pred.lcz, whole.lcz)
+    assert np.array_equal(pred.confidence,
+                                                                  whole.confidence)
+    assert sorted(source.bands) == [b.row for b in row_bands(read, 32)]  # each band once
+    # serialised reads would never overlap; at most ``concurrency`` run at once
+    assert source.most == concurrency
