@@ -182,6 +182,24 @@ def test_reproject_nearest_to_lonlat_samples_the_zone(ds: xr.Dataset) -> None:
     np.testing.assert_array_equal(got[clear], want)
 
 
+def test_every_variable_carries_its_crs_for_odc_geo_and_rioxarray(cube: str,
+                                                                  ds: xr.Dataset) -> None:
+    import rioxarray  # noqa: F401  (registers .rio)
+    from pyproj import CRS
+
+    epsg = CRS.from_user_input(WEST.zone.crs).to_epsg()
+    for name in ("lcz", "confidence"):
+        assert ds[name].odc.crs.epsg == epsg, name
+        assert ds[name].odc.geobox == ds.odc.geobox, name
+        assert ds[name].rio.crs.to_epsg() == epsg, name
+    moved = ds["lcz"].odc.reproject("EPSG:4326", resampling="nearest")  # from the variable
+    assert moved.odc.crs.epsg == 4326
+    # plain xarray, as the README shows it
+    raw = xr.open_zarr(cube, group="utm31", decode_coords="all", consolidated=False)
+    assert raw["lcz"].odc.crs.epsg == epsg
+    assert raw["lcz"].rio.crs.to_epsg() == epsg
+
+
 def test_plot_uses_the_official_colours_and_a_legend_of_classes_present(
     ds: xr.Dataset,
 ) -> None:

@@ -46,7 +46,8 @@ def open_cube(
     """The cube (or a lon/lat ``bbox`` of it) as an xarray Dataset on its zone's native grid.
 
     ``lcz`` and ``confidence`` are lazy (dask) uint8 arrays with dims (time, y, x); the
-    ``spatial_ref`` coordinate carries the CRS, so ``ds.odc.geobox`` works.
+    ``spatial_ref`` coordinate carries the CRS on every variable, so ``ds.odc.geobox``,
+    ``ds["lcz"].odc.geobox`` and rioxarray's ``.rio.crs`` all work.
 
     With ``crs`` (needs ``bbox``), every zone the bbox touches is warped (``resampling``:
     nearest or mode, never bilinear) onto one grid in that CRS with pixel size ``resolution``
@@ -95,7 +96,10 @@ def open_cube(
     store = open_store(url, storage_options=storage_options)
     # Lazily indexed (no dask) until the selection is made: a dask graph over a whole zone
     # (the global zone holds ~10^9 chunks of 128 px) would not fit in memory.
-    ds = xr.open_zarr(store, group=zone, consolidated=False, zarr_format=3, chunks=None)
+    # decode_coords="all": the ``grid_mapping`` variable (spatial_ref) becomes a coordinate
+    # of every variable, so ds["lcz"].odc.crs and .rio.crs know the CRS, not only the Dataset.
+    ds = xr.open_zarr(store, group=zone, consolidated=False, zarr_format=3, chunks=None,
+                      decode_coords="all")
     ds.attrs.update({k: v for k, v in attrs.items() if k.startswith("lczscale:")})
     if year is not None:
         years = [int(v) for v in ds["time"].values]
