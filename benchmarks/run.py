@@ -30,6 +30,7 @@ import ledger_scale
 import model_forward
 import planet
 import planning
+import read_concurrency
 import read_throughput
 import scaling
 import store_planning
@@ -41,6 +42,7 @@ Runner = Callable[[bool, argparse.Namespace], list[dict[str, Any]]]
 BENCHMARKS: dict[str, Runner] = {
     "model_forward": lambda quick, a: model_forward.run(quick),
     "read": lambda quick, a: read_throughput.run(quick, s3=not a.no_s3),
+    "read_concurrency": lambda quick, a: read_concurrency.run(quick, s3=not a.no_s3),
     "amplification": lambda quick, a: amplification.run(quick),
     "end_to_end": lambda quick, a: throughput.run(quick),
     "scaling": lambda quick, a: scaling.run(quick, slurm=a.slurm),

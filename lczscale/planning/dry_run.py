@@ -317,7 +317,14 @@ def projection(plan: MapPlan, tasks: list[TileTask], workers: int, model: Rate |
         notes.append("the model rate was measured with other " + ", ".join(off) +
                      " than this map's (see rates.model.settings)")
     compute_s = patch_px / model.value
-    read_s = read_px / read.value if read is not None else None
+    # one reader's time, then with the run's concurrent band reads per worker (each reader is
+    # assumed to keep its own rate: an object store serves many requests at once)
+    one_reader_s = read_px / read.value if read is not None else None
+    concurrency = plan.cfg.inference.read_concurrency
+    read_s = one_reader_s / concurrency if one_reader_s is not None else None
+    out["read_concurrency"] = concurrency
+    out["readers_needed"] = (max(1, math.ceil(one_reader_s / compute_s))
+                             if one_reader_s is not None and compute_s > 0 else None)
     if read is None:
         notes.append(f"no stored read rate for layout {plan.source.layout}: compute bound "
                      "assumed")
@@ -327,6 +334,10 @@ def projection(plan: MapPlan, tasks: list[TileTask], workers: int, model: Rate |
     notes.append("compute: the lattice patches over each core that touch data, read: the read "
                  "windows' pixels with data (both from availability, so upper bounds); wall = "
                  "device-hours / workers (ideal scaling)")
+    if read is not None:
+        notes.append(f"read: {concurrency} band read(s) in flight per worker "
+                     "(inference.read_concurrency), each at the stored one-reader rate; "
+                     "readers_needed: how many keep the model busy")
     seconds = max(compute_s, read_s or 0.0)
     bound = "read" if read_s is not None and read_s > compute_s else "compute"
     hours = seconds / 3600

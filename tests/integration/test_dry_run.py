@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,16 @@ def test_known_rates_give_the_hand_computed_hours(world, tmp_path) -> None:
     assert read_s > compute_s
     assert read_bound["bound"] == "read"
     assert read_bound["gpu_hours"] == pytest.approx(read_s / 3600)
+    needed = math.ceil(read_s / compute_s)
+    assert read_bound["readers_needed"] == needed > 1
+    # that many concurrent band reads per worker make the same run compute bound
+    many = cfg.model_copy(update={"inference": cfg.inference.model_copy(
+        update={"read_concurrency": needed})})
+    fed = dry_run(many, 2, rates_file(tmp_path / "slow.jsonl", 1000.0, 10.0))
+    assert fed["read_concurrency"] == needed
+    assert fed["read_hours"] == pytest.approx(read_s / needed / 3600)
+    assert fed["bound"] == "compute"
+    assert fed["gpu_hours"] == pytest.approx(compute_s / 3600)
 
 
 def test_no_stored_rates_still_gives_the_plan(world, tmp_path, capsys, monkeypatch) -> None:
