@@ -53,6 +53,7 @@ def main() -> None:
         "commands": [" ".join(["lczscale", *c[3:]]) for c in (synth, experiment)],
         "git_sha": git("rev-parse", "--short", "HEAD"),
         "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "dirty_paths": git("status", "--porcelain", "--untracked-files=no").splitlines(),
         "made_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(time.time() - t0, 1),
         "report": report,
