@@ -322,7 +322,11 @@ def test_open_cube_gives_100m_coordinates_and_georeferencing(world, on) -> None:
     sr = zarr.open_group(on, mode="r")["utm32"]["spatial_ref_100m"]
     assert sr.attrs["GeoTransform"].split() == [repr(v) for v in (a.c, 100.0, 0.0, a.f, 0.0,
                                                                   -100.0)]
-    assert full["lcz_100m"].attrs["grid_mapping"] == "spatial_ref_100m"
+    # the grid mapping is decoded (a coordinate of every variable): each names its own
+    assert full["lcz_100m"].encoding["grid_mapping"] == "spatial_ref_100m"
+    assert full["lcz_100m"].odc.geobox.resolution.x == 100.0
+    assert full["lcz"].encoding["grid_mapping"] == "spatial_ref"
+    assert full["lcz"].odc.geobox.resolution.x == 10.0
     assert list(full["class"].values) == list(range(1, 18))
 
 
