@@ -92,6 +92,16 @@ def main_quick(run: Callable[[bool], list[dict[str, Any]]], doc: str | None) -> 
         emit(line)
 
 
+def main_stores(run: Callable[[bool, bool], list[dict[str, Any]]], doc: str | None) -> None:
+    """The command line of a benchmark run per store: ``--quick`` and ``--no-s3``."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-s3", action="store_true", help="local files only")
+    a = ap.parse_args()
+    for line in run(a.quick, not a.no_s3):
+        emit(line)
+
+
 # ---- one work directory per run ---------------------------------------------------------------
 
 _WORKDIR: list[Path] = []

@@ -52,6 +52,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -230,7 +231,12 @@ class Events:
 
     def first(self, kind: str) -> dict[str, Any]:
         """The first event of ``kind`` (empty if none)."""
-        return next((e for e in self.lines if e["event"] == kind), {})
+        return first_event(self.lines, kind)
+
+
+def first_event(events: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """The first of ``events`` of ``kind`` (empty if none)."""
+    return next((e for e in events if e["event"] == kind), {})
 
 
 def start_driver(work: Path, n: int) -> tuple[subprocess.Popen[bytes], Events]:
@@ -331,14 +337,14 @@ def check_cube(cube: Path, planned: list[str], sample: int = 200) -> dict[str, A
         arr = root[f"{e['zone']}/lcz"]
         got = np.asarray(arr[0, r:r + 8, c:c + 8])
         wrong += int(not (got == 6).all())
-    objects = files = 0
+    objects = size = 0
     for dirpath, _, names in os.walk(cube / "_ledger"):
         for name in names:
-            files += 1
-            objects += os.path.getsize(os.path.join(dirpath, name))
+            objects += 1
+            size += os.path.getsize(os.path.join(dirpath, name))
     return {"lost": len(set(no_entry) | set(no_chunk)), "no_done_entry": len(no_entry),
             "no_chunk": len(set(no_chunk)), "sample_checked": min(sample, len(done)),
-            "sample_wrong": wrong, "ledger_objects": files, "ledger_bytes": objects,
+            "sample_wrong": wrong, "ledger_objects": objects, "ledger_bytes": size,
             "ledger_read_all_s": round(read_s, 3)}
 
 
@@ -468,8 +474,6 @@ def dry_run(work: Path, quick: bool, churn: bool = True, kill_every: float | Non
     for stale in ("cube.zarr", "worklog", "planned.json"):
         path = work / stale
         if path.is_dir():
-            import shutil
-
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
@@ -489,9 +493,8 @@ def dry_run(work: Path, quick: bool, churn: bool = True, kill_every: float | Non
     lines = worker_lines(work)
     done_lines = [x for x in lines if x["status"] == "done"]
     first, resume = got["drivers"][0], got["drivers"][-1]
-
-    def ev(events: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-        return next((e for e in events if e["event"] == kind), {})
+    last_plan = first_event(resume, "planned")  # the last client's (the resume's, with churn)
+    resumed = last_plan if len(got["drivers"]) > 1 else {}
 
     spans, per_1000_growth = per_thousand(lines, got["kills"])
     samples = got["samples"]
@@ -507,7 +510,7 @@ def dry_run(work: Path, quick: bool, churn: bool = True, kill_every: float | Non
         "client_kills": sum(k["what"] == "client" for k in got["kills"]),
         "kill_every_s": kill_every,
         "lost": cube["lost"],
-        "duplicated": int(ev(resume, "planned").get("redo", 0)) if len(got["drivers"]) > 1 else 0,
+        "duplicated": int(resumed.get("redo", 0)),
         "recomputed": len(done_lines) - unique,
         "failed_results": sum(x["status"] != "done" for x in lines),
         **overheads(lines, got["kills"]),
@@ -517,13 +520,12 @@ def dry_run(work: Path, quick: bool, churn: bool = True, kill_every: float | Non
         "rss_mib_by_tiles": [[s[1], round(s[2] / 2**20, 1), round(s[3] / 2**20, 1)]
                              for s in samples[::stride]],
         "s_per_1000": spans, "per_1000_growth": per_1000_growth,
-        "first_plan_s": ev(first, "planned").get("prepare_s"),
-        "resume_plan_s": ev(resume, "planned").get("prepare_s") if len(got["drivers"]) > 1
-        else None,
-        "resume_done_before": ev(resume, "planned").get("done_before"),
-        "resume_tasks": ev(resume, "planned").get("tasks"),
-        "resume_unplanned": ev(resume, "planned").get("unplanned"),
-        "compact_s": ev(resume, "compacted").get("compact_s"),
+        "first_plan_s": first_event(first, "planned").get("prepare_s"),
+        "resume_plan_s": resumed.get("prepare_s"),
+        "resume_done_before": last_plan.get("done_before"),
+        "resume_tasks": last_plan.get("tasks"),
+        "resume_unplanned": last_plan.get("unplanned"),
+        "compact_s": first_event(resume, "compacted").get("compact_s"),
         "wall_s": round(wall, 1), "tiles_per_s": round(unique / wall, 2),
         **{k: v for k, v in cube.items() if k != "lost"},
         "source": "stand-in land (benchmarks/land.py), constant window, no I/O",

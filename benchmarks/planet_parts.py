@@ -34,7 +34,8 @@ import numpy as np
 from lczscale.core.grid import Window, Zone, utm_zone
 from lczscale.core.tiling import Availability, TileTask
 from lczscale.execute.executor import Pass
-from lczscale.execute.tile import LostTile, MapContext, TileResult, TileRunner
+from lczscale.execute.tile import MapContext, TileResult, TileRunner
+from lczscale.execute.tile import tile_pass as real_tile_pass
 from lczscale.infer.predict import TilePrediction
 from lczscale.io.cube.sink import CubeSink
 from lczscale.io.sources.protocol import EmbeddingWindow
@@ -223,16 +224,11 @@ class StandInFactory:
         return StandInRunner(self.ctx, self.log_dir)
 
 
-def tile_key(task: TileTask) -> str:
-    """The Dask key prefix of a tile (as the real tile pass names it)."""
-    return f"tile-{task.key}"
-
-
 def stand_in_pass(log_dir: str) -> Any:
-    """A replacement for ``lczscale.execute.tile.tile_pass`` using the stand-in runner."""
+    """A replacement for ``lczscale.execute.tile.tile_pass``: the real pass (its task keys,
+    its record of lost tiles) with the stand-in runner."""
 
     def tile_pass(ctx: MapContext) -> Pass[TileTask, TileResult]:
-        return Pass("tile", StandInFactory(ctx, log_dir), tile_key, LostTile(ctx),
-                    device_bound=True)
+        return dataclasses.replace(real_tile_pass(ctx), make_runner=StandInFactory(ctx, log_dir))
 
     return tile_pass

@@ -16,13 +16,12 @@ the limit. ``benchmarks/README.md`` turns the per-reader rate into the readers a
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from typing import Any
 
 import torch
-from common import YEAR, emit, random_model, record, shared_world, workdir
+from common import YEAR, main_stores, random_model, record, shared_world, workdir
 from read_throughput import PATHS, stores
 
 from lczscale.config import GridConfig, InferenceConfig, ModelConfig, StitchConfig
@@ -89,9 +88,4 @@ def run(quick: bool, s3: bool = True) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--no-s3", action="store_true", help="local files only")
-    a = ap.parse_args()
-    for line in run(a.quick, s3=not a.no_s3):
-        emit(line)
+    main_stores(run, __doc__)

@@ -13,7 +13,6 @@ request overheads, no real network bandwidth limit).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from common import LAYOUTS, YEAR, emit, record, shared_world, workdir
+from common import LAYOUTS, YEAR, main_stores, record, shared_world, workdir
 
 from lczscale.config import GridConfig
 from lczscale.core.grid import Window, zone_by_name
@@ -132,9 +131,4 @@ def run(quick: bool, s3: bool = True) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--no-s3", action="store_true", help="local files only")
-    a = ap.parse_args()
-    for line in run(a.quick, s3=not a.no_s3):
-        emit(line)
+    main_stores(run, __doc__)

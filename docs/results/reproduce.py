@@ -49,11 +49,12 @@ def main() -> None:
     run(synth)
     run(experiment)
     report = json.loads((work / "transfer" / "report.json").read_text())
+    changed = git("status", "--porcelain", "--untracked-files=no").splitlines()
     stored = {
         "commands": [" ".join(["lczscale", *c[3:]]) for c in (synth, experiment)],
         "git_sha": git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "dirty_paths": git("status", "--porcelain", "--untracked-files=no").splitlines(),
+        "dirty": bool(changed),
+        "dirty_paths": changed,
         "made_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(time.time() - t0, 1),
         "report": report,

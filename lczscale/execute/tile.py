@@ -121,13 +121,12 @@ class TileRunner:
         self.predictor = Predictor.from_checkpoint(
             ctx.model_dir, ctx.stitch, device or ctx.device, ctx.threads, ctx.inference
         )
-        # One reader thread per runner: it reads the next bands of a tile while the model
-        # runs on the bands already in (see infer.tile_input), with ``read_concurrency`` band
-        # reads in flight at once (more than one: on a pool of fetch threads).
+        # One reader thread per runner: it puts the next bands of a tile in order while the
+        # model runs on the bands already in (see infer.tile_input); the reads themselves run
+        # on a fetch pool, ``read_concurrency`` of them in flight at once.
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="lczscale-read")
         self._concurrency = ctx.inference.read_concurrency
-        self._fetch = (ThreadPoolExecutor(self._concurrency, thread_name_prefix="lczscale-fetch")
-                       if self._concurrency > 1 else None)
+        self._fetch = ThreadPoolExecutor(self._concurrency, thread_name_prefix="lczscale-fetch")
         self._zones: dict[str, Zone] = {}
         self._attempts = 0
         self.name = ledger.writer()
@@ -184,27 +183,21 @@ class TileRunner:
         return pred, tile.waited_s
 
     def _read_bands(self, zone: Zone, task: TileTask, tile: TileInput) -> None:
-        """Reader thread: the read window band by band, each read retried on its own; with a
-        fetch pool, the next ``read_concurrency`` bands are read at once and put in order."""
+        """Reader thread: the read window band by band, the next ``read_concurrency`` bands read
+        at once on the fetch pool (each retried on its own) and put in order."""
         bands = iter(row_bands(task.read, self.ctx.inference.band_rows))
         in_flight: deque[Future[EmbeddingWindow]] = deque()
         try:
             while not tile.cancelled:
-                while self._fetch is not None and len(in_flight) < self._concurrency:
+                while len(in_flight) < self._concurrency:
                     band = next(bands, None)
                     if band is None:
                         break
                     in_flight.append(self._fetch.submit(
                         self._retry, partial(self.source.read, zone, band, task.year)))
-                if self._fetch is not None:
-                    if not in_flight:
-                        return
-                    tile.put(in_flight.popleft().result())
-                    continue
-                band = next(bands, None)
-                if band is None:
+                if not in_flight:
                     return
-                tile.put(self._retry(partial(self.source.read, zone, band, task.year)))
+                tile.put(in_flight.popleft().result())
         except BaseException as exc:  # handed to the model thread, which raises it
             tile.fail(exc)
         finally:
