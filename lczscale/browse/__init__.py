@@ -1,4 +1,5 @@
-"""Reading and showing a finished cube: xarray queries, pictures, the web map, exports, STAC."""
+"""Reading and showing a finished cube: xarray queries, pictures, the web map, exports, STAC,
+zonal statistics."""
 
 from lczscale.lazy_exports import lazy_exports
 
@@ -11,5 +12,6 @@ __all__, __getattr__ = lazy_exports(
         "lczscale.browse.serve": ["serve"],
         "lczscale.browse.export": ["export"],
         "lczscale.browse.stac_catalog": ["write_stac"],
+        "lczscale.browse.zonal": ["zonal_stats", "zonal_table"],
     },
 )

@@ -1,5 +1,7 @@
 """``.lcz``: LCZ-aware methods on what ``open_cube`` returns (and on any georeferenced uint8
-LCZ map): ``plot``, ``to_rgb``, ``fractions``, ``majority``, ``reproject`` and ``map``.
+LCZ map): ``plot``, ``to_rgb``, ``fractions``, ``majority``, ``reproject`` and ``map``; on a
+Dataset also ``zonal`` (per polygon, year and class: area and share, see
+``lczscale.browse.zonal``).
 
 Registered on xarray's Dataset and DataArray by importing this module, which
 ``lczscale.open_cube`` does (``import lczscale.browse.accessor`` for a cube opened with plain
@@ -18,11 +20,13 @@ The work is in ``lczscale.browse.query``, imported on first use, so registering 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import xarray as xr
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
     from matplotlib.axes import Axes
 
 NODATA_RGB = (255, 255, 255)
@@ -82,6 +86,15 @@ class LczDatasetAccessor(_LczMethods):
 
         ds: xr.Dataset = self._obj
         return reproject(ds, crs, resolution, resampling)
+
+    def zonal(self, polygons: Any, year: int | Sequence[int] | None = None,
+              id_field: str | None = None) -> pd.DataFrame:
+        """Per polygon of a GeoDataFrame (any CRS), year (default: all) and class: area in km²
+        and share, with nodata share and mean confidence (× 255), counting only the pixels
+        this Dataset's zone owns; the table ``lczscale zonal`` writes."""
+        from lczscale.browse.zonal import dataset_zone_data, zonal_table
+
+        return zonal_table(polygons, [dataset_zone_data(self._obj)], year, id_field)
 
 
 @xr.register_dataarray_accessor("lcz")

@@ -1,11 +1,11 @@
 """``lczscale`` command line: synth | train | map | eval | status | plot | experiment | demo |
-pyramid | serve | stac | export | deploy.
+pyramid | serve | stac | export | zonal | change | deploy.
 
 ``main`` is the console entry point (``lczscale = "lczscale.cli:main"``); ``arguments`` defines
 the commands, and the ``*_commands`` modules run them, grouped by what they touch: the
 pipeline (synth, train, map, deploy), reports on a cube or source (status, coverage, eval),
-what is made from a finished cube (plot, export, pyramid, serve, stac) and the studies
-(experiment, demo). Bad input is one line on stderr and exit status 2.
+what is made from a finished cube (plot, export, pyramid, serve, stac, zonal, change) and
+the studies (experiment, demo). Bad input is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import argparse
 
-from lczscale.cli.cube_commands import cmd_export, cmd_plot, cmd_pyramid, cmd_serve, cmd_stac
+from lczscale.cli.cube_commands import (
+    cmd_change,
+    cmd_export,
+    cmd_plot,
+    cmd_pyramid,
+    cmd_serve,
+    cmd_stac,
+    cmd_zonal,
+)
 from lczscale.cli.pipeline_commands import (
     cmd_deploy_kubernetes,
     cmd_map,
@@ -17,7 +25,7 @@ from lczscale.cli.study_commands import cmd_demo, cmd_experiment
 
 # ``lczscale --help``'s description
 DESCRIPTION = ("``lczscale`` command line: synth | train | map | eval | status | plot | "
-               "experiment | demo |\npyramid | serve | stac | export | deploy.")
+               "experiment | demo |\npyramid | serve | stac | export | zonal | change | deploy.")
 
 
 def _bbox(text: str) -> tuple[float, float, float, float]:
@@ -30,6 +38,28 @@ def _bbox(text: str) -> tuple[float, float, float, float]:
             f"bbox must be MINLON,MINLAT,MAXLON,MAXLAT (four numbers), got {text!r}"
         )
     return parts  # type: ignore[return-value]
+
+
+def _count(text: str) -> int:
+    """A whole number ≥ 0 (argparse turns the error into a one-line usage message, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 0, got {text!r}")
+    return value
+
+
+def _metres(text: str) -> float:
+    """A length in metres > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a length in metres > 0, got {text!r}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,6 +80,10 @@ def parser() -> argparse.ArgumentParser:
                    "DIR/aef-mosaic.zarr, DIR/dclimate.icechunk + DIR/dclimate.registry/, "
                    "DIR/dclimate.zarr); the same world in each")
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--changing-city", action="store_true", help="the last city changes in the "
+                   "middle year (farmland D -> open low-rise 6, scattered trees B -> large "
+                   "low-rise 8): truth.zarr holds every year, lcz_coarse_<year>/ each year's "
+                   "labels, world.json the change areas")
     s.set_defaults(func=cmd_synth)
 
     t = sub.add_parser("train", help="train the attention U-Net on labelled embeddings")
@@ -96,7 +130,9 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--config", help="MapConfig YAML; flags override it")
     m.add_argument("--bbox", type=_bbox)
     m.add_argument("--geojson", help="AOI polygon (GeoJSON file)")
-    m.add_argument("--year", type=int)
+    m.add_argument("--year", type=int, help="the year to map (default: the source's latest)")
+    m.add_argument("--years", metavar="YEARS", help="several years in one run and one ledger: "
+                   "2018,2024, a range 2017-2025, or mixed 2018,2020-2022 (not with --year)")
     m.add_argument("--tile-size", type=int)
     m.add_argument("--patch-size", type=int)
     m.add_argument("--sharding", action="store_true")
@@ -122,9 +158,15 @@ def parser() -> argparse.ArgumentParser:
                    "repository's benchmarks/results)")
     m.set_defaults(func=cmd_map)
 
-    e = sub.add_parser("eval", help="score a cube against a reference cube")
+    e = sub.add_parser("eval", help="score a cube against a reference (a cube or any label "
+                       "file) with the LCZ Generator's measures and bootstrap intervals")
     e.add_argument("cube")
-    e.add_argument("--truth", required=True, help="reference lczscale cube (e.g. truth.zarr)")
+    e.add_argument("--truth", required=True, help="reference: an lczscale cube or anything "
+                   "--labels takes (LCZ raster, GeoJSON/KML/KMZ training areas, So2Sat)")
+    e.add_argument("--bootstrap", type=_count, default=200, metavar="N",
+                   help="bootstrap replicates for the intervals (0: none; default 200)")
+    e.add_argument("--block-m", type=_metres, default=1000.0, metavar="M",
+                   help="bootstrap block side in metres for map references (default 1000)")
     e.add_argument("--baseline", help="coarse label raster to score as the naive baseline; "
                    "also the reference of the 100 m agreement")
     e.add_argument("--bbox", type=_bbox, metavar="MINLON,MINLAT,MAXLON,MAXLAT",
@@ -238,6 +280,38 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--href", help="URL of the cube as STAC users will reach it (default: "
                     "the CUBE argument)")
     sc.set_defaults(func=cmd_stac)
+
+    ch = sub.add_parser("change", help="the change between two years, written into the cube "
+                        "(lcz_change_FROM_TO per zone), and its transition matrix in km²")
+    ch.add_argument("cube")
+    ch.add_argument("--from", dest="from_year", type=int, required=True, metavar="YEAR")
+    ch.add_argument("--to", dest="to_year", type=int, required=True, metavar="YEAR")
+    ch.add_argument("--bbox", type=_bbox, metavar="MINLON,MINLAT,MAXLON,MAXLAT",
+                    help="only the blocks under this lon/lat box; the matrix counts its pixels")
+    ch.add_argument("--min-confidence", type=int, metavar="N", help="confidence (0-255) both "
+                    "years need for a changed class to count; below it 'uncertain' (default: "
+                    "the config's, 128)")
+    ch.add_argument("--config", help="ChangeConfig YAML (min_confidence)")
+    ch.add_argument("--overwrite", action="store_true", help="make the zones' layer again from "
+                    "empty (to change its --min-confidence)")
+    ch.add_argument("--json", action="store_true", help="last line of stdout: the matrix "
+                    '{"from": {"to": km2}} keyed by LCZ labels (1-10, A-G)')
+    ch.add_argument("--report", metavar="JSON", help="write the full result (per zone, "
+                    "totals, encoding) to this file")
+    ch.add_argument("--plot", metavar="PNG", help="draw the transition matrix")
+    ch.set_defaults(func=cmd_change)
+
+    zs = sub.add_parser("zonal", help="per polygon, year and class: area (km²) and share, "
+                        "nodata share and mean confidence, as CSV or Parquet")
+    zs.add_argument("cube")
+    zs.add_argument("--polygons", required=True, metavar="AREAS",
+                    help="polygons in any CRS: .geojson, .gpkg or .parquet (GeoParquet)")
+    zs.add_argument("--out", required=True, metavar="STATS", help="the table: .csv or .parquet")
+    zs.add_argument("--year", type=int, action="extend", nargs="+",
+                    help="year(s) to count (repeatable; default: every year of the cube)")
+    zs.add_argument("--id-field", help="the polygons' id field (default: a unique 'id' or "
+                    "'fid' field, else the row number)")
+    zs.set_defaults(func=cmd_zonal)
 
     dp = sub.add_parser("deploy", help="render deployment files for a platform")
     dsub = dp.add_subparsers(dest="platform", required=True)

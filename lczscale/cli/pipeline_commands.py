@@ -20,7 +20,8 @@ def cmd_synth(a: argparse.Namespace) -> int:
     check_writable_out(a.dir, "synth DIR", "dir")
     summary = write_world(a.dir, cities=a.cities, size_km=a.size_km, seed=a.seed,
                           years=tuple(a.years), layouts=tuple(a.layout),
-                          overwrite=a.overwrite)
+                          overwrite=a.overwrite,
+                          changing_city=getattr(a, "changing_city", False))
     print_json(summary)
     return 0
 
@@ -71,12 +72,18 @@ def map_config(a: argparse.Namespace) -> Any:
     """The MapConfig of ``lczscale map`` arguments: a --config YAML with the flags over it."""
     from lczscale.config import MapConfig, load_yaml
 
+    years = getattr(a, "years", None)
+    if a.year is not None and years is not None:
+        raise LczscaleError(f"give --year {a.year} or --years {years}, not both")
     base: dict[str, Any] = {}
     if a.config:
         base = load_yaml(a.config, MapConfig).model_dump()
+    if a.year is not None or years is not None:  # a flag's year(s) replace the file's
+        base.update(year=None, years=None)
     base.update({k: v for k, v in {
         "source": a.source, "model": a.model, "out": a.out, "bbox": a.bbox,
-        "geojson": a.geojson, "year": a.year, "executor": a.executor, "workers": a.workers,
+        "geojson": a.geojson, "year": a.year, "years": years, "executor": a.executor,
+        "workers": a.workers,
         "device": a.device, "scheduler_address": a.scheduler, "source_kind": a.source_kind,
         "stac_collection": a.collection, "cluster": a.cluster, "min_s2_obs": a.min_s2_obs,
         "overwrite": a.overwrite,

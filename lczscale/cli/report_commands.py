@@ -18,7 +18,12 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from lczscale.io.out_path import check_writable_out
 
         check_writable_out(a.report, "eval --report", "dir")
-    result = evaluate(a.cube, a.truth, year=a.year, baseline=a.baseline, bbox=a.bbox)
+    from lczscale.io.out_path import check_input
+
+    check_input(a.truth, "--truth", "any", "give the reference cube or label file to score "
+                "against")
+    result = evaluate(a.cube, a.truth, year=a.year, baseline=a.baseline, bbox=a.bbox,
+                      bootstrap=a.bootstrap, block_m=a.block_m)
     if a.report:
         from lczscale.studies.report import write_eval_report
 
@@ -30,6 +35,16 @@ def cmd_eval(a: argparse.Namespace) -> int:
         return 0
     print(f"mIoU {result['miou']:.3f}  OA {result['oa']:.3f}  kappa {result['kappa']:.3f}  "
           f"({result['pixels']} px)")
+    ci = result.get("ci", {})
+    for key, name in (("oa", "OA"), ("oa_u", "OA_u"), ("oa_bu", "OA_bu"), ("oa_w", "OA_w")):
+        value, bounds = result.get(key), ci.get(key)
+        shown = "—" if value is None else f"{value:.3f}"
+        if bounds:
+            shown += f"  [{bounds[0]:.3f}, {bounds[1]:.3f}]"
+        print(f"  {name:<6}{shown}")
+    if ci:
+        print(f"  ({result['replicates']} bootstrap replicates over {result['units']} "
+              f"{result['ci_units']}, {result['level']:.0%} intervals)")
     if "baseline_miou" in result:
         print(f"baseline (upsampled coarse labels): mIoU {result['baseline_miou']:.3f}  "
               f"OA {result['baseline_oa']:.3f}")
@@ -42,7 +57,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
             print(f"agreement at 100 m with {agree['reference']}: no cell where both have a "
                   "class")
     for label, iou in result["per_class_iou"].items():
-        print(f"  LCZ {label:>2}: IoU {iou:.3f}")
+        print(f"  LCZ {label:>2}: IoU {iou:.3f}  F1 {result['f1'][label]:.3f}")
     return 0
 
 

@@ -10,6 +10,7 @@ cluster settings never enter a cube's provenance.
 """
 
 from lczscale.config.settings import (
+    ChangeConfig,
     CubeConfig,
     FaultConfig,
     GridConfig,
@@ -22,11 +23,13 @@ from lczscale.config.settings import (
     auto_overlap,
     dump_yaml,
     load_yaml,
+    parse_years,
     reject_credentials,
     reject_secret_options,
 )
 
 __all__ = [
+    "ChangeConfig",
     "CubeConfig",
     "FaultConfig",
     "GridConfig",
@@ -39,6 +42,7 @@ __all__ = [
     "auto_overlap",
     "dump_yaml",
     "load_yaml",
+    "parse_years",
     "reject_credentials",
     "reject_secret_options",
 ]

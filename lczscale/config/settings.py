@@ -6,6 +6,7 @@ traced back to the exact settings that produced it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from lczscale.config.files import read_yaml_mapping, validation_line
@@ -190,6 +192,16 @@ class ModelConfig(StrictSettings):
         return v
 
 
+class ChangeConfig(StrictSettings):
+    """``lczscale change``: which pixels' change between two years is trusted."""
+
+    min_confidence: int = Field(
+        128, ge=0, le=255, description="a pixel's change counts (from-class, to-class) only "
+        "where both years' confidence (the chosen class's probability x 255) reaches this; "
+        "a changed class below it is 'uncertain' (128: p >= 0.5)"
+    )
+
+
 class MapConfig(StrictSettings):
     """Everything that decides a map run; stored in the cube's attributes."""
 
@@ -219,6 +231,10 @@ class MapConfig(StrictSettings):
     bbox: tuple[float, float, float, float] | None = None
     geojson: str | None = None
     year: int | None = None
+    years: tuple[int, ...] | None = Field(
+        None, description="several years mapped in one run, one ledger: a list, or text such "
+        "as '2018,2020-2022'; not with year (neither: the source's latest year)"
+    )
     grid: GridConfig = GridConfig()
     stitch: StitchConfig = StitchConfig()
     inference: InferenceConfig = InferenceConfig()
@@ -243,6 +259,24 @@ class MapConfig(StrictSettings):
     @classmethod
     def _no_credentials(cls, v: str | None, info: ValidationInfo) -> str | None:
         return None if v is None else reject_credentials(v, str(info.field_name))
+
+    @field_validator("years", mode="before")
+    @classmethod
+    def _years(cls, v: Any) -> Any:
+        return None if v is None else parse_years(v)
+
+    @model_validator(mode="after")
+    def _year_or_years(self) -> MapConfig:
+        if self.year is not None and self.years is not None:
+            raise ValueError(f"give year ({self.year}) or years ({list(self.years)}), not both")
+        return self
+
+    def map_years(self, available: Sequence[int]) -> tuple[int, ...]:
+        """The years a run maps, ascending: ``years``, else ``year``, else the latest of
+        ``available`` (the source's years)."""
+        if self.years is not None:
+            return self.years
+        return (self.year,) if self.year is not None else (max(available),)
 
     @field_validator("source_options")
     @classmethod
@@ -270,6 +304,35 @@ class MapConfig(StrictSettings):
                 f"{maxlon},{minlat},{minlon},{maxlat}"
             )
         return v
+
+
+def parse_years(value: str | int | Sequence[int | str]) -> tuple[int, ...]:
+    """Years as given on a command line or in a settings file, sorted and each once: ``2024``,
+    ``"2018,2024"``, a range ``"2017-2025"`` (both ends included), mixed ``"2018,2020-2022"``,
+    or a list of years. ValueError, naming the bad part, for anything else."""
+    parts: list[str] = []
+    if isinstance(value, bool):
+        raise ValueError(f"years must be years such as 2018,2020-2022, got {value!r}")
+    if isinstance(value, int):
+        parts = [str(value)]
+    elif isinstance(value, str):
+        parts = value.split(",")
+    else:
+        parts = [str(v) for v in value]
+    years: set[int] = set()
+    for part in (p.strip() for p in parts):
+        ends = part.split("-") if part.count("-") == 1 else [part]
+        if not all(e.strip().isdigit() for e in ends):
+            raise ValueError(f"years must be years or ranges such as 2018,2020-2022; "
+                             f"{part!r} is neither")
+        lo, hi = int(ends[0]), int(ends[-1])
+        if lo > hi or not 1900 <= lo <= hi <= 2200:
+            raise ValueError(f"years: {part!r} is not a year or an ascending range of years "
+                             "(1900-2200)")
+        years.update(range(lo, hi + 1))
+    if not years:
+        raise ValueError("years is empty: give at least one year")
+    return tuple(sorted(years))
 
 
 def reject_credentials(url: str, where: str = "URL") -> str:

@@ -274,16 +274,27 @@ def run_products(
 
 def run_products_for_plan(plan: MapPlan, executor: Executor, show: bool) -> dict[str, Any]:
     """The pass for a map run: the arrays made where missing (a cube whose tiles were all done
-    before ``--fractions`` was asked for gets them now), then ``run_products``."""
+    before ``--fractions`` was asked for gets them now), then ``run_products`` for each year of
+    the run (a year's blocks record that year's provenance), summed."""
     cfg = plan.cfg
     for name in sorted({t.zone for t in plan.planned}):
         g, _ = zone_year(cfg.out, name, plan.year, "r+")
         ensure_output_arrays(g, zone_by_name(name, cfg.grid), cfg.grid, cfg.cube, cfg.outputs)
-    ctx = ProductsContext(cfg.out, cfg.grid, cfg.outputs, plan.provenance_hash, cfg.faults)
     columns = (TextColumn("[bold]100 m products[/bold]"), BarColumn(),
                TextColumn("{task.completed} blocks"), TimeElapsedColumn())
+    summaries = []
     with Progress(*columns, disable=not show, transient=False,
                   console=Console(stderr=True)) as bar:  # stdout is for the report
         job = bar.add_task("products", total=None)
-        return run_products(plan.planned, ctx, executor,
-                            on_result=lambda _: bar.update(job, advance=1))
+        for year in plan.years:
+            ctx = ProductsContext(cfg.out, cfg.grid, cfg.outputs, plan.lineage(year).hash,
+                                  cfg.faults)
+            summaries.append(run_products([t for t in plan.planned if t.year == year], ctx,
+                                          executor, on_result=lambda _: bar.update(job, advance=1)))
+    if len(summaries) == 1:
+        return summaries[0]
+    total: dict[str, Any] = {k: sum(s[k] for s in summaries) for k in
+                             ("blocks", "computed", "skipped", "failed", "seam_tiles_written")}
+    failures = {k: v for s in summaries for k, v in s["failures"].items()}
+    return total | {"failures": dict(list(failures.items())[:50]),
+                    "seconds": round(sum(s["seconds"] for s in summaries), 3)}

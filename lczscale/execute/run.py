@@ -3,8 +3,8 @@
 Planning (``lczscale.planning``) decides every tile, its provenance and what is already done;
 this module takes the writer lock, starts the executor the config asks for (serial, or Dask on a
 local, SLURM, Kubernetes or existing cluster), checks that one tile fits a worker's memory,
-creates or extends the cube, and runs the 10 m tile pass and then, if asked, the 100 m products
-pass through that one executor.
+creates or extends the cube, and runs the 10 m tile pass (the tiles of every year of the run in
+one pass) and then, if asked, the 100 m products pass through that one executor.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from lczscale.planning.map_plan import MapPlan, prepare
 class MapReport:
     """What a map run did: tiles computed, skipped and failed, pixels, time."""
     cube: str
-    year: int
+    year: int  # the latest year mapped (the only one in a one-year run)
     computed: int
     skipped: int
     core_pixels: int
@@ -49,6 +49,7 @@ class MapReport:
     zones: list[str]
     results: list[TileResult]
     products: dict[str, Any] | None = None  # the aggregation pass's summary, when it ran
+    years: tuple[int, ...] = ()  # every year the run mapped (default: ``year`` alone)
 
     @property
     def failed(self) -> list[TileResult]:
@@ -60,6 +61,7 @@ class MapReport:
         return {
             "cube": self.cube,
             "year": self.year,
+            "years": list(self.years or (self.year,)),
             "computed": self.computed,
             "skipped": self.skipped,
             "failed": len(self.failed),
@@ -133,7 +135,8 @@ def _run_locked(
     cfg = plan.cfg  # with the outputs the cube already holds
     zones = sorted({t.zone for t in plan.tasks})
     products: dict[str, Any] | None = None
-    overwritten = len(other_lineage(plan.tasks, plan.ledger, plan.provenance_hash))
+    overwritten = sum(len(other_lineage([t for t in plan.tasks if t.year == y], plan.ledger,
+                                        plan.lineage(y).hash)) for y in plan.years)
     # 100 m blocks left to make need the cluster too, though no tile is (a resume that only
     # adds --fractions): they must not run in this process
     with open_executor(cfg, bool(plan.tasks or blocks_to_do(plan))) as executor:
@@ -141,7 +144,7 @@ def _run_locked(
         create_cube(
             cfg.out,
             [zone_by_name(z, cfg.grid) for z in zones],
-            [plan.year],
+            list(plan.years),
             cfg.grid,
             cfg.cube,
             {
@@ -151,7 +154,9 @@ def _run_locked(
             },
             history={"provenance_hash": plan.provenance_hash, "tiles": len(plan.tasks),
                      "overwrote": overwritten, "overwrite": cfg.overwrite,
-                     "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                     "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            | ({"years": {str(y): plan.lineage(y).hash for y in plan.years}}
+               if len(plan.years) > 1 else {}),
             # Off, the cube is exactly what it was before outputs existed (no attribute either).
             outputs=cfg.outputs if cfg.outputs.probabilities or cfg.outputs.fractions else None,
         )
@@ -173,6 +178,7 @@ def _run_locked(
         zones=zones,
         results=results,
         products=products,
+        years=plan.years,
     )
 
 

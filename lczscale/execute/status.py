@@ -66,7 +66,7 @@ def cube_status(url: str) -> dict[str, Any]:
             reasons[PENDING_REASON] += 1
         elif task.key not in todo:  # done with today's provenance and outputs
             done += 1
-        elif entry.get("provenance_hash") == plan.provenance_hash:
+        elif entry.get("provenance_hash") == plan.lineage(task.year).hash:
             stale += 1
             now = plan.input_digests.get(task.key)
             if now is not None and entry.get("inputs") != now:
@@ -75,23 +75,28 @@ def cube_status(url: str) -> dict[str, Any]:
                 reasons["outputs: probability"] += 1
         else:
             stale += 1
-            reasons[_stale_reason(entry, plan.provenance_parts)] += 1
-    # every other tile the cube holds (earlier runs over other AOIs): the whole cube is counted
+            reasons[_stale_reason(entry, plan.lineage(task.year).parts)] += 1
+    # every other tile the cube holds (earlier runs over other AOIs or years): the whole cube
+    # is counted, each tile against the provenance the run would give its own year
     planned = {t.key for t in plan.planned}
     for key, entry in entries.items():
         if key in planned or key.startswith(f"{LEDGER_PREFIX}/"):
             continue
+        lineage = plan.lineage(_year(key, entry, plan.year))
         if ledger.state(entry) == ledger.FAILED:
             failed += 1
-        elif ledger.state(entry) == ledger.DONE and (
-                entry.get("provenance_hash") == plan.provenance_hash):
+        elif ledger.state(entry) == ledger.DONE and entry.get("provenance_hash") == lineage.hash:
             done += 1
         else:
             stale += 1
-            reasons[_stale_reason(entry, plan.provenance_parts)
+            reasons[_stale_reason(entry, lineage.parts)
                     if ledger.state(entry) == ledger.DONE else PENDING_REASON] += 1
-    lineages = Counter(str(e.get("provenance_hash"))[:16] for k, e in entries.items()
-                       if ledger.state(e) == ledger.DONE and not k.startswith(f"{LEDGER_PREFIX}/"))
+    tiles = {k: e for k, e in entries.items()
+             if ledger.state(e) == ledger.DONE and not k.startswith(f"{LEDGER_PREFIX}/")}
+    lineages = Counter(str(e.get("provenance_hash"))[:16] for e in tiles.values())
+    per_year: dict[int, set[str]] = {}  # a year's tiles of several provenances: mixed
+    for k, e in tiles.items():
+        per_year.setdefault(_year(k, e, plan.year), set()).add(str(e.get("provenance_hash")))
     return out | {
         "done": done,
         "stale": stale,
@@ -103,14 +108,23 @@ def cube_status(url: str) -> dict[str, Any]:
         "year": plan.year,
         "provenance_hash": plan.provenance_hash,
         "provenances": dict(lineages),
-        "mixed_provenance": len(lineages) > 1,
-    } | _products(entries)
+        "mixed_provenance": any(len(h) > 1 for h in per_year.values()),
+    } | ({"years": list(plan.years)} if len(plan.years) > 1 else {}) | _products(entries)
 
 
 def _products(entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The 100 m aggregation pass's blocks, when the cube has run it."""
     found = products_status(entries)
     return {} if found is None else {"products_100m": found}
+
+
+def _year(key: str, entry: dict[str, Any], default: int) -> int:
+    """The year of a tile's ledger entry (its field, else its key ``zone/year/row_col``)."""
+    year = entry.get("year")
+    if isinstance(year, int):
+        return year
+    parts = key.split("/")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else default
 
 
 def _stale_reason(entry: dict[str, Any], now: dict[str, str]) -> str:

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -61,6 +61,9 @@ class MapContext:
     faults: FaultConfig = field(default_factory=FaultConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
+    # a run of several years: each year's (provenance hash, parts); the fields above are the
+    # latest year's
+    year_lineages: dict[int, tuple[str, dict[str, str]]] = field(default_factory=dict)
 
     @classmethod
     def from_plan(cls, plan: MapPlan) -> MapContext:
@@ -82,7 +85,16 @@ class MapContext:
             faults=cfg.faults,
             inference=cfg.inference,
             outputs=cfg.outputs,
+            year_lineages={y: (plan.lineage(y).hash, plan.lineage(y).parts)
+                           for y in plan.years} if len(plan.years) > 1 else {},
         )
+
+    def for_year(self, year: int) -> MapContext:
+        """This context with ``year``'s provenance: what a tile of that year records."""
+        found = self.year_lineages.get(year)
+        if found is None or found[0] == self.provenance_hash:
+            return self
+        return replace(self, provenance_hash=found[0], provenance_parts=found[1])
 
 
 @dataclass(frozen=True)
@@ -148,7 +160,8 @@ class TileRunner:
         try:
             return self._run(task)
         except Exception as exc:  # the tile's own failure: record it, carry on with others
-            return record_failure(self.ctx, task, exc, self.name, self._attempts)
+            return record_failure(self.ctx.for_year(task.year), task, exc, self.name,
+                                  self._attempts)
 
     def _retry(self, fn: Callable[[], T]) -> T:
         """``fn`` retried on transient errors; the most tries any step took is remembered
@@ -218,12 +231,13 @@ class TileRunner:
         t2 = time.perf_counter()
         # Pending before any chunk is overwritten, done only after every output is written:
         # a crash in between leaves the tile not done (the sink's rules).
-        pending = tile_entry(self.ctx, task, self.name) | {"started_at": time.time()}
+        ctx = self.ctx.for_year(task.year)  # the provenance of the tile's own year
+        pending = tile_entry(ctx, task, self.name) | {"started_at": time.time()}
         self._retry(lambda: self.sink.start(task.key, pending))
         self._retry(lambda: self.sink.write(
             zone, task.year, task.core, pred.lcz, pred.confidence, probability=pred.probability,
         ))
-        entry = tile_entry(self.ctx, task, self.name) | {
+        entry = tile_entry(ctx, task, self.name) | {
             "inputs": inputs,
             "valid_pixels": pred.valid_pixels,
             "patches": pred.patches,
@@ -315,7 +329,8 @@ class LostTile:
                 " — the tile's worker died every time (out of memory, a crash in native code, "
                 "or preemption); see the worker logs, try a smaller --tile-size"
             )
-        return record_failure(self.ctx, task, exc, "client", advice=advice)
+        return record_failure(self.ctx.for_year(task.year), task, exc, "client",
+                              advice=advice)
 
 
 def tile_pass(ctx: MapContext) -> Pass[TileTask, TileResult]:

@@ -4,11 +4,12 @@
 the checkpoint's metadata checked, the ledger read; nothing written, not even the lock) and adds
 up what a user pays for before paying:
 
-- **tiles and pixels**: the planned tiles and their core pixels; the tiles the cube already
-  holds with this run's provenance (``plan.skipped``, what the run would skip) and those to
-  make; the **land share**: the share of the core pixels inside the blocks or inner chunks where
-  the source says it has data (its ``availability``: listings and chunk indexes, at their
-  granularity, so an upper bound of the valid pixels);
+- **tiles and pixels**: the planned tiles and their core pixels (a tile per year of the run:
+  ``map --years`` counts every year); the tiles the cube already holds with this run's
+  provenance (``plan.skipped``, what the run would skip) and those to make; the **land
+  share**: the share of the core pixels inside the blocks or inner chunks where the source
+  says it has data (its ``availability``: listings and chunk indexes, at their granularity,
+  so an upper bound of the valid pixels);
 - **input bytes** the tiles to make would read (core + halo): from the sizes of the stored
   shards they touch, pro rata to the share of each shard a read window covers, where the source
   lists them (the Zarr layouts), else estimated as read-window pixels × (one byte per int8 code
@@ -64,14 +65,14 @@ def dry_run(cfg: MapConfig, workers: int | None = None,
     aoi = _aoi(cfg)
     todo = plan.tasks
     avail = plan.availability
-    data_px = sum(data_pixels(avail[t.zone], t.core) for t in plan.planned)
+    data_px = sum(data_pixels(plan.availability_of(t), t.core) for t in plan.planned)
     pixels = sum(t.core.size for t in plan.planned)
     meta = _meta(cfg.model)
-    bytes_in, basis = input_bytes(plan, todo, meta, avail)
+    bytes_in, basis = input_bytes(plan, todo, meta)
     gaps, gap_basis, coverage_rows = coverage_gaps(plan, aoi)
     out: dict[str, Any] = {
         "dry_run": True, "cube": cfg.out, "source": plan.source.url,
-        "layout": plan.source.layout, "year": plan.year,
+        "layout": plan.source.layout, "year": plan.year, "years": list(plan.years),
         "device_type": plan.provenance["device_type"],
         "tile_size": cfg.grid.tile_size, "patch_size": plan.lattice.patch,
         "stride": plan.lattice.stride,
@@ -93,7 +94,7 @@ def dry_run(cfg: MapConfig, workers: int | None = None,
                        cfg.inference.channels_last, plan.lattice.patch, cfg.stitch.batch_size,
                        model_json)
     read = read_rate(lines, plan.source.layout, store_kind(plan.source.url))
-    return out | projection(plan, todo, workers, model, read, path, avail)
+    return out | projection(plan, todo, workers, model, read, path)
 
 
 def default_workers(cfg: MapConfig, device_type: str) -> int:
@@ -145,10 +146,11 @@ def _land_basis(layout: str, avail: dict[str, Availability]) -> str:
 # ---- input bytes -------------------------------------------------------------------------
 
 
-def input_bytes(plan: MapPlan, tasks: list[TileTask], meta: CheckpointMeta | None,
-                avail: dict[str, Availability]) -> tuple[int, str]:
-    """Bytes the ``tasks`` would read, and how that was found (shard sizes or an estimate)."""
-    from_shards = _shard_bytes(plan, tasks, avail)
+def input_bytes(plan: MapPlan, tasks: list[TileTask], meta: CheckpointMeta | None
+                ) -> tuple[int, str]:
+    """Bytes the ``tasks`` (of every year of the run) would read, and how that was found
+    (shard sizes or an estimate)."""
+    from_shards = _shard_bytes(plan, tasks)
     if from_shards is not None:
         return from_shards, ("shard sizes: each stored shard a read window (core + halo) "
                              "touches, as the source's store lists it, times the share of the "
@@ -162,8 +164,7 @@ def input_bytes(plan: MapPlan, tasks: list[TileTask], meta: CheckpointMeta | Non
                                  "does not list its shard sizes")
 
 
-def _shard_bytes(plan: MapPlan, tasks: list[TileTask], avail: dict[str, Availability]
-                 ) -> int | None:
+def _shard_bytes(plan: MapPlan, tasks: list[TileTask]) -> int | None:
     """Stored bytes under the read windows, for sources whose arrays can be listed (the Zarr
     layouts: the objects their ``input_digest`` names); None otherwise."""
     source = plan.source
@@ -172,10 +173,10 @@ def _shard_bytes(plan: MapPlan, tasks: list[TileTask], avail: dict[str, Availabi
     if arrays_of is None or locate is None:
         return None
     total = 0.0
-    for name in sorted({t.zone for t in tasks}):
+    for name, year in sorted({(t.zone, t.year) for t in tasks}):
         zone = zone_by_name(name, plan.cfg.grid)
         try:
-            offset, t, _, _ = locate(zone, plan.year)
+            offset, t, _, _ = locate(zone, year)
             arrays = list(arrays_of(zone))
         except (KeyError, LczscaleError):
             return None
@@ -184,8 +185,10 @@ def _shard_bytes(plan: MapPlan, tasks: list[TileTask], avail: dict[str, Availabi
             if listed is None:
                 return None
             _, root = store_filesystem(arr.store_path.store)
-            shards = _Shards(arr, f"{root}/{arr.path}", (t,), offset, listed, avail[name])
-            total += sum(shards.bytes_under(task.read) for task in tasks if task.zone == name)
+            shards = _Shards(arr, f"{root}/{arr.path}", (t,), offset, listed,
+                             plan.availability_by_year[year][name])
+            total += sum(shards.bytes_under(task.read) for task in tasks
+                         if task.zone == name and task.year == year)
     return round(total)
 
 
@@ -245,13 +248,15 @@ def coverage_gaps(plan: MapPlan, aoi: Aoi | None
     from lczscale.io.sources.dclimate_coverage import coverage
 
     try:
-        rows = coverage(plan.source, aoi, plan.year)
+        rows = [row | ({"year": year} if len(plan.years) > 1 else {})
+                for year in plan.years for row in coverage(plan.source, aoi, year)]
     except LczscaleError as exc:
         return gaps, f"{basis} (coverage not available: {exc})", None
     for row in rows:
         missing = (row.get("tiles") or 0) - (row.get("embedded") or 0)
         if not row["complete"] or (row.get("embedded") is not None and missing > 0):
-            gaps.append({"zone": row["zone"], "from": row.get("from"),
+            gaps.append({"zone": row["zone"]} | ({"year": row["year"]} if "year" in row else {})
+                        | {"from": row.get("from"),
                          "year_complete": row["complete"],
                          "years_complete": row.get("years_complete"),
                          "tiles": row.get("tiles"), "embedded": row.get("embedded"),
@@ -265,17 +270,19 @@ def _availability_gaps(plan: MapPlan, aoi: Aoi | None) -> tuple[list[dict[str, A
         return [], "availability (no AOI: only the tiles with data are planned)"
     grid = plan.cfg.grid
     with_data = set(plan.source.zone_names(grid.kind))
-    planned = Counter(t.zone for t in plan.planned)
+    planned = Counter((t.zone, t.year) for t in plan.planned)
     gaps: list[dict[str, Any]] = []
     for zone, part in zones_for_aoi(aoi, grid):
         n = sum(1 for _ in aoi_tiles(zone, part, grid.tile_size))
         if zone.name not in with_data:
             gaps.append({"zone": zone.name, "from": "availability", "tiles": n,
                          "tiles_without_data": n, "why": "the source has no data in this zone"})
-        elif planned[zone.name] < n:
-            gaps.append({"zone": zone.name, "from": "availability", "tiles": n,
-                         "tiles_without_data": n - planned[zone.name],
-                         "why": f"no embeddings for {plan.year} under these tiles"})
+            continue
+        for year in plan.years:
+            if planned[(zone.name, year)] < n:
+                gaps.append({"zone": zone.name, "from": "availability", "tiles": n,
+                             "tiles_without_data": n - planned[(zone.name, year)],
+                             "why": f"no embeddings for {year} under these tiles"})
     return gaps, "availability: tiles of the AOI where the source lists no data"
 
 
@@ -283,15 +290,14 @@ def _availability_gaps(plan: MapPlan, aoi: Aoi | None) -> tuple[list[dict[str, A
 
 
 def projection(plan: MapPlan, tasks: list[TileTask], workers: int, model: Rate | None,
-               read: Rate | None, path: Path | None, avail: dict[str, Availability]
-               ) -> dict[str, Any]:
+               read: Rate | None, path: Path | None) -> dict[str, Any]:
     """Device-hours, wall hours and the bound for ``tasks`` on ``workers`` workers: the
     patches the predictor evaluates at the model rate, the read windows' pixels with data at
     the read rate, whichever takes longer."""
     lattice = plan.lattice
-    patches = sum(evaluated_patches(avail[t.zone], t.core, lattice) for t in tasks)
+    patches = sum(evaluated_patches(plan.availability_of(t), t.core, lattice) for t in tasks)
     patch_px = patches * lattice.patch ** 2
-    read_px = sum(data_pixels(avail[t.zone], t.read) for t in tasks)
+    read_px = sum(data_pixels(plan.availability_of(t), t.read) for t in tasks)
     device_type = plan.provenance["device_type"]
     notes: list[str] = []
     out: dict[str, Any] = {
@@ -354,7 +360,9 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     share = "n/a" if r["land_share"] is None else f"{r['land_share']:.1%}"
     lines = [
         f"dry run of {r['cube']}: nothing written",
-        f"plan      {r['tiles']} tile(s) of {r['tile_size']} px, {r['pixels']:,} px, land share "
+        f"plan      {r['tiles']} tile(s) of {r['tile_size']} px"
+        + (f" over {len(r['years'])} years" if len(r.get("years") or ()) > 1 else "")
+        + f", {r['pixels']:,} px, land share "
         f"{share}; {r['done_tiles']} already done with this provenance, {r['todo_tiles']} to "
         "make",
         f"input     {_bytes(r['input_bytes'])} to read ({r['input_bytes_basis'].split(':')[0]})",

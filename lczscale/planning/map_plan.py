@@ -8,6 +8,11 @@ stale), and the tiles a rerun still has to make. Before the plan is returned it 
 two tiles share a stored chunk, every tile's halo covers the receptive radius, and no planned
 tile would overwrite one made with another provenance. Nothing here writes or runs: the
 executors in ``lczscale.execute`` run the plan they are given.
+
+A run maps one year or several (``MapConfig.years``): the plan then holds a tile task per tile
+and year, each year checked against its own provenance (which names the year), so one pass and
+one ledger make each year exactly as a run of that year alone would, and a resume finds every
+year's done tiles.
 """
 
 from __future__ import annotations
@@ -41,9 +46,23 @@ from lczscale.planning.lineage import check_lineage, current_inputs
 from lczscale.version import code_version
 
 
+@dataclass(frozen=True)
+class Lineage:
+    """What makes one year's tiles: the provenance, its hash, and each part's own hash."""
+    provenance: dict[str, Any]
+    hash: str
+    parts: dict[str, str]
+
+
 @dataclass
 class MapPlan:
-    """A checked run: its source, provenance, every tile and those still to make."""
+    """A checked run: its source, provenance, every tile and those still to make.
+
+    A run maps one year or several (``years``; a tile task per tile and year, one ledger).
+    The provenance includes the year, so each year has its own ``lineages[year]``;
+    ``year``, ``provenance``, ``provenance_hash`` and ``provenance_parts`` are the latest
+    year's (the only year's in a one-year run), ``availability`` the latest year's too
+    (``availability_by_year`` has every year's)."""
     cfg: MapConfig
     source: EmbeddingSource
     year: int
@@ -53,13 +72,38 @@ class MapPlan:
     provenance_parts: dict[str, str]
     # estimated peak memory of the largest tile, and of square tiles half, a quarter, … as big
     tile_bytes_by_size: dict[int, int]
-    planned: list[TileTask]  # every tile of the AOI with data
+    planned: list[TileTask]  # every tile of the AOI with data, of every year
     tasks: list[TileTask]  # those not done with the current provenance
     ledger: dict[str, dict[str, Any]]
     # per planned tile, the digest of the input objects it reads now (absent: not known)
     input_digests: dict[str, str] = field(default_factory=dict)
     # what the source said it holds, per zone of the AOI (listings and chunk indexes)
     availability: dict[str, Availability] = field(default_factory=dict)
+    years: tuple[int, ...] = ()  # every year of the run, ascending (default: ``year`` alone)
+    lineages: dict[int, Lineage] = field(default_factory=dict)
+    availability_by_year: dict[int, dict[str, Availability]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.years:
+            self.years = (self.year,)
+        if self.year not in self.lineages:
+            self.lineages[self.year] = Lineage(self.provenance, self.provenance_hash,
+                                               self.provenance_parts)
+        self.availability_by_year.setdefault(self.year, self.availability)
+
+    def lineage(self, year: int) -> Lineage:
+        """The provenance of ``year``'s tiles; for a year outside the run, the one this run
+        would give it (its settings with that year: what ``lczscale status`` compares a tile
+        of another year with)."""
+        if year not in self.lineages:
+            provenance = self.provenance | {"year": year}
+            return Lineage(provenance, json_digest(provenance),
+                           {k: json_digest(v)[:16] for k, v in provenance.items()})
+        return self.lineages[year]
+
+    def availability_of(self, task: TileTask) -> Availability:
+        """Where the source has data in ``task``'s zone and year."""
+        return self.availability_by_year[task.year][task.zone]
 
     @property
     def tile_bytes(self) -> int:
@@ -70,7 +114,6 @@ class MapPlan:
     def skipped(self) -> int:
         """Planned tiles already done with this provenance."""
         return len(self.planned) - len(self.tasks)
-
 
 
 def _aoi(cfg: MapConfig) -> Aoi | None:
@@ -90,14 +133,18 @@ def _open_source(cfg: MapConfig, aoi: Aoi | None) -> EmbeddingSource:
     from lczscale.io.sources.aef_cogs import AefCogSource
     from lczscale.io.sources.stac_search import search_api, search_geoparquet
 
-    if cfg.year is None or aoi is None:
-        raise ConfigError("a STAC source needs --year and an AOI (--bbox or --geojson) to search")
-    if cfg.source.endswith(".parquet"):
-        assets = search_geoparquet(cfg.source, aoi.bbox, cfg.year)
-    else:
-        if not cfg.stac_collection:
-            raise ConfigError("a STAC API source needs --collection (the collection id)")
-        assets = search_api(cfg.source, cfg.stac_collection, aoi.bbox, cfg.year)
+    years = cfg.years or ((cfg.year,) if cfg.year is not None else ())
+    if not years or aoi is None:
+        raise ConfigError("a STAC source needs --year (or --years) and an AOI (--bbox or "
+                          "--geojson) to search")
+    if not cfg.source.endswith(".parquet") and not cfg.stac_collection:
+        raise ConfigError("a STAC API source needs --collection (the collection id)")
+    assets = []
+    for year in years:
+        if cfg.source.endswith(".parquet"):
+            assets += search_geoparquet(cfg.source, aoi.bbox, year)
+        else:
+            assets += search_api(cfg.source, str(cfg.stac_collection), aoi.bbox, year)
     return AefCogSource.from_assets(cfg.source, assets, cfg.source_options)
 
 
@@ -116,31 +163,16 @@ def prepare(cfg: MapConfig) -> MapPlan:
             f"grid.kind to {source.grid_kinds[0]!r} so they are never resampled"
         )
     zone_names = source.zone_names(cfg.grid.kind)
-    years = source.years
-    year = cfg.year if cfg.year is not None else max(years)
-    if year not in years:
-        raise NoDataError(f"{cfg.source} has no year {year}; years available: {years}")
+    run_years = cfg.map_years(source.years)
+    missing = [y for y in run_years if y not in source.years]
+    if missing:
+        raise NoDataError(f"{cfg.source} has no year {', '.join(map(str, missing))}; years "
+                          f"available: {source.years}")
     lattice = Lattice(cfg.stitch.patch_size, cfg.stitch.stride(receptive_field(meta.model)))
     device_type = planned_device_type(cfg)
-    provenance = {
-        "model_hash": model_hash,
-        "source": source.describe() | {"url": None},
-        "year": year,
-        "grid": cfg.grid.model_dump(mode="json"),
-        "lattice": {"patch": lattice.patch, "stride": lattice.stride, "window": "sin2"},
-        "threads": cfg.threads_per_worker if device_type == "cpu" else None,
-        "device_type": device_type,
-        "lczscale_version": code_version(),
-    }
-    numerics = inference_numerics(cfg, device_type)
-    if numerics:  # only when set: the reference settings keep existing cubes' hashes
-        provenance["inference"] = numerics
-    phash = json_digest(provenance)
-    parts = {k: json_digest(v)[:16] for k, v in provenance.items()}
+    lineages = {y: year_lineage(cfg, source, model_hash, lattice, device_type, y)
+                for y in run_years}
     entries = ledger.read_all(cfg.out) if exists(cfg.out) else {}
-    done = {k for k, e in entries.items()
-            if e.get("provenance_hash") == phash and ledger.state(e) == ledger.DONE
-            and (not cfg.outputs.probabilities or "probability" in e.get("outputs", ()))}
     within: dict[str, Window | None] = {}
     if aoi is not None:
         within = {z.name: z.bounding_window(part) for z, part in zones_for_aoi(aoi, cfg.grid)}
@@ -150,14 +182,18 @@ def prepare(cfg: MapConfig) -> MapPlan:
             f"{', '.join(sorted(within))} but {cfg.source} has embeddings only in zones "
             f"{', '.join(zone_names)}; choose a bbox inside them"
         )
-    availability = {
-        name: source.availability(zone_by_name(name, cfg.grid), year, within.get(name))
-        for name in zone_names
-        if aoi is None or within.get(name) is not None
-    }
-    planned = plan_tasks(aoi, cfg.grid, lattice, year, availability)
-    if not cfg.overwrite:
-        check_lineage(cfg.out, planned, entries, phash, parts)
+    availability: dict[int, dict[str, Availability]] = {}
+    planned: list[TileTask] = []
+    for year in run_years:  # a tile task per tile and year: one pass, one ledger
+        availability[year] = {
+            name: source.availability(zone_by_name(name, cfg.grid), year, within.get(name))
+            for name in zone_names
+            if aoi is None or within.get(name) is not None
+        }
+        of_year = plan_tasks(aoi, cfg.grid, lattice, year, availability[year])
+        if not cfg.overwrite:  # each year against its own provenance
+            check_lineage(cfg.out, of_year, entries, lineages[year].hash, lineages[year].parts)
+        planned += of_year
     shapes = {name: zone_by_name(name, cfg.grid).shape for name in {t.zone for t in planned}}
     block = (cfg.grid.tile_size, cfg.grid.tile_size)
     if is_cube(cfg.out) and not half_created(cfg.out):
@@ -175,11 +211,47 @@ def prepare(cfg: MapConfig) -> MapPlan:
 
     sizes = [cfg.grid.tile_size >> k for k in range(8) if cfg.grid.tile_size >> k >= 256]
     tile_bytes_by_size = {size: tile_bytes(size) for size in sizes or [cfg.grid.tile_size]}
-    digests = current_inputs(source, cfg, planned, year) if done else {}
+    done = {t.key for t in planned if _done(entries.get(t.key), lineages[t.year].hash, cfg)}
+    digests: dict[str, str] = {}
+    for year in run_years if done else ():
+        digests |= current_inputs(source, cfg, [t for t in planned if t.year == year], year)
     done = {k for k in done if k not in digests or entries[k].get("inputs") == digests[k]}
     todo = [t for t in planned if t.key not in done]
-    return MapPlan(cfg, source, year, lattice, provenance, phash, parts, tile_bytes_by_size,
-                   planned, todo, entries, digests, availability)
+    last = run_years[-1]
+    latest = lineages[last]
+    return MapPlan(cfg, source, last, lattice, latest.provenance, latest.hash, latest.parts,
+                   tile_bytes_by_size, planned, todo, entries, digests, availability[last],
+                   run_years, lineages, availability)
+
+
+def _done(entry: dict[str, Any] | None, phash: str, cfg: MapConfig) -> bool:
+    """Whether a tile's ledger entry is done with the provenance ``phash`` and every output
+    the run asks for."""
+    return (entry is not None and entry.get("provenance_hash") == phash
+            and ledger.state(entry) == ledger.DONE
+            and (not cfg.outputs.probabilities or "probability" in entry.get("outputs", ())))
+
+
+def year_lineage(cfg: MapConfig, source: EmbeddingSource, model_hash: str, lattice: Lattice,
+                 device_type: str, year: int) -> Lineage:
+    """The provenance of one year's tiles (model, input dataset and year, grid and lattice,
+    thread count and device type, code version, non-reference inference numerics), its hash
+    and each part's hash: the same for a year whether it is mapped alone or with others."""
+    provenance = {
+        "model_hash": model_hash,
+        "source": source.describe() | {"url": None},
+        "year": year,
+        "grid": cfg.grid.model_dump(mode="json"),
+        "lattice": {"patch": lattice.patch, "stride": lattice.stride, "window": "sin2"},
+        "threads": cfg.threads_per_worker if device_type == "cpu" else None,
+        "device_type": device_type,
+        "lczscale_version": code_version(),
+    }
+    numerics = inference_numerics(cfg, device_type)
+    if numerics:  # only when set: the reference settings keep existing cubes' hashes
+        provenance["inference"] = numerics
+    return Lineage(provenance, json_digest(provenance),
+                   {k: json_digest(v)[:16] for k, v in provenance.items()})
 
 
 def planned_device_type(cfg: MapConfig) -> str:

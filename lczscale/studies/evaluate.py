@@ -1,4 +1,7 @@
-"""Accuracy of a cube against a reference cube: per-class IoU, mIoU, OA, Cohen's kappa.
+"""Accuracy of a cube against a reference — a cube or any label file — in the LCZ community's
+measures (OA, OA_u, OA_bu, OA_w, per-class F1; ``lcz_metrics``) and the usual ones (per-class
+IoU, mIoU, Cohen's kappa), each with a bootstrap interval over the reference's polygons,
+patches or spatial blocks, because pixels of one training area are not independent.
 
 Pixels are compared where the reference has a class (1–17); a prediction of 0 (nodata) there
 counts as wrong. The optional baseline is a coarse label raster warped (nearest) onto the same
@@ -21,104 +24,19 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import zarr
-from pyproj import CRS
 
-from lczscale import classes
-from lczscale.core.grid import Aoi, Window, Zone, zones_for_aoi
 from lczscale.errors import CubeError
-from lczscale.io.cube.store import cube_attrs, cube_grid, cube_zones, open_root, read_window
+from lczscale.io.cube.store import cube_attrs, cube_zones, open_root, read_window
 from lczscale.io.labels.reader import read_labels
-from lczscale.io.shards import stored_chunks
 from lczscale.products.counts import BlockCounts, block_counts, complete, majority, merge
+from lczscale.studies.lcz_metrics import N, cluster_bootstrap, confusion, lcz_accuracies, scores
+from lczscale.studies.reference import Bbox, Reference, cell_factor, inside
 
-N = 18  # 0 = nodata + 17 classes
+__all__ = ["Bbox", "confusion", "evaluate", "scores"]
+
 CELL_M = 100.0  # agreement cell size (the coarse LCZ maps' resolution)
-M_PER_DEGREE = 111_320.0  # metres per degree of latitude, for zones in a geographic CRS
-BBOX_DENSIFY_DEG = 0.01  # vertex spacing of the bbox before projecting it (edges bend in UTM)
-
-Bbox = tuple[float, float, float, float]
-
-
-def confusion(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """(18, 18) counts, rows = truth, columns = prediction, over pixels with truth > 0."""
-    keep = truth > 0
-    idx = truth[keep].astype(np.int64) * N + pred[keep].astype(np.int64)
-    return np.bincount(idx, minlength=N * N).reshape(N, N)
-
-
-def scores(cm: np.ndarray) -> dict[str, Any]:
-    """IoU per class present in the reference, their mean, overall accuracy and kappa."""
-    cm = cm.astype(np.float64)
-    tp = np.diag(cm)
-    total = cm[1:].sum()
-    per_class = {}
-    for c in range(1, N):
-        if cm[c].sum() == 0:
-            continue
-        union = cm[c].sum() + cm[:, c].sum() - tp[c]
-        per_class[classes.LCZ_LABELS[c - 1]] = round(float(tp[c] / union), 4)
-    oa = float(tp[1:].sum() / total) if total else 0.0
-    rows = cm[1:].sum(1)  # reference pixels per class
-    cols = cm[1:, 1:].sum(0)  # predicted pixels per class (among reference pixels)
-    pe = float((rows * cols).sum() / total**2) if total else 0.0
-    kappa = (oa - pe) / (1 - pe) if pe < 1 else 0.0
-    return {
-        "miou": round(float(np.mean(list(per_class.values()))) if per_class else 0.0, 4),
-        "oa": round(oa, 4),
-        "kappa": round(kappa, 4),
-        "per_class_iou": per_class,
-        "pixels": int(total),
-    }
-
-
-def _stored_windows(url: str, zone_name: str, year_index: int) -> list[Window]:
-    """Windows of the chunks actually written in a cube's ``lcz`` array for one year."""
-    arr = open_root(url, "r", None)[zone_name]["lcz"]  # type: ignore[index]
-    assert isinstance(arr, zarr.Array)
-    bh, bw = (arr.shards or arr.chunks)[1:]
-    return [Window(r * bh, c * bw, bh, bw) for r, c in stored_chunks(arr, (year_index,))]
-
-
-def cell_factor(zone: Zone, cell_m: float = CELL_M) -> int:
-    """Zone pixels per side of a ``cell_m`` cell (10 for 10 m UTM zones and the ~10 m global
-    zone, whose degrees count as 111 320 m: the coarse maps' 100 m is nominal too)."""
-    crs = CRS.from_user_input(zone.crs)
-    size = abs(zone.affine.a)
-    if crs.is_geographic:
-        metres = size * M_PER_DEGREE
-    else:
-        metres = size * float(crs.axis_info[0].unit_conversion_factor)
-    return max(1, round(cell_m / metres))
-
-
-def _bbox_windows(truth_url: str, zones: list[Zone], bbox: Bbox) -> dict[str, list[Window]]:
-    """Per zone name, the zone windows under a lon/lat bbox (one per part of a bbox split at
-    the antimeridian); zones the bbox misses are absent."""
-    aoi = Aoi.from_bbox(bbox)
-    dense = Aoi(aoi.geometry.segmented(BBOX_DENSIFY_DEG))
-    by_name = {z.name: z for z in zones}
-    out: dict[str, list[Window]] = {}
-    for zone, part in zones_for_aoi(dense, cube_grid(truth_url)):
-        if zone.name not in by_name:
-            continue
-        gtype = part.geom.geom_type
-        pieces = list(part.geoms) if gtype.startswith("Multi") or gtype == "GeometryCollection" \
-            else [part]
-        wins = [w for g in pieces if (w := by_name[zone.name].bounding_window(g)) is not None]
-        if wins:
-            out[zone.name] = wins
-    return out
-
-
-def _inside(zone: Zone, window: Window, bbox: Bbox) -> np.ndarray:
-    """Pixels of a window whose centres lie in the lon/lat bbox (MINLON > MAXLON: across ±180°)."""
-    lon, lat = zone.lonlat(window)
-    minlon, minlat, maxlon, maxlat = bbox
-    in_lat = (lat >= minlat) & (lat <= maxlat)
-    if minlon <= maxlon:
-        return np.asarray(in_lat & (lon >= minlon) & (lon <= maxlon))
-    return np.asarray(in_lat & ((lon >= minlon) | (lon <= maxlon)))
+BOOTSTRAP = 200  # replicates of the cluster bootstrap (percentile intervals settle by ~200)
+BLOCK_M = 1000.0  # bootstrap block of a map reference: ~ the size of one LCZ patch
 
 
 def _cell_confusion(counts: np.ndarray) -> np.ndarray:
@@ -129,16 +47,11 @@ def _cell_confusion(counts: np.ndarray) -> np.ndarray:
     return confusion(pred[keep], ref[keep])
 
 
-def _windows(truth_url: str, zone: Zone, year_index: int,
-             limits: list[Window] | None) -> list[Window]:
-    out = []
-    for stored in _stored_windows(truth_url, zone.name, year_index):
-        stored = stored.intersection(zone.full_window) or stored
-        if limits is None:
-            out.append(stored)
-            continue
-        out.extend(w for lim in limits if (w := stored.intersection(lim)) is not None)
-    return sorted(set(out))
+def _unit_rows(keys: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(unit key, matrix cell, pixels) rows of one window's scored pixels."""
+    uk, inv = np.unique(keys, return_inverse=True)
+    comb, counts = np.unique(inv.astype(np.int64) * N * N + cells, return_counts=True)
+    return uk[comb // (N * N)], comb % (N * N), counts
 
 
 def evaluate(
@@ -148,60 +61,65 @@ def evaluate(
     baseline: str | None = None,
     bbox: Bbox | None = None,
     coarse_reference: str | None = None,
+    bootstrap: int = BOOTSTRAP,
+    block_m: float = BLOCK_M,
 ) -> dict[str, Any]:
-    """Scores of the cube (and of the baseline raster, if given) against the reference cube.
+    """Scores of the cube (and of the baseline raster, if given) against a reference.
 
+    ``truth_url``: an lczscale cube or any label file (``lczscale.studies.reference``).
     ``bbox`` (minlon, minlat, maxlon, maxlat, EPSG:4326) limits the pixels scored.
     ``coarse_reference`` (any label source; default: ``baseline``) is compared with the cube
-    at 100 m (``agreement_100m``; None without a coarse reference).
+    at 100 m (``agreement_100m``; None without a coarse reference). ``bootstrap`` replicates
+    (0: none) give the intervals in ``ci`` / ``f1_ci``, resampling the reference's polygons or
+    patches, or its blocks of ``block_m`` metres.
     """
     cube_attrs(cube_url)
-    cube_attrs(truth_url)
+    ref = Reference(truth_url, cube_url, year=year, block_m=block_m)
+    if ref.is_cube:
+        cube_attrs(truth_url)
     pred_zones = {z.name: z for z in cube_zones(cube_url)}
-    truth_zones = cube_zones(truth_url)
-    limits = None if bbox is None else _bbox_windows(truth_url, truth_zones, bbox)
     ref_path = coarse_reference if coarse_reference is not None else baseline
     cm = np.zeros((N, N), dtype=np.int64)
     cm_base = np.zeros((N, N), dtype=np.int64)
     cm_cells = np.zeros((N, N), dtype=np.int64)
+    rows: list[tuple[np.ndarray, ...]] = []
     used_year = None
-    for zone in truth_zones:
-        if limits is not None and zone.name not in limits:
-            continue
-        g = open_root(truth_url, "r", None)[zone.name]
-        years = [int(v) for v in g["time"][:]]  # type: ignore[index, union-attr, call-overload]
-        truth_year = years[-1] if year is None else year
-        if truth_year not in years:
-            raise CubeError(f"reference {truth_url} has no year {truth_year} (years: {years})")
+    planned = ref.zones(bbox)
+    for zone_index, (zone, windows, truth_year) in enumerate(planned):
         pg = open_root(cube_url, "r", None)[zone.name] if zone.name in pred_zones else None
         pred_years = [] if pg is None else [int(v) for v in pg["time"][:]]  # type: ignore
         pred_year = year if year is not None else (max(pred_years) if pred_years else None)
         used_year = pred_year
-        factor = cell_factor(zone)
+        factor = cell_factor(zone, CELL_M)
         carry: list[BlockCounts] = []
-        zone_limits = None if limits is None else limits[zone.name]
-        for window in _windows(truth_url, zone, years.index(truth_year), zone_limits):
-            truth = read_window(truth_url, zone, truth_year, window)
-            if bbox is not None:
-                truth[~_inside(zone, window, bbox)] = 0
+        for window in windows:
+            truth = ref.read(zone, window, truth_year)
             if not truth.any():
                 continue
+            if bbox is not None or not ref.is_cube:
+                truth[~inside(zone, window, bbox, own_band=not ref.is_cube)] = 0
+                if not truth.any():
+                    continue
             if pred_year is not None and pred_year in pred_years:
                 pred = read_window(cube_url, zone, pred_year, window)
             else:
                 pred = np.zeros_like(truth)
             cm += confusion(pred, truth)
+            if bootstrap:
+                scored = truth > 0
+                rows.append(_unit_rows(ref.units(zone, zone_index, window)[scored],
+                                       truth[scored].astype(np.int64) * N + pred[scored]))
             base = read_labels(baseline, zone, window) if baseline else None
             if base is not None:
                 cm_base += confusion(base, truth)
             if ref_path:
-                ref = base if ref_path == baseline and base is not None else read_labels(
+                coarse = base if ref_path == baseline and base is not None else read_labels(
                     ref_path, zone, window)
                 # cells hold the pixels scored above, so they do not see the cube's chunking
                 scored = truth > 0
-                pred, ref = np.where(scored, pred, 0), np.where(scored, ref, 0)
+                pred, coarse = np.where(scored, pred, 0), np.where(scored, coarse, 0)
                 origin = (window.row, window.col)
-                bp, br = block_counts(pred, origin, factor), block_counts(ref, origin, factor)
+                bp, br = block_counts(pred, origin, factor), block_counts(coarse, origin, factor)
                 both = np.hstack([bp.counts, br.counts])
                 done = complete(bp, factor)  # no other (disjoint) window holds these cells
                 cm_cells += _cell_confusion(both[done])
@@ -209,15 +127,23 @@ def evaluate(
         if carry:
             cm_cells += _cell_confusion(merge(carry).counts)
     if cm.sum() == 0:
+        where = f"zones {[z.name for z, _, _ in planned]}"
         if bbox is not None:
             raise CubeError(
                 f"bbox {tuple(bbox)} covers no labelled pixel of reference {truth_url} "
-                f"(zones {[z.name for z in truth_zones]}); give a bbox over its labelled area"
+                f"({where}); give a bbox over its labelled area"
             )
-        raise CubeError(f"reference {truth_url} has no labelled pixel to compare")
+        raise CubeError(f"reference {truth_url} has no labelled pixel on the cube's grid "
+                        f"({where}) to compare; is it the right file for this cube?")
     out: dict[str, Any] = {"cube": cube_url, "truth": truth_url, "year": used_year} | scores(cm)
+    out |= lcz_accuracies(cm)
     out["bbox"] = None if bbox is None else list(bbox)
     out["confusion"] = cm[1:, :].tolist()
+    if bootstrap:
+        units, cells, counts = (np.concatenate(parts) for parts in zip(*rows, strict=True))
+        dense = np.unique(units, return_inverse=True)[1].astype(np.int64)
+        boot = cluster_bootstrap(dense, cells, counts, replicates=bootstrap)
+        out |= boot | {"ci_units": ref.unit_kind}
     if baseline:
         base_scores = scores(cm_base)
         out["baseline"] = baseline

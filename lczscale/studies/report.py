@@ -1,5 +1,6 @@
 """An evaluation written for people: ``report.json`` (the result of ``evaluate`` as is),
-``report.md`` (model vs baseline, 100 m agreement, per-class IoU) and the confusion matrices
+``report.md`` (model vs baseline, the LCZ Generator's measures with their intervals, 100 m
+agreement, per-class F1 and IoU) and the confusion matrices
 as PNGs (``confusion.png``, and ``confusion_baseline.png`` when a baseline was scored)."""
 
 from __future__ import annotations
@@ -14,6 +15,26 @@ from lczscale.browse.plot import plot_confusion
 
 def _f(v: Any) -> str:
     return "—" if v is None else f"{v:.3f}"
+
+
+def _ci(bounds: Any) -> str:
+    return "—" if not bounds else f"{bounds[0]:.3f}–{bounds[1]:.3f}"
+
+
+def _lcz_measures(result: dict[str, Any]) -> list[str]:
+    """The LCZ Generator's four overall accuracies (and mIoU, kappa) with their intervals."""
+    ci = result.get("ci", {})
+    lines = ["", "## The LCZ Generator's measures", ""]
+    if ci:
+        lines += [f"{result['level']:.0%} intervals from {result['replicates']} bootstrap "
+                  f"replicates over {result['units']} {result['ci_units']} of the reference "
+                  "(its pixels are not independent samples).", ""]
+    lines += ["| measure | value | interval |", "|---|---:|---:|"]
+    for key, name in (("oa", "OA"), ("oa_u", "OA_u (urban 1–10)"),
+                      ("oa_bu", "OA_bu (built vs natural)"), ("oa_w", "OA_w (weighted)"),
+                      ("miou", "mIoU"), ("kappa", "kappa")):
+        lines.append(f"| {name} | {_f(result.get(key))} | {_ci(ci.get(key))} |")
+    return lines
 
 
 def report_markdown(result: dict[str, Any]) -> str:
@@ -33,6 +54,7 @@ def report_markdown(result: dict[str, Any]) -> str:
     if base:
         lines.append(f"| baseline | {_f(result['baseline_miou'])} | {_f(result['baseline_oa'])} "
                      f"| {_f(result['baseline_kappa'])} |")
+    lines += _lcz_measures(result)
     agree = result.get("agreement_100m")
     lines += ["", "## Agreement at 100 m", ""]
     if agree is None:
@@ -46,15 +68,17 @@ def report_markdown(result: dict[str, Any]) -> str:
             f"| {agree['cells']} | {_f(agree['oa'])} | {_f(agree['miou'])} "
             f"| {_f(agree['kappa'])} |",
         ]
-    lines += ["", "## IoU per class", "",
-              "| LCZ | class | model |" + (" baseline |" if base else ""),
-              "|---|---|---:|" + ("---:|" if base else "")]
+    lines += ["", "## Per class", "",
+              "| LCZ | class | F1 | F1 interval | IoU |" + (" baseline IoU |" if base else ""),
+              "|---|---|---:|---:|---:|" + ("---:|" if base else "")]
     model_iou = result["per_class_iou"]
     base_iou = result.get("baseline_per_class_iou", {})
+    f1, f1_ci = result.get("f1", {}), result.get("f1_ci", {})
     for label, name in zip(classes.LCZ_LABELS, classes.LCZ_CLASS_NAMES, strict=True):
         if label not in model_iou and label not in base_iou:
             continue
-        row = f"| {label} | {name} | {_f(model_iou.get(label))} |"
+        row = (f"| {label} | {name} | {_f(f1.get(label))} | {_ci(f1_ci.get(label))} "
+               f"| {_f(model_iou.get(label))} |")
         lines.append(row + (f" {_f(base_iou.get(label))} |" if base else ""))
     lines += ["", "## Confusion (rows: reference, columns: prediction; colour: row share)", "",
               "![model](confusion.png)"]

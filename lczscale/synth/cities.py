@@ -10,7 +10,9 @@ identical whatever other cities are generated with it.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,9 +31,19 @@ from lczscale.synth.layout import (
     year_drift,
 )
 
-__all__ = ["SITES", "City", "SynthCity", "city_window", "make_world", "quantise"]
+__all__ = ["CHANGES", "SITES", "City", "SynthCity", "build_cities", "change_masks",
+           "change_year_of", "city_window", "make_world", "quantise"]
 
 NODATA_STRIP_FRACTION = 0.03
+
+# The changing city (opt-in): (from, to, (row0, col0, row1, col1) as fractions of the city's
+# window). Farmland (D, 14) is built up as open low-rise (6), and scattered trees (B, 12) give
+# way to large low-rise (8). Both areas lie in the window's left half, away from the no-data
+# strip (right half) and clear of the centre; their water pixels never change.
+CHANGES: tuple[tuple[int, int, tuple[float, float, float, float]], ...] = (
+    (14, 6, (0.12, 0.10, 0.34, 0.32)),
+    (12, 8, (0.62, 0.12, 0.84, 0.34)),
+)
 
 # Purposes of the random streams (spawn keys); never reorder, or every world changes.
 _SPACE, _LAYOUT, _MATERIALS, _MIX, _STRIP, _YEAR, _PIXELS, _REFERENCE = range(8)
@@ -78,6 +90,30 @@ class SynthCity:
     nodata: npt.NDArray[np.bool_]  # (H, W) land without data yet: scale +inf in the store
     embeddings: dict[int, npt.NDArray[np.float32]] = field(default_factory=dict)
     seed: int = 0  # the world's seed: the coarse reference's errors are drawn from it
+    # A changing city: ``truth`` and the surface above are its state from ``change_year`` on;
+    # ``before`` holds (truth, material, mix_other, mix_share, objects) of the years before.
+    change_year: int | None = None
+    before: tuple[npt.NDArray[Any], ...] | None = None
+
+    def truth_in(self, year: int) -> npt.NDArray[np.uint8]:
+        """The LCZ truth of ``year`` (the same every year unless the city changes)."""
+        if self.before is None or self.change_year is None or year >= self.change_year:
+            return self.truth
+        return self.before[0]
+
+    def surface(self, year: int) -> tuple[npt.NDArray[Any], ...]:
+        """(material, mix_other, mix_share, objects) of ``year``."""
+        if self.before is None or self.change_year is None or year >= self.change_year:
+            return self.material, self.mix_other, self.mix_share, self.objects
+        return self.before[1:]
+
+    def in_year(self, year: int) -> SynthCity:
+        """This city as it is in ``year`` (its truth and surface then), for label writers."""
+        if self.before is None or self.change_year is None or year >= self.change_year:
+            return self
+        truth, material, other, share, objects = self.before
+        return replace(self, truth=truth, material=material, mix_other=other,
+                       mix_share=share, objects=objects, change_year=None, before=None)
 
     @property
     def bbox_lonlat(self) -> tuple[float, float, float, float]:
@@ -125,11 +161,32 @@ def city_window(city: City, n: int) -> tuple[Zone, Window]:
     return zone, Window(round(row - n / 2), round(col - n / 2), n, n)
 
 
-def _build_city(site: int, n: int, seed: int, strip: bool) -> SynthCity:
-    """Layout, materials and masks of one city (no embeddings yet)."""
+def change_masks(truth: npt.NDArray[np.uint8]) -> list[tuple[int, int, npt.NDArray[np.bool_]]]:
+    """(from, to, mask) of each change of ``CHANGES`` in a city of this layout (not water)."""
+    n = truth.shape[0]
+    out = []
+    for frm, to, (r0, c0, r1, c1) in CHANGES:
+        mask = np.zeros(truth.shape, dtype=bool)
+        mask[round(r0 * n):round(r1 * n), round(c0 * n):round(c1 * n)] = True
+        out.append((frm, to, mask & (truth != 17)))
+    return out
+
+
+def _build_city(site: int, n: int, seed: int, strip: bool,
+                change_year: int | None = None) -> SynthCity:
+    """Layout, materials and masks of one city (no embeddings yet); with ``change_year`` the
+    ``CHANGES`` happen in it that year (the surface elsewhere is the same in every year: a
+    pixel's material depends on its class and place only)."""
     city = SITES[site]
     zone, window = city_window(city, n)
     truth = lcz_layout(n, _rng(seed, site, _LAYOUT))
+    before: tuple[npt.NDArray[Any], ...] | None = None
+    if change_year is not None:
+        old = truth.copy()
+        for frm, to, mask in change_masks(truth):
+            old[mask], truth[mask] = frm, to
+        m_old, o_old = render_materials(old, _rng(seed, site, _MATERIALS))
+        before = (old, m_old, *edge_mix(m_old, _rng(seed, site, _MIX)), o_old)
     material, objects = render_materials(truth, _rng(seed, site, _MATERIALS))
     other, share = edge_mix(material, _rng(seed, site, _MIX))
     water = truth == 17
@@ -140,7 +197,7 @@ def _build_city(site: int, n: int, seed: int, strip: bool) -> SynthCity:
         nodata[:, c0 : c0 + width] = True
         nodata &= ~water
     return SynthCity(city, site, zone, window, truth, material, other, share, objects, water,
-                     nodata, seed=seed)
+                     nodata, seed=seed, change_year=change_year, before=before)
 
 
 def _render(c: SynthCity, seed: int, year: int, space: WorldSpace) -> npt.NDArray[np.float32]:
@@ -148,22 +205,45 @@ def _render(c: SynthCity, seed: int, year: int, space: WorldSpace) -> npt.NDArra
     yrng = _rng(seed, 1_000_000 + year, _YEAR)  # one drift per world and year, all cities
     drift = year_drift(yrng)
     phenology = yrng.uniform(0.0, 0.35, OBJECT_TABLE).astype(np.float32)
-    return render_embedding(space, c.material, c.mix_other, c.mix_share, c.objects, drift,
-                            phenology, _rng(seed, c.site, _PIXELS, year))
+    material, other, share, objects = c.surface(year)
+    return render_embedding(space, material, other, share, objects, drift, phenology,
+                            _rng(seed, c.site, _PIXELS, year))
+
+
+def change_year_of(years: Sequence[int]) -> int:
+    """The year the changing city changes in: the middle one of ``years`` (the later of
+    two); the years before it show the old state."""
+    ordered = sorted(int(y) for y in years)
+    if len(ordered) < 2:
+        raise ConfigError(f"a changing city needs at least two years to change between, got "
+                          f"{ordered}")
+    return ordered[len(ordered) // 2]
+
+
+def build_cities(cities: int, n: int, seed: int, years: Sequence[int],
+                 changing_city: bool = False) -> list[SynthCity]:
+    """The first ``cities`` SITES (no embeddings); the first carries the no-data strip, and
+    with ``changing_city`` the last one changes (``CHANGES``) in ``change_year_of(years)``."""
+    sites = _sites(cities, seed)
+    change = change_year_of(years) if changing_city else None
+    return [_build_city(i, n, seed, strip=(i == 0),
+                        change_year=change if i == len(sites) - 1 else None)
+            for i, _ in enumerate(sites)]
 
 
 def make_world(
-    cities: int = 2, size_km: float = 4.0, seed: int = 0, years: tuple[int, ...] = (2023, 2024)
+    cities: int = 2, size_km: float = 4.0, seed: int = 0, years: tuple[int, ...] = (2023, 2024),
+    changing_city: bool = False,
 ) -> list[SynthCity]:
     """The first ``cities`` SITES as in-memory SynthCities with float embeddings for ``years``.
 
-    The first city carries the no-data strip. Memory: 512 B per pixel and year (float32 x 128).
+    The first city carries the no-data strip; with ``changing_city`` the last city changes
+    (``CHANGES``) in the middle year. Memory: 512 B per pixel and year (float32 x 128).
     """
     n = _size_px(size_km)
     space = WorldSpace.make(_rng(seed, _SPACE))
     world = []
-    for i, _ in enumerate(_sites(cities, seed)):
-        c = _build_city(i, n, seed, strip=(i == 0))
+    for c in build_cities(cities, n, seed, years, changing_city):
         c.embeddings = {int(y): _render(c, seed, int(y), space) for y in years}
         world.append(c)
     return world

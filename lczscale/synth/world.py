@@ -11,6 +11,13 @@
 - ``truth.zarr`` — the 10 m truth as an lczscale cube, to score maps against;
 - ``world.json`` — what was written where.
 
+With ``changing_city`` the last city changes between the years (``synth.cities.CHANGES``:
+an area of farmland, LCZ D, becomes open low-rise, 6, and one of scattered trees, B, becomes
+large low-rise, 8, in the middle year); its embeddings show each year's surface, ``truth.zarr``
+then holds every year's truth (else only the latest year's), ``lcz_coarse_<year>/`` each
+year's 100 m labels, and ``world.json`` the change areas (``changes``). The other cities, and
+a world without the option, are byte for byte what they were.
+
 The content is built to be *honest* (see ``synth.layout``): classes are neighbourhood mixtures
 of materials, and compact/open classes share roof materials, so per-pixel shortcuts fail.
 The cities themselves are built in ``synth.cities`` and their coarse labels made in
@@ -47,11 +54,11 @@ from lczscale.synth.cities import (
     SITES,
     City,
     SynthCity,
-    _build_city,
     _render,
     _rng,
-    _sites,
     _size_px,
+    build_cities,
+    change_masks,
     city_window,
     make_world,
     quantise,
@@ -258,14 +265,15 @@ def _write_city_year(
 
 
 def _write_truth(out_dir: Path, world: Sequence[SynthCity], seed: int, size_km: float,
-                 year: int) -> Path:
-    """The 10 m truth as an lczscale cube (through the cube API), one write per city."""
+                 year: int, earlier: Sequence[int] = ()) -> Path:
+    """The 10 m truth as an lczscale cube (through the cube API), one write per city and year:
+    ``year``, and each of ``earlier`` before it (a changing world's, with its own truth)."""
     url = str(out_dir / "truth.zarr")
     zones = sorted({c.zone.name: c.zone for c in world}.items())
     create_cube(
         url,
         [z for _, z in zones],
-        [year],
+        [*earlier, year],
         GridConfig.model_validate({"tile_size": 512}),
         CubeConfig.model_validate({}),
         {
@@ -273,10 +281,40 @@ def _write_truth(out_dir: Path, world: Sequence[SynthCity], seed: int, size_km: 
             "lczscale:synth": {"seed": seed, "cities": len(world), "size_km": size_km},
         },
     )
-    for c in world:
-        confidence = np.where(c.truth > 0, 255, 0).astype(np.uint8)
-        write_tile(url, c.zone, year, c.window, c.truth, confidence)
+    for y in [*earlier, year]:
+        for c in world:
+            truth = c.truth_in(y)
+            confidence = np.where(truth > 0, 255, 0).astype(np.uint8)
+            write_tile(url, c.zone, y, c.window, truth, confidence)
     return out_dir / "truth.zarr"
+
+
+# --------------------------------------------------------------------------------------------
+# A changing city: each year's labels, and where the change is
+
+
+def _write_changes(out: Path, world: Sequence[SynthCity], changing: Sequence[SynthCity],
+                   years: Sequence[int]) -> dict[str, Any]:
+    """Each year's 100 m labels (``lcz_coarse_<year>/``, as ``lcz_coarse``: per city and a
+    mosaic) and the change areas for
+    ``world.json``: per changing city, its change year and each change's from/to classes and
+    zone-pixel window (the change mask is that window less its water)."""
+    labels = {}
+    for year in years:
+        coarse, _ = _write_coarse(out / f"lcz_coarse_{year}", [c.in_year(year) for c in world])
+        labels[str(year)] = str(coarse.resolve())
+    changes = []
+    for c in changing:
+        for frm, to, mask in change_masks(c.truth_in(years[0])):
+            rows, cols = np.nonzero(mask)
+            r0, c0 = int(rows.min()), int(cols.min())
+            changes.append({
+                "city": c.city.name, "zone": c.zone.name, "year": c.change_year,
+                "from": frm, "to": to, "pixels": int(mask.sum()),
+                "window": [c.window.row + r0, c.window.col + c0, int(rows.max()) - r0 + 1,
+                           int(cols.max()) - c0 + 1],
+            })
+    return {"labels_by_year": labels, "changes": changes}
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,6 +333,7 @@ def write_world(
     truth_cube: bool = True,
     overwrite: bool = False,
     layouts: Sequence[str] = ("tessera-zarr",),
+    changing_city: bool = False,
 ) -> dict[str, Any]:
     """Write embeddings, coarse labels, truth and ``world.json`` under ``out_dir``.
 
@@ -305,7 +344,8 @@ def write_world(
     also saved as ``world.json``.
 
     ``layouts`` chooses the embedding layouts written (same world, same pixels): see
-    ``LAYOUT_WRITERS``; ``tessera-zarr`` is ``embeddings.zarr``.
+    ``LAYOUT_WRITERS``; ``tessera-zarr`` is ``embeddings.zarr``. ``changing_city``: the last
+    city changes in the middle year (see the module's docstring).
     """
     unknown = [name for name in layouts if name not in LAYOUT_WRITERS]
     if unknown:
@@ -317,7 +357,8 @@ def write_world(
     if not years:
         raise ConfigError("years is empty: give at least one year, e.g. (2024,)")
     products = ["embeddings.zarr", "lcz_coarse", "lcz_coarse.tif", "lcz_coarse.vrt",
-                "truth.zarr", "world.json", *LAYOUT_PRODUCTS]
+                "truth.zarr", "world.json", *LAYOUT_PRODUCTS,
+                *(f"lcz_coarse_{y}" for y in years)]
     existing = [p for p in products if (out / p).exists()]
     if existing and not overwrite:
         raise ConfigError(
@@ -331,7 +372,7 @@ def write_world(
 
     n = _size_px(size_km)
     space = WorldSpace.make(_rng(seed, _SPACE))
-    world = [_build_city(i, n, seed, strip=(i == 0)) for i, _ in enumerate(_sites(cities, seed))]
+    world = build_cities(cities, n, seed, years, changing_city)
     grids = _zone_grids(world)
     written: dict[str, Any] = {}
     if "tessera-zarr" in layouts:
@@ -354,7 +395,9 @@ def write_world(
             written[name] = writer(out, world, years, render, seed)
 
     coarse, coarse_parts = _write_coarse(out, world)
-    truth = _write_truth(out, world, seed, size_km, years[-1]) if truth_cube else None
+    changing = [c for c in world if c.change_year is not None]
+    truth = (_write_truth(out, world, seed, size_km, years[-1],
+                          years[:-1] if changing else ()) if truth_cube else None)
 
     hist = np.bincount(np.concatenate([c.truth.ravel() for c in world]), minlength=18)
     summary: dict[str, Any] = {
@@ -393,5 +436,7 @@ def write_world(
         "class_histogram": {str(k): int(v) for k, v in enumerate(hist) if k and v},
         "materials": list(MATERIALS),
     }
+    if changing:
+        summary |= _write_changes(out, world, changing, years)
     (out / "world.json").write_text(json.dumps(summary, indent=2))
     return summary

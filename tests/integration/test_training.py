@@ -133,7 +133,7 @@ def test_cli_holdout_city(world: dict[str, Any], tmp_path: Path,
     assert not (tmp_path / "m2").exists()
 
 
-@pytest.mark.parametrize("kind", ["reference", "year"])
+@pytest.mark.parametrize("kind", ["transfer", "reference", "year"])
 def test_experiment_end_to_end(world: dict[str, Any], tmp_path: Path, kind: str,
                                capsys: pytest.CaptureFixture[str]) -> None:
     """Each run trains without the held-out city, maps it, and is scored on the same pixels as
@@ -147,7 +147,8 @@ def test_experiment_end_to_end(world: dict[str, Any], tmp_path: Path, kind: str,
     assert code == 0, out.err
     report = json.loads(out.out)
     (city,) = report["cities"]
-    runs = {"reference": ["coarse", "fine"], "year": ["trained 2023", "trained 2024"]}[kind]
+    runs = {"transfer": ["coarse"], "reference": ["coarse", "fine"],
+            "year": ["trained 2023", "trained 2024"]}[kind]
     assert city["city"] == "basel"
     assert list(city["evaluate"]) == runs
     land = city["land_pixels"]
@@ -165,7 +166,9 @@ def test_experiment_end_to_end(world: dict[str, Any], tmp_path: Path, kind: str,
                           .read_text())
         assert "basel" not in meta["train"]["cities"]
         assert meta["train"]["year"] == (2023 if label == "trained 2023" else 2024)
-        assert city["evaluate"][label]["bbox"] is not None
+        ev = city["evaluate"][label]
+        assert ev["bbox"] is not None
+        assert {"oa_u", "oa_bu", "oa_w", "f1", "ci"} <= set(ev)
     md = (tmp_path / "x" / "report.md").read_text()
     assert "held-out city: basel" in md
     assert "logistic" in md

@@ -252,8 +252,12 @@ def test_report_files(ew: EvalWorld, tmp_path: Path) -> None:
     assert f"| baseline | {result['baseline_miou']:.3f} |" in md
     agree = result["agreement_100m"]
     assert f"| {agree['cells']} | {agree['oa']:.3f} |" in md
-    iou_g = result["per_class_iou"]["G"]
-    assert f"| G | Water | {iou_g:.3f} | {result['baseline_per_class_iou']['G']:.3f} |" in md
+    iou_g, f1_g = result["per_class_iou"]["G"], result["f1"]["G"]
+    lo, hi = result["f1_ci"]["G"]
+    assert (f"| G | Water | {f1_g:.3f} | {lo:.3f}–{hi:.3f} | {iou_g:.3f} "
+            f"| {result['baseline_per_class_iou']['G']:.3f} |") in md
+    lo, hi = result["ci"]["oa_w"]
+    assert f"| OA_w (weighted) | {result['oa_w']:.3f} | {lo:.3f}–{hi:.3f} |" in md
     for name in ("confusion.png", "confusion_baseline.png"):
         img = _png(files[name])
         assert min(img.shape[:2]) > 300
@@ -287,3 +291,116 @@ def test_cli_eval_text_and_bad_bbox(ew: EvalWorld, capsys: pytest.CaptureFixture
     assert "baseline" in out
     assert main(["eval", ew.pred, "--truth", ew.truth, "--bbox", "0,0,1,1"]) == 2
     assert "covers no labelled pixel" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Any label file as the reference: training-area polygons and a raster
+
+
+def _inside_polygons(c: SynthCity, areas: list) -> np.ndarray:
+    """Pixels of the city window whose centres lie in a training area (shapely, not rasterio)."""
+    import shapely
+
+    aff = c.zone.window_geobox(c.window).affine
+    rows, cols = np.mgrid[0:c.window.height, 0:c.window.width]
+    x, y = aff.c + aff.a * (cols + 0.5), aff.f + aff.e * (rows + 0.5)
+    hit = np.zeros(x.shape, dtype=bool)
+    for poly, _ in areas:
+        hit |= shapely.contains_xy(poly, x, y)
+    return hit
+
+
+@pytest.fixture(scope="module")
+def polygons(ew: EvalWorld, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, int]:
+    """Both cities' LCZ Generator-style training areas in one GeoClimate GeoJSON (EPSG:326NN,
+    codes 101–107 for A–G), and how many polygons it holds."""
+    from lczscale.synth.labels import write_training_areas
+
+    d = tmp_path_factory.mktemp("areas")
+    features: list = []
+    crs = None
+    for c in ew.cities:
+        doc = json.loads(Path(write_training_areas(d, c, seed=0)["geojson"]).read_text())
+        features += doc["features"]
+        crs = crs or doc["crs"]
+        assert doc["crs"] == crs  # both cities in one UTM zone
+    out = d / "areas.geojson"
+    out.write_text(json.dumps({"type": "FeatureCollection", "crs": crs, "features": features}))
+    return str(out), len(features)
+
+
+def test_eval_against_training_polygons(ew: EvalWorld, polygons: tuple[str, int]) -> None:
+    """The polygons are homogeneous areas of the truth: the reference pixels are the truth
+    where a pixel centre lies in a polygon, and the bootstrap resamples the polygons."""
+    from lczscale.synth.labels import training_areas
+
+    path, n_polygons = polygons
+    cm = np.zeros((18, 18), dtype=np.int64)
+    for c in ew.cities:
+        mask = _inside_polygons(c, training_areas(c, seed=0))
+        assert 0 < mask.sum() < mask.size
+        cm += confusion(ew.preds[c.city.name][mask], c.truth[mask])
+    got = evaluate(ew.pred, path, bootstrap=100)
+    _same_scores(got, cm)
+    assert got["ci_units"] == "polygons"
+    assert got["units"] == n_polygons
+    assert got["replicates"] == 100
+    for key in ("oa", "oa_u", "oa_bu", "oa_w", "miou", "kappa"):
+        lo, hi = got["ci"][key]
+        assert lo <= got[key] <= hi, key
+        assert hi - lo > 0.001, key  # 30 % of the pixels are random: polygons differ
+    assert set(got["f1"]) == set(got["f1_ci"]) == set(got["per_class_iou"])
+
+
+def test_eval_against_a_raster_on_the_zone_grid(ew: EvalWorld, tmp_path: Path) -> None:
+    """A GeoTIFF of one city's truth on its zone's 10 m lattice (nearest = identity): scored
+    only where it has labels, the bootstrap over its 1 km blocks on the zone lattice."""
+    import rasterio
+
+    c = ew.cities[0]
+    tif = tmp_path / "truth.tif"
+    aff = c.zone.window_geobox(c.window).affine
+    with rasterio.open(tif, "w", driver="GTiff", width=c.window.width, height=c.window.height,
+                       count=1, dtype="uint8", crs=c.zone.crs, transform=aff) as f:
+        f.write(c.truth, 1)
+    got = evaluate(ew.pred, str(tif), bootstrap=50)
+    _same_scores(got, confusion(ew.preds[c.city.name], c.truth))
+    assert got["ci_units"] == "blocks of 1000 m"
+    w = c.window
+    labelled = np.argwhere(c.truth > 0) + (w.row, w.col)
+    assert got["units"] == len({(r // 100, q // 100) for r, q in labelled})
+    half = evaluate(ew.pred, str(tif), bootstrap=50, block_m=500.0)
+    assert half["units"] == len({(r // 50, q // 50) for r, q in labelled}) > got["units"]
+
+
+def test_cli_eval_any_reference_json_keys(
+    ew: EvalWorld, polygons: tuple[str, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["eval", ew.pred, "--truth", polygons[0], "--bootstrap", "20", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"oa", "oa_u", "oa_bu", "oa_w", "miou", "kappa", "f1", "ci", "per_class_iou",
+            "confusion"} <= set(result)
+    assert set(result["ci"]) == {"oa", "oa_u", "oa_bu", "oa_w", "miou", "kappa"}
+    assert main(["eval", ew.pred, "--truth", polygons[0], "--bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "OA_w" in out
+    assert "bootstrap replicates over" in out
+    assert "polygons" in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--bootstrap", "-3"], "whole number"),
+    (["--block-m", "0"], "metres > 0"),
+    (["--truth", "nowhere.geojson"], "does not exist"),
+])
+def test_cli_eval_bad_options_exit_2(
+    ew: EvalWorld, polygons: tuple[str, int], capsys: pytest.CaptureFixture[str],
+    args: list[str], message: str,
+) -> None:
+    argv = ["eval", ew.pred, "--truth", polygons[0], *args]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own usage error
+        code = int(exc.code or 0)
+    assert code == 2
+    assert message in capsys.readouterr().err

@@ -32,6 +32,7 @@ from lczscale.core.grid import Window, Zone
 from lczscale.errors import ConfigError
 
 U8 = npt.NDArray[np.uint8]
+I32 = npt.NDArray[np.int32]
 ResamplingName = Literal["auto", "nearest", "mode"]
 MODE_RATIO = 4.0  # source pixels per output pixel above which "auto" switches to mode
 
@@ -48,6 +49,13 @@ class LabelSource(ABC):
     @abstractmethod
     def read(self, zone: Zone, window: Window) -> U8:
         """uint8 (window.height, window.width) LCZ codes 1–17 on the zone window, 0 = nodata."""
+
+    def units(self, zone: Zone, window: Window) -> I32 | None:
+        """Per pixel, the sampling unit its label comes from (1, 2, … the same number in every
+        window; 0 = none), for sources made of independent units: training polygons, patches.
+        None for maps (rasters, cubes), whose pixels have no such unit: an evaluation then
+        resamples square blocks. Pixels of one unit are not independent samples."""
+        return None
 
     def details(self) -> dict[str, Any]:
         """Kind-specific facts for ``describe``."""
@@ -91,6 +99,21 @@ def burn(shapes: Iterable[tuple[shapely.Geometry, int]], zone: Zone, window: Win
         out[mask & (out == 0)] = code
     out[conflict] = 0
     return out
+
+
+def burn_units(shapes: Iterable[tuple[shapely.Geometry, int]], zone: Zone,
+                window: Window) -> I32:
+    """Rasterise (geometry in the zone CRS, unit number ≥ 1) pairs onto a window with the same
+    pixel-centre rule as ``burn``; where units overlap the later one wins (such pixels get no
+    class from ``burn`` when the classes differ, so they are not scored anyway)."""
+    shape = (window.height, window.width)
+    pairs = [(g, int(u)) for g, u in shapes]
+    if not pairs or window.size == 0:
+        return np.zeros(shape, dtype=np.int32)
+    return np.asarray(rasterize(
+        pairs, out_shape=shape, transform=zone.window_geobox(window).affine, fill=0,
+        all_touched=False, dtype="int32",
+    ), dtype=np.int32)
 
 
 def check_options(kind: str, options: dict[str, Any], allowed: set[str]) -> None:

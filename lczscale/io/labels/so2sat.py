@@ -27,7 +27,7 @@ from rasterio.warp import transform_bounds
 from lczscale.core.grid import Window, Zone
 from lczscale.errors import SourceError
 from lczscale.io.labels.encoding import SO2SAT, SO2SAT_SOFT
-from lczscale.io.labels.protocol import U8, LabelSource, burn
+from lczscale.io.labels.protocol import I32, U8, LabelSource, burn, burn_units
 from lczscale.io.stores import filesystem
 
 PIXEL = 10.0  # metres
@@ -185,8 +185,18 @@ class So2SatLabels(LabelSource):
 
     @override
     def read(self, zone: Zone, window: Window) -> U8:
+        return burn(((p, c) for p, c, _ in self._patches_over(zone, window)), zone, window)
+
+    @override
+    def units(self, zone: Zone, window: Window) -> I32:
+        """The patch (its 1-based position in the file) of each pixel."""
+        return burn_units(((p, i + 1) for p, _, i in self._patches_over(zone, window)), zone,
+                          window)
+
+    def _patches_over(self, zone: Zone, window: Window) -> list[tuple[shapely.Geometry, int, int]]:
+        """(footprint in the zone CRS, class, patch index) of the patches over a window."""
         gbox = zone.window_geobox(window)
-        shapes: list[tuple[shapely.Geometry, int]] = []
+        shapes: list[tuple[shapely.Geometry, int, int]] = []
         for crs, (idx, x0, y0, x1, y1) in self._groups.items():
             left, bottom, right, top = transform_bounds(zone.crs, crs, *gbox.extent.boundingbox)
             if not np.isfinite([left, bottom, right, top]).all():
@@ -200,8 +210,9 @@ class So2SatLabels(LabelSource):
                 xs, ys = _transformer(crs, zone.crs).transform(xs, ys)
             rings = np.stack([np.asarray(xs), np.asarray(ys)], axis=-1)
             polys = shapely.polygons(rings)
-            shapes.extend(zip(polys, self.classes_of[idx[hit]].tolist(), strict=True))
-        return burn(shapes, zone, window)
+            shapes.extend(zip(polys, self.classes_of[idx[hit]].tolist(), idx[hit].tolist(),
+                              strict=True))
+        return shapes
 
     @override
     def details(self) -> dict[str, Any]:

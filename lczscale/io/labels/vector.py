@@ -35,7 +35,7 @@ from shapely.geometry import shape as to_shape
 from lczscale.core.grid import Window, Zone
 from lczscale.errors import SourceError
 from lczscale.io.labels.encoding import class_value, vector_encoding
-from lczscale.io.labels.protocol import U8, LabelSource, burn
+from lczscale.io.labels.protocol import I32, U8, LabelSource, burn, burn_units
 from lczscale.io.stores import filesystem
 
 # Normalised (lower case, letters only) property names taken as the class, in this order.
@@ -262,12 +262,21 @@ class VectorLabels(LabelSource):
             self._indexes[crs] = (shapely.STRtree(geoms), geoms)
         return self._indexes[crs]
 
+    def _hits(self, zone: Zone, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        tree, geoms = self._index(zone.crs)
+        hits = np.sort(tree.query(shapely.box(*zone.window_geobox(window).extent.boundingbox)))
+        return hits, geoms[hits]
+
     @override
     def read(self, zone: Zone, window: Window) -> U8:
-        tree, geoms = self._index(zone.crs)
-        box = shapely.box(*zone.window_geobox(window).extent.boundingbox)
-        hits = tree.query(box)
-        return burn(zip(geoms[hits], self.codes[hits].tolist(), strict=True), zone, window)
+        hits, geoms = self._hits(zone, window)
+        return burn(zip(geoms, self.codes[hits].tolist(), strict=True), zone, window)
+
+    @override
+    def units(self, zone: Zone, window: Window) -> I32:
+        """The polygon (its 1-based position in the file) of each pixel."""
+        hits, geoms = self._hits(zone, window)
+        return burn_units(zip(geoms, (hits + 1).tolist(), strict=True), zone, window)
 
     @override
     def details(self) -> dict[str, Any]:
