@@ -69,7 +69,10 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="write a synthetic world in the real on-disk formats")
     s.add_argument("dir")
-    s.add_argument("--cities", type=int, default=2)
+    s.add_argument("--cities", type=int, default=2, help="the first N built-in sites")
+    s.add_argument("--sites", nargs="+", metavar="NAME", help="the built-in sites by name "
+                   "instead (zurich basel nairobi london paris bogota sydney): e.g. sydney, "
+                   "under the real Sydney references")
     s.add_argument("--size-km", type=float, default=4.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--years", type=int, nargs="+", default=[2023, 2024])
@@ -138,9 +141,11 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--sharding", action="store_true")
     m.add_argument("--probabilities", action="store_true",
                    help="also write per-class probabilities (uint8, class x y x x)")
-    m.add_argument("--fractions", action="store_true",
+    m.add_argument("--fractions", nargs="?", const="hard", choices=["hard", "soft"],
                    help="also make 100 m LCZ fractions, majority and filtered LCZ, and the "
-                   "per-tile seam-quality layer (an aggregation pass after the tiles)")
+                   "per-tile seam-quality layer (an aggregation pass after the tiles); "
+                   "'soft': fractions are the cells' mean blended probabilities (mixed "
+                   "scenes; writes --probabilities too), not shares of the hard classes")
     m.add_argument("--executor", choices=["serial", "dask"])
     m.add_argument("--workers", type=int)
     m.add_argument("--scheduler", help="address of a running Dask scheduler")
@@ -175,6 +180,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--report", metavar="DIR",
                    help="write report.json, report.md and confusion PNGs to DIR")
     e.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    e.add_argument("--at", choices=["10m", "100m"], default="10m", help="10m (default): on "
+                   "the cube's pixels; 100m: the cube's majority on the global LCZ map's lattice "
+                   "against a --truth raster on that lattice, pixel for pixel")
     e.set_defaults(func=cmd_eval)
 
     st = sub.add_parser("status", help="done / stale / remaining tiles of a cube")
@@ -224,6 +232,13 @@ def parser() -> argparse.ArgumentParser:
                     "(default: 10 m, or its equivalent in degrees)")
     ex.add_argument("--resampling", choices=["nearest", "mode"], default="nearest",
                     help="with --crs: nearest (keeps 10 m detail) or mode (coarser targets)")
+    ex.add_argument("--product", choices=["lcz", "confidence", "probability",
+                                          "lcz_fraction_100m", "lcz_100m"], default="lcz",
+                    help="what to write: lcz (default), confidence, probability (17 bands; "
+                    "needs map --probabilities), lcz_fraction_100m (17 bands, 1/255) or lcz_100m")
+    ex.add_argument("--grid", choices=["global-lcz-map"], help="with lcz_100m or "
+                    "lcz_fraction_100m: made from the 10 m map on the global 100 m LCZ map's "
+                    "pixel lattice (EPSG:4326, 0.000898315°), the bbox snapped outward to it")
     ex.add_argument("--blocksize", type=int, default=512, help="GeoTIFF tile side")
     ex.add_argument("--overwrite", action="store_true")
     ex.set_defaults(func=cmd_export)

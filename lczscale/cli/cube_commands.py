@@ -39,12 +39,14 @@ def cmd_plot(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    """``lczscale export``: a bbox of the cube as a COG, GeoTIFF or CF NetCDF file."""
+    """``lczscale export``: a bbox of the cube as a COG, GeoTIFF or CF NetCDF file; one
+    ``--product``, on the cube's grid, warped (``--crs``) or on the global LCZ map's lattice
+    (``--grid global-lcz-map``)."""
     from lczscale.browse.export import export
 
-    path = export(a.cube, a.bbox, a.out, a.format, zone=a.zone, year=a.year, crs=a.crs,
-                  resolution=a.resolution, resampling=a.resampling, blocksize=a.blocksize,
-                  overwrite=a.overwrite)
+    path = export(a.cube, a.bbox, a.out, a.format, product=a.product, grid=a.grid,
+                  zone=a.zone, year=a.year, crs=a.crs, resolution=a.resolution,
+                  resampling=a.resampling, blocksize=a.blocksize, overwrite=a.overwrite)
     print(path)
     return 0
 

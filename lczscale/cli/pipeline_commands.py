@@ -21,7 +21,8 @@ def cmd_synth(a: argparse.Namespace) -> int:
     summary = write_world(a.dir, cities=a.cities, size_km=a.size_km, seed=a.seed,
                           years=tuple(a.years), layouts=tuple(a.layout),
                           overwrite=a.overwrite,
-                          changing_city=getattr(a, "changing_city", False))
+                          changing_city=getattr(a, "changing_city", False),
+                          sites=getattr(a, "sites", None))
     print_json(summary)
     return 0
 
@@ -105,6 +106,8 @@ def map_config(a: argparse.Namespace) -> Any:
     for flag in ("probabilities", "fractions"):  # on only: a cube's outputs stay on anyway
         if getattr(a, flag, False):
             base["outputs"] = dict(base.get("outputs") or {}) | {flag: True}
+    if getattr(a, "fractions", None) == "soft":
+        base["outputs"] = dict(base["outputs"]) | {"fractions_from": "probabilities"}
     missing = [k for k in ("source", "model", "out") if not base.get(k)]
     if missing:
         raise LczscaleError(f"map needs --{' --'.join(missing)} (or a --config that sets them)")

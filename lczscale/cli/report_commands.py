@@ -11,9 +11,12 @@ from lczscale.errors import LczscaleError
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    """``lczscale eval``: score a cube against a reference cube (and write a report)."""
+    """``lczscale eval``: score a cube against a reference cube (and write a report); with
+    ``--at 100m``, against a raster on the global LCZ map's lattice, pixel for pixel."""
     from lczscale.studies.evaluate import evaluate
 
+    if getattr(a, "at", "10m") == "100m":
+        return _eval_100m(a)
     if a.report:
         from lczscale.io.out_path import check_writable_out
 
@@ -56,6 +59,32 @@ def cmd_eval(a: argparse.Namespace) -> int:
         else:
             print(f"agreement at 100 m with {agree['reference']}: no cell where both have a "
                   "class")
+    for label, iou in result["per_class_iou"].items():
+        print(f"  LCZ {label:>2}: IoU {iou:.3f}  F1 {result['f1'][label]:.3f}")
+    return 0
+
+
+def _eval_100m(a: argparse.Namespace) -> int:
+    """``eval --at 100m``: the cube's majority on the global LCZ map's cells vs ``--truth``."""
+    from lczscale.io.out_path import check_input
+    from lczscale.studies.global_grid_eval import evaluate_100m
+
+    for flag, value in (("--baseline", a.baseline), ("--report", a.report)):
+        if value:
+            raise LczscaleError(f"eval --at 100m compares the cube with --truth alone; {flag} "
+                                "belongs to the 10 m evaluation (drop it or --at 100m)")
+    check_input(a.truth, "--truth", "file", "give a raster on the global LCZ map's lattice "
+                "(EPSG:4326, 0.000898315°), e.g. the global map or an LCZ Generator GeoTIFF")
+    result = evaluate_100m(a.cube, a.truth, year=a.year, bbox=a.bbox, bootstrap=a.bootstrap,
+                           block_m=a.block_m)
+    if a.json:
+        print(json.dumps(result))
+        return 0
+    print(f"at 100 m on the global LCZ map's lattice: mIoU {result['miou']:.3f}  OA "
+          f"{result['oa']:.3f}  kappa {result['kappa']:.3f}  ({result['cells']} cells)")
+    for key, name in (("oa_u", "OA_u"), ("oa_bu", "OA_bu"), ("oa_w", "OA_w")):
+        value = result.get(key)
+        print(f"  {name:<6}{'—' if value is None else f'{value:.3f}'}")
     for label, iou in result["per_class_iou"].items():
         print(f"  LCZ {label:>2}: IoU {iou:.3f}  F1 {result['f1'][label]:.3f}")
     return 0

@@ -149,14 +149,33 @@ class OutputsConfig(StrictSettings):
     block_cells: int = Field(
         512, ge=16, le=8192, description="100 m cells per side of one aggregation block/chunk"
     )
+    fractions_from: Literal["classes", "probabilities"] = Field(
+        "classes", description="what the 100 m fractions count: the hard 10 m classes, or the "
+        "blended per-class probabilities (mixed cells, as MSU-Net; needs probabilities)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _soft_needs_probabilities(cls, data: Any) -> Any:
+        """Soft fractions are made from the ``probability`` array, so they switch it on."""
+        if isinstance(data, dict) and data.get("fractions_from") == "probabilities":
+            return data | {"probabilities": True}
+        return data
 
     def union(self, asked: OutputsConfig) -> OutputsConfig:
         """The outputs of a cube holding ``self`` after a run that asks for ``asked``; the
-        block size of 100 m arrays that already exist cannot change (it is their chunking)."""
+        block size of 100 m arrays that already exist cannot change (it is their chunking),
+        nor can what their fractions count (a cube would mix two kinds of fractions)."""
+        if self.fractions and asked.fractions and self.fractions_from != asked.fractions_from:
+            raise ConfigError(
+                f"the cube's 100 m fractions count {self.fractions_from}, this run asks for "
+                f"{asked.fractions_from}; map into a new cube (or --overwrite) to change them"
+            )
         return OutputsConfig(
             probabilities=self.probabilities or asked.probabilities,
             fractions=self.fractions or asked.fractions,
             block_cells=self.block_cells if self.fractions else asked.block_cells,
+            fractions_from=self.fractions_from if self.fractions else asked.fractions_from,
         )
 
 

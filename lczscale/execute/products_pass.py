@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lczscale.config import FaultConfig, GridConfig, OutputsConfig
-from lczscale.core.grid import Window, zone_by_name
+from lczscale.core.grid import Window, Zone, zone_by_name
 from lczscale.core.tiling import TileTask
 from lczscale.execute.executor import Executor, Pass, SerialExecutor
 from lczscale.execute.faults import describe, with_retries
@@ -48,7 +48,7 @@ from lczscale.io.cube.outputs import (
     write_cells,
 )
 from lczscale.io.cube.sink import ZarrCubeSink
-from lczscale.io.cube.store import read_window, zone_year
+from lczscale.io.cube.store import read_probability, read_window, zone_year
 from lczscale.planning.blocks import (
     HALO_CELLS,
     LEDGER_PREFIX,
@@ -58,9 +58,17 @@ from lczscale.planning.blocks import (
     plan_blocks,
 )
 from lczscale.planning.map_plan import MapPlan
-from lczscale.products.cells import SeamCounts, cell_products, seam_counts, seam_rates
+from lczscale.products.cells import (
+    N_CLASSES,
+    SeamCounts,
+    cell_products,
+    probability_sums,
+    seam_counts,
+    seam_rates,
+)
 
 log = logging.getLogger(__name__)
+SOFT_BAND_CELLS = 64  # cell rows of probabilities read at once: 17 × 640 × 5120 B = 56 MB
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,9 @@ def run_block(task: BlockTask, ctx: ProductsContext) -> BlockResult:
         read = task.read
         lcz = with_retries(
             lambda: read_window(ctx.cube_url, zone, task.year, read), ctx.faults)
-        made = cell_products(lcz, (read.row, read.col), FACTOR, HALO_CELLS, SIGMA_CELLS)
+        soft = _soft_counts(ctx, zone, task) if ctx.outputs.fractions_from == \
+            "probabilities" else None
+        made = cell_products(lcz, (read.row, read.col), FACTOR, HALO_CELLS, SIGMA_CELLS, soft)
         own = task.own(zone)
         counts = seam_counts(lcz, ctx.grid.tile_size, (read.row, read.col),
                              (own.row, own.col, own.height, own.width))
@@ -123,6 +133,25 @@ def run_block(task: BlockTask, ctx: ProductsContext) -> BlockResult:
                            seconds=time.perf_counter() - t0)
     except Exception as exc:  # the block's own failure: record it, carry on with others
         return record_block_failure(ctx, task, exc)
+
+
+def _soft_counts(ctx: ProductsContext, zone: Zone, task: BlockTask) -> np.ndarray:
+    """``probability_sums`` of a block's own cells, read in bands of ``SOFT_BAND_CELLS`` cell
+    rows so that the (17, rows, cols) probabilities of a 512-cell block never sit in memory
+    whole (they are 17 bytes a pixel)."""
+    cells = task.cells
+    out = np.zeros((cells.height, cells.width, N_CLASSES + 1), dtype=np.int64)
+    for top in range(0, cells.height, SOFT_BAND_CELLS):
+        rows = min(SOFT_BAND_CELLS, cells.height - top)
+        win = Window((cells.row + top) * FACTOR, cells.col * FACTOR, rows * FACTOR,
+                     cells.width * FACTOR)
+        def read(win: Window = win) -> tuple[np.ndarray, np.ndarray]:
+            return (read_window(ctx.cube_url, zone, task.year, win),
+                    read_probability(ctx.cube_url, zone, task.year, win))
+
+        codes, prob = with_retries(read, ctx.faults)
+        out[top:top + rows] = probability_sums(prob, codes, (win.row, win.col), FACTOR)
+    return out
 
 
 def record_block_failure(ctx: ProductsContext, task: BlockTask, exc: BaseException) -> BlockResult:

@@ -61,9 +61,13 @@ class BlockTask:
 
 def params(grid: GridConfig, outputs: OutputsConfig) -> dict[str, Any]:
     """Everything besides the 10 m map that decides a block's bytes."""
-    return {"factor": FACTOR, "halo": HALO_CELLS, "sigma": SIGMA_CELLS,
+    made = {"factor": FACTOR, "halo": HALO_CELLS, "sigma": SIGMA_CELLS,
             "block_cells": outputs.block_cells, "tile_size": grid.tile_size,
             "version": PASS_VERSION}
+    # only when not the default, so the blocks of cubes made before the choice stay done
+    soft = {"fractions_from": outputs.fractions_from} if outputs.fractions_from != "classes" \
+        else {}
+    return made | soft
 
 
 block_hash = json_digest  # a block's stamps (or the seam layer's), as stored in the ledger

@@ -62,6 +62,34 @@ def cell_counts(codes: npt.ArrayLike, origin: tuple[int, int], factor: int = 10)
     return out
 
 
+def probability_sums(probability: npt.ArrayLike, codes: npt.ArrayLike, origin: tuple[int, int],
+                     factor: int = 10) -> I8:
+    """(h_cells, w_cells, 18) sums of the blended probabilities (uint8 p × 255, ``(17, h, w)``)
+    of classes 1..17 over each cell's classified pixels (``codes`` > 0; column 0 stays 0).
+
+    These are *soft counts*: ``fractions_255`` of them is each cell's mean class probability,
+    so a cell of mixed scenes keeps the share the model gave each class (as the MSU-Net study's
+    fractions do) instead of every pixel voting for its one class. They are exact integers,
+    so the result does not depend on the order of the sums.
+    """
+    p = np.asarray(probability)
+    valid = np.asarray(codes) > 0
+    r0, c0 = origin
+    if r0 % factor or c0 % factor or valid.shape[0] % factor or valid.shape[1] % factor:
+        raise ValueError(
+            f"window at {origin} of shape {valid.shape} is not aligned to {factor} px cells"
+        )
+    if p.shape != (N_CLASSES, *valid.shape):
+        raise ValueError(f"probability of shape {p.shape} does not match codes {valid.shape}")
+    hc, wc = valid.shape[0] // factor, valid.shape[1] // factor
+    out = np.zeros((hc, wc, N_CODES), dtype=np.int64)
+    cells = (hc, factor, wc, factor)
+    mask = valid.reshape(cells)
+    for k in range(N_CLASSES):
+        out[..., k + 1] = np.sum(p[k].reshape(cells), axis=(1, 3), dtype=np.int64, where=mask)
+    return out
+
+
 def fractions_255(counts: npt.ArrayLike) -> U8:
     """(..., 17) shares of codes 1..17 among the valid (non-zero) pixels of each cell, in units
     of 1/255, rounded by largest remainder so that every cell with a valid pixel sums to
@@ -90,13 +118,16 @@ def cell_products(
     factor: int = 10,
     halo: int = 2,
     sigma: float = 1.0,
+    soft: npt.ArrayLike | None = None,
 ) -> CellProducts:
     """Fractions, majority and filtered majority of the cells of a window, its outer ``halo``
     cells used only as the filter's neighbours (σ = ``sigma`` cells, window 2·halo+1).
 
     ``codes`` is the 10 m map over the cells *with* the halo, ``origin`` the zone (row, col) of
     its first pixel; both must be aligned to the cell lattice. Pixels outside the zone should
-    be 0, which is what cells beyond the zone's edge are in the whole map too.
+    be 0, which is what cells beyond the zone's edge are in the whole map too. ``soft``: the
+    ``probability_sums`` of the inner cells (without the halo); the fractions are then the
+    cells' mean probabilities, while the majority and the filter stay those of the classes.
     """
     counts = cell_counts(codes, origin, factor)
     hc, wc = counts.shape[:2]
@@ -105,7 +136,10 @@ def cell_products(
     maj = majority(counts.reshape(-1, N_CODES)).reshape(hc, wc)
     filtered = gaussian_mode_filter(maj, sigma=sigma, radius=halo)
     inner = (slice(halo, hc - halo), slice(halo, wc - halo))
-    fractions = np.moveaxis(fractions_255(counts[inner]), -1, 0)
+    if soft is not None and np.shape(soft) != counts[inner].shape:
+        raise ValueError(f"soft counts {np.shape(soft)} do not cover the inner cells "
+                         f"{counts[inner].shape}")
+    fractions = np.moveaxis(fractions_255(counts[inner] if soft is None else soft), -1, 0)
     return CellProducts(np.ascontiguousarray(fractions), maj[inner].copy(), filtered[inner].copy())
 
 

@@ -70,6 +70,7 @@ SITES: tuple[City, ...] = (
     City("london", -0.12, 51.51),  # utm30
     City("paris", 2.35, 48.86),  # utm31
     City("bogota", -74.08, 4.71),  # utm18
+    City("sydney", 151.197, -33.898),  # utm56 south: central Sydney, under real references
 )
 
 
@@ -138,12 +139,19 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
-def _sites(cities: int, seed: int) -> tuple[City, ...]:
+def _sites(cities: int, seed: int, names: Sequence[str] | None = None) -> tuple[int, ...]:
+    """Indices into SITES of the world's cities: the first ``cities``, or those ``names``."""
     if seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed}")
+    if names:
+        known = [c.name for c in SITES]
+        unknown = [n for n in names if n not in known]
+        if unknown or len(set(names)) != len(names):
+            raise ConfigError(f"sites must be distinct names among {known}, got {list(names)}")
+        return tuple(known.index(n) for n in names)
     if not 1 <= cities <= len(SITES):
         raise ConfigError(f"cities must be 1..{len(SITES)} (the built-in SITES), got {cities}")
-    return SITES[:cities]
+    return tuple(range(cities))
 
 
 def _size_px(size_km: float) -> int:
@@ -221,19 +229,21 @@ def change_year_of(years: Sequence[int]) -> int:
 
 
 def build_cities(cities: int, n: int, seed: int, years: Sequence[int],
-                 changing_city: bool = False) -> list[SynthCity]:
-    """The first ``cities`` SITES (no embeddings); the first carries the no-data strip, and
-    with ``changing_city`` the last one changes (``CHANGES``) in ``change_year_of(years)``."""
-    sites = _sites(cities, seed)
+                 changing_city: bool = False,
+                 sites: Sequence[str] | None = None) -> list[SynthCity]:
+    """The first ``cities`` SITES, or the ``sites`` named (no embeddings); the first carries
+    the no-data strip, and with ``changing_city`` the last one changes (``CHANGES``) in
+    ``change_year_of(years)``. A city is the same whichever others come with it."""
+    chosen = _sites(cities, seed, sites)
     change = change_year_of(years) if changing_city else None
-    return [_build_city(i, n, seed, strip=(i == 0),
-                        change_year=change if i == len(sites) - 1 else None)
-            for i, _ in enumerate(sites)]
+    return [_build_city(site, n, seed, strip=(i == 0),
+                        change_year=change if i == len(chosen) - 1 else None)
+            for i, site in enumerate(chosen)]
 
 
 def make_world(
     cities: int = 2, size_km: float = 4.0, seed: int = 0, years: tuple[int, ...] = (2023, 2024),
-    changing_city: bool = False,
+    changing_city: bool = False, sites: Sequence[str] | None = None,
 ) -> list[SynthCity]:
     """The first ``cities`` SITES as in-memory SynthCities with float embeddings for ``years``.
 
@@ -243,7 +253,7 @@ def make_world(
     n = _size_px(size_km)
     space = WorldSpace.make(_rng(seed, _SPACE))
     world = []
-    for c in build_cities(cities, n, seed, years, changing_city):
+    for c in build_cities(cities, n, seed, years, changing_city, sites):
         c.embeddings = {int(y): _render(c, seed, int(y), space) for y in years}
         world.append(c)
     return world

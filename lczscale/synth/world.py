@@ -334,6 +334,7 @@ def write_world(
     overwrite: bool = False,
     layouts: Sequence[str] = ("tessera-zarr",),
     changing_city: bool = False,
+    sites: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Write embeddings, coarse labels, truth and ``world.json`` under ``out_dir``.
 
@@ -345,7 +346,8 @@ def write_world(
 
     ``layouts`` chooses the embedding layouts written (same world, same pixels): see
     ``LAYOUT_WRITERS``; ``tessera-zarr`` is ``embeddings.zarr``. ``changing_city``: the last
-    city changes in the middle year (see the module's docstring).
+    city changes in the middle year (see the module's docstring). ``sites``: built-in site
+    names (``synth.cities.SITES``) instead of the first ``cities``.
     """
     unknown = [name for name in layouts if name not in LAYOUT_WRITERS]
     if unknown:
@@ -372,7 +374,7 @@ def write_world(
 
     n = _size_px(size_km)
     space = WorldSpace.make(_rng(seed, _SPACE))
-    world = build_cities(cities, n, seed, years, changing_city)
+    world = build_cities(cities, n, seed, years, changing_city, sites)
     grids = _zone_grids(world)
     written: dict[str, Any] = {}
     if "tessera-zarr" in layouts:

@@ -343,3 +343,44 @@ def test_gdal_reads_the_100m_products_with_their_own_georeferencing(world, on) -
     assert (seen["height"], seen["width"]) == (-(-zone.shape[0] // 10), -(-zone.shape[1] // 10))
     mine = read(on, "utm32", "lcz_100m", Window(*window), cells=True)
     assert np.array_equal(np.asarray(seen["values"]), mine)
+
+
+def test_soft_fractions_are_the_cells_mean_probabilities(world, off, on, tmp_path,
+                                                         capsys) -> None:
+    """``--fractions soft``: each 100 m cell's fractions are the shares of the blended
+    probabilities summed over its classified pixels (computed here by hand), not of the hard
+    classes; the map, the probabilities and the majority layers are those of a hard run. A
+    cube holding one kind refuses the other in one line."""
+    url = tmp_path / "soft.zarr"
+    shutil.copytree(off, url)
+    config = tmp_path / "map.yaml"
+    config.write_text(dump_yaml(world.map_config(url)))
+    capsys.readouterr()
+    assert main(["map", "--config", str(config), "--quiet", "--fractions", "soft"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["products"]["computed"] == summary["products"]["blocks"] > 4
+    assert_same(cube_arrays(on, world), cube_arrays(str(url), world))
+    differ = 0
+    for zone, px, cells in city_windows(world):
+        lcz = read(str(url), zone, "lcz", px)
+        prob = read(str(url), zone, "probability", px).astype(np.int64)
+        assert np.array_equal(prob, read(on, zone, "probability", px))
+        h, w = lcz.shape
+        sums = np.where(lcz > 0, prob, 0).reshape(17, h // 10, 10, w // 10, 10).sum(axis=(2, 4))
+        soft = read(str(url), zone, "lcz_fraction_100m", cells, cells=True).astype(np.int64)
+        valid = sums.sum(axis=0) > 0
+        assert np.all(soft.sum(axis=0)[valid] == 255)
+        assert np.all(soft[:, ~valid] == 0)
+        share = sums * 255 / np.maximum(sums.sum(axis=0, keepdims=True), 1)
+        assert np.all(np.abs(soft - share) < 1), "largest-remainder rounding of the shares"
+        hard = read(on, zone, "lcz_fraction_100m", cells, cells=True)
+        differ += int((soft != hard).any(axis=0).sum())
+        for var in ("lcz_100m_majority", "lcz_100m"):
+            assert np.array_equal(read(str(url), zone, var, cells, cells=True),
+                                  read(on, zone, var, cells, cells=True))
+    assert differ > 100, "mixed cells keep the model's shares, not the hard votes"
+    capsys.readouterr()
+    assert main(["map", "--config", str(config), "--quiet", "--fractions"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "fractions count probabilities, this run asks for classes" in err[-1]
+    assert sum("fractions count" in line for line in err) == 1

@@ -215,3 +215,31 @@ def test_output_arrays_follow_the_cube_layout_and_its_years(tmp_path) -> None:
     # The stored block size wins over a later run's: it is the arrays' chunking.
     assert OutputsConfig(fractions=True, block_cells=512).union(
         OutputsConfig(block_cells=64)).block_cells == 512
+
+
+def test_probability_sums_are_exact_soft_counts() -> None:
+    """Sums of p × 255 per class over each cell's classified pixels; nodata pixels and their
+    probabilities do not count, and the shares are the cell's mean probabilities."""
+    from lczscale.products.cells import fractions_255, probability_sums
+
+    codes = np.zeros((20, 10), dtype=np.uint8)
+    codes[:10] = 3
+    codes[10:, :5] = 14
+    prob = np.zeros((17, 20, 10), dtype=np.uint8)
+    prob[2, :10] = 200  # cell 0: class 3 at p 0.78, class 5 at 0.22 everywhere
+    prob[4, :10] = 55
+    prob[13, 10:] = 255  # cell 1: half the pixels D (certain), half nodata with stray values
+    prob[0, 10:, 5:] = 90
+    got = probability_sums(prob, codes, (10, 20), factor=10)
+    assert got.shape == (2, 1, 18)
+    assert got[0, 0, 3] == 100 * 200
+    assert got[0, 0, 5] == 100 * 55
+    assert got[1, 0, 14] == 50 * 255
+    assert got[1, 0, 1] == 0, "nodata pixels' probabilities are left out"
+    assert got[..., 0].sum() == 0
+    shares = fractions_255(got)
+    assert shares[0, 0, 2] == 200
+    assert shares[0, 0, 4] == 55
+    assert shares[1, 0, 13] == 255
+    with pytest.raises(ValueError, match="aligned"):
+        probability_sums(prob, codes, (5, 0), factor=10)

@@ -60,10 +60,12 @@ def open_cube(
         candidates = sorted(present)
         if bbox is not None:
             region = geom.box(*bbox, "EPSG:4326")
+            # The bbox in the zone's CRS, not the zone in lon/lat: the canonical extent of a
+            # zone near ±180° (utm01–05, utm56–60) wraps the antimeridian in lon/lat.
             candidates = [
                 n for n in candidates
-                if not (present[n].geobox.extent.to_crs("EPSG:4326") & region).is_empty
-                and _lon_overlap(present[n], bbox)
+                if _lon_overlap(present[n], bbox)
+                and present[n].bounding_window(region) is not None
             ]
         if not candidates:
             raise NoDataError(

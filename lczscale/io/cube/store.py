@@ -370,6 +370,29 @@ def read_window(
     return out
 
 
+def read_probability(
+    url: str, zone: Zone, year: int, window: Window,
+    storage_options: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """uint8 (17, h, w) blended probabilities (p × 255) of one year over a window, zero outside
+    the zone; a cube made without ``--probabilities`` has none (CubeError)."""
+    g = zone_group(open_root(url, "r", storage_options), zone.name, url)
+    if "probability" not in g:
+        raise CubeError(f"cube {url} zone {zone.name} holds no probability array; map with "
+                        "--probabilities (or --fractions soft) to write it")
+    t = _time_index(g, year, url)
+    arr = g["probability"]
+    assert isinstance(arr, zarr.Array)
+    out = np.zeros((int(arr.shape[1]), window.height, window.width), dtype=np.uint8)
+    inner = window.intersection(zone.full_window)
+    if inner is not None:
+        rows, cols = inner.relative_to(window)
+        out[:, rows, cols] = np.asarray(zarr_calls.getitem(
+            arr, (t, slice(None), slice(inner.row, inner.row_stop),
+                  slice(inner.col, inner.col_stop))))
+    return out
+
+
 def cube_zones(url: str, storage_options: dict[str, Any] | None = None) -> list[Zone]:
     """The zones present in a cube."""
     zones = cube_attrs(url, storage_options).get("lczscale:zones", {})
