@@ -69,10 +69,10 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="write a synthetic world in the real on-disk formats")
     s.add_argument("dir")
-    s.add_argument("--cities", type=int, default=2, help="the first N built-in sites")
+    s.add_argument("--cities", type=int, default=2, help="the first N built-in sites (1..12)")
     s.add_argument("--sites", nargs="+", metavar="NAME", help="the built-in sites by name "
-                   "instead (zurich basel nairobi london paris bogota sydney): e.g. sydney, "
-                   "under the real Sydney references")
+                   "instead (zurich basel nairobi london paris bogota sydney tokyo cairo delhi "
+                   "sao_paulo chicago): e.g. sydney, under the real Sydney references")
     s.add_argument("--size-km", type=float, default=4.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--years", type=int, nargs="+", default=[2023, 2024])
@@ -103,6 +103,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--restart", action="store_true", help="discard resumable state in --out")
     t.add_argument("--config", help="TrainConfig YAML")
     t.add_argument("--steps", type=int)
+    t.add_argument("--data", choices=["stream", "memory"], help="stream (default): read each "
+                   "drawn patch through a chunk cache, memory flat at any labelled area; "
+                   "memory: read the labelled regions once and keep them (tiny sets)")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--year", type=int)
     t.add_argument("--seed", type=int)

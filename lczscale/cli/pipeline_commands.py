@@ -56,7 +56,8 @@ def train_job_from_args(a: argparse.Namespace) -> Any:
 
     cfg = load_yaml(a.config, TrainConfig) if a.config else TrainConfig()
     updates = {k: v for k, v in {"steps": a.steps, "year": a.year, "seed": a.seed,
-                                 "batch_size": a.batch_size, "device": a.device}.items()
+                                 "batch_size": a.batch_size, "device": a.device,
+                                 "data": getattr(a, "data", None)}.items()
                if v is not None}
     try:
         if a.holdout_city:

@@ -162,8 +162,8 @@ def _score(cfg: ExperimentConfig, city: str, year: int, rows: dict[str, Any],
         keep = r.labels > 0
         t = np.where(keep, r.labels, 0)
         for label, row in rows.items():
-            cms[label] += confusion(read_window(row["cube"], r.zone, year, r.data.window), t)
-        cms["baseline"] += confusion(read_labels(coarse.path, r.zone, r.data.window), t)
+            cms[label] += confusion(read_window(row["cube"], r.zone, year, r.window), t)
+        cms["baseline"] += confusion(read_labels(coarse.path, r.zone, r.window), t)
     if cfg.logistic:
         train_sets = tuple(fine[c.name] for c in cfg.coarse if c.name != city)
         regions = load_regions(source, train_sets, year, cfg.train.split, None)

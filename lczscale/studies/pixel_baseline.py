@@ -10,13 +10,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lczscale.io.sources.protocol import EmbeddingWindow
 from lczscale.train.loop import N
 from lczscale.train.regions import Region, pixel_values
 from lczscale.train.splits import TRAIN
 
 
+def _held(region: Region) -> EmbeddingWindow:
+    """The embeddings of a region read into memory (``load_regions``): the baseline fits on
+    whole regions, not on streamed patches."""
+    assert region.data is not None, "the pixel baseline needs regions held in memory"
+    return region.data
+
+
 def _features(region: Region, mean: np.ndarray, std: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    return ((pixel_values(region.data, idx).T - mean) / std).astype(np.float32)
+    return ((pixel_values(_held(region), idx).T - mean) / std).astype(np.float32)
 
 
 def fit_logistic(regions: list[Region], per_class: int = 4000, steps: int = 300,
@@ -29,10 +37,10 @@ def fit_logistic(regions: list[Region], per_class: int = 4000, steps: int = 300,
         lab = np.where(r.split == TRAIN, r.labels, 0).ravel()
         for c in np.unique(lab[lab > 0]):
             pools.setdefault(int(c), []).append((i, np.flatnonzero(lab == c)))
-    all_idx = {i: np.flatnonzero(((r.split == TRAIN) & r.data.valid).ravel())
+    all_idx = {i: np.flatnonzero(((r.split == TRAIN) & _held(r).valid).ravel())
                for i, r in enumerate(regions)}
     sample = np.concatenate([
-        pixel_values(regions[i].data, rng.choice(ix, min(2000, len(ix)), replace=False)).T
+        pixel_values(_held(regions[i]), rng.choice(ix, min(2000, len(ix)), replace=False)).T
         for i, ix in all_idx.items() if len(ix)])
     mean, std = sample.mean(0), np.maximum(sample.std(0), 1e-3)
     for c, pool in sorted(pools.items()):
@@ -65,7 +73,7 @@ def logistic_confusion(model: torch.nn.Linear, mean: np.ndarray, std: np.ndarray
     """(18, 18) confusion (rows truth 0–17, columns prediction) over labelled valid pixels."""
     cm = np.zeros((18, 18), dtype=np.int64)
     for r in regions:
-        idx = np.flatnonzero(((r.labels > 0) & r.data.valid).ravel())
+        idx = np.flatnonzero(((r.labels > 0) & _held(r).valid).ravel())
         for part in np.array_split(idx, max(1, len(idx) // 200_000)):
             pred = model(torch.from_numpy(_features(r, mean, std, part))).argmax(1).numpy() + 1
             truth = r.labels.ravel()[part].astype(np.int64)

@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +33,25 @@ from lczscale.config import ModelConfig
 from lczscale.core.grid import Aoi
 from lczscale.errors import ConfigError
 from lczscale.infer.features import model_input
+from lczscale.io.sources.protocol import EmbeddingWindow
 from lczscale.io.sources.registry import open_source
 from lczscale.model.checkpoint import CheckpointMeta, InputSpec, Normalisation, save_checkpoint
 from lczscale.model.unet import LczUNet, size_multiple
 from lczscale.train import data_parallel as dist_
 from lczscale.train.global_batchnorm import use_global_batchnorm
 from lczscale.train.losses import segmentation_loss
-from lczscale.train.regions import Region, dequantisation, load_regions, normalisation
-from lczscale.train.sampler import PatchSampler, rank_indices
+from lczscale.train.regions import (
+    Region,
+    dequantisation,
+    index_regions,
+    load_regions,
+    normalisation,
+)
+from lczscale.train.sampler import PatchSampler, rank_indices, streamed_normalisation
 from lczscale.train.settings import TrainJob
 from lczscale.train.splits import VAL
 from lczscale.train.state import clear_state, latest_state, load_state, save_state
+from lczscale.train.stream import BlockCache, patch_location, write_sample_index
 from lczscale.version import __version__
 
 log = logging.getLogger(__name__)
@@ -68,11 +77,23 @@ def train_job(job: TrainJob, ranks: dist_.Ranks | None = None, progress: bool = 
     method = dequantisation(source)
     cities = tuple(ls for ls in job.labels if ls.name not in cfg.split.holdout_cities)
     freqs = model_cfg.location_frequencies if model_cfg.location else None
-    regions = load_regions(source, cities, year, cfg.split, freqs, cfg.loss.boundary_ignore,
-                           Aoi.from_bbox(job.bbox) if job.bbox else None)
-    mean, std = normalisation(regions, seed=cfg.seed)
+    aoi = Aoi.from_bbox(job.bbox) if job.bbox else None
+    cache = None
+    if cfg.data == "stream":
+        regions = index_regions(source, cities, year, cfg.split, cfg.loss.boundary_ignore, aoi)
+        cache = BlockCache(source, year, max_bytes=cfg.cache_mb << 20)
+    else:
+        regions = load_regions(source, cities, year, cfg.split, freqs, cfg.loss.boundary_ignore,
+                               aoi)
     sampler = PatchSampler(regions, cfg.patch_size, cfg.seed,
-                           coarse=cfg.loss.consistency_weight > 0)
+                           coarse=cfg.loss.consistency_weight > 0, cache=cache,
+                           frequencies=freqs, threads=cfg.read_threads)
+    if cache is None:
+        mean, std = normalisation(regions, seed=cfg.seed)
+    else:
+        mean, std = streamed_normalisation(
+            sampler, cfg.seed, ranks.rank, ranks.world,
+            lambda a: dist_.sum_array(ranks, a, dev))
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     net = LczUNet(model_cfg)
@@ -162,7 +183,9 @@ def train_job(job: TrainJob, ranks: dist_.Ranks | None = None, progress: bool = 
             bar.advance(job_bar)
 
     seconds = time.perf_counter() - t0
-    val = validate(net, regions, mean_t, std_t, method, ranks, dev)
+    val = validate(net, regions, mean_t, std_t, method, ranks, dev,
+                   lambda r: r.data if r.data is not None else source.read(r.zone, r.window,
+                                                                            year), freqs)
     done = cfg.steps - start
     metrics: dict[str, Any] = {
         "final_loss": history[-1]["loss"] if history else None,
@@ -172,10 +195,14 @@ def train_job(job: TrainJob, ranks: dist_.Ranks | None = None, progress: bool = 
         "samples_per_s": round(done * global_batch / seconds, 2) if done else None,
         "data_wait_fraction": round(wait / max(wait + compute, 1e-9), 4),
         "regions": len(regions), "year": year, "world_size": ranks.world,
+        "data": cfg.data,
     }
+    if cache is not None:  # this rank's reads
+        metrics["block_reads"], metrics["cache_hits"] = cache.stats.reads, cache.stats.hits
     if ranks.main:
         save_checkpoint(job.out, net.cpu().eval(), meta.model_copy(
             update={"step": cfg.steps, "metrics": metrics}))
+        write_sample_index(regions, job.out)
         _write_log(Path(job.out) / "train_log.csv", history)
     dist_.barrier(ranks)
     return metrics
@@ -230,8 +257,11 @@ def _prefetched(make: Callable[[int], dict[str, torch.Tensor]], steps: range,
 
 @torch.no_grad()
 def validate(net: LczUNet, regions: list[Region], mean: torch.Tensor, std: torch.Tensor,
-             method: str, ranks: dist_.Ranks, dev: torch.device) -> dict[str, Any]:
-    """The mIoU and OA over the validation blocks (each rank predicts a share of the regions)."""
+             method: str, ranks: dist_.Ranks, dev: torch.device,
+             read: Callable[[Region], EmbeddingWindow] | None = None,
+             frequencies: int | None = None) -> dict[str, Any]:
+    """The mIoU and OA over the validation blocks (each rank predicts a share of the regions;
+    a streamed region is read by ``read`` when its turn comes, then let go)."""
     net.eval()
     m = size_multiple(net.cfg)
     cm = np.zeros((N, N), dtype=np.int64)
@@ -239,7 +269,15 @@ def validate(net: LczUNet, regions: list[Region], mean: torch.Tensor, std: torch
         keep = (region.split == VAL) & (region.labels > 0)
         if not keep.any():
             continue
-        d = region.data
+        if region.data is None:
+            assert read is not None
+            d = read(region)
+            keep &= d.valid
+            if frequencies:
+                region = replace(region, location=torch.from_numpy(
+                    patch_location(region.zone, region.window, frequencies)))
+        else:
+            d = region.data
         h, w = region.labels.shape
         ph, pw = -h % m, -w % m
         codes = torch.from_numpy(_pad(d.codes, ph, pw))[None].to(dev)

@@ -31,14 +31,16 @@ DEQUANTISATION = {"alphaearth": "sign_square"}  # every other family: per-pixel 
 
 @dataclass
 class Region:
-    """One city's training window: embeddings, labels, split and loss target."""
+    """One city's training window: labels, split and loss target, and — held in memory — its
+    embeddings and location encoding (``data`` None: streamed, read per patch)."""
     city: str
     zone: Zone
-    data: EmbeddingWindow
-    labels: np.ndarray  # uint8 (h, w) as read, 0 = unlabelled or no embedding
+    data: EmbeddingWindow | None
+    labels: np.ndarray  # uint8 (h, w) as read, 0 = unlabelled (or, in memory, no embedding)
     target: np.ndarray  # uint8 (h, w) what the loss sees: labels of the train split, 0 = ignore
     split: np.ndarray  # uint8 (h, w) TRAIN / VAL / TEST per pixel
-    location: torch.Tensor | None  # (4F, h, w) float32
+    location: torch.Tensor | None  # (4F, h, w) float32; None when streamed or not used
+    window: Window  # zone pixels of the region
 
 
 def dequantisation(source: EmbeddingSource) -> str:
@@ -61,6 +63,52 @@ def _windows(source: EmbeddingSource, zone: Zone, year: int) -> list[Window]:
     return sorted(windows)
 
 
+def index_regions(
+    source: EmbeddingSource,
+    label_sets: tuple[LabelSet, ...],
+    year: int,
+    split: SplitConfig,
+    boundary_ignore: int = 0,
+    aoi: Aoi | None = None,
+) -> list[Region]:
+    """The sample index of streamed training: every labelled window of the given cities where
+    the source lists data for ``year`` (its listing, never a pixel of it), with labels, split
+    and loss target only — 3 bytes a pixel, whatever the embeddings' width. A pixel without an
+    embedding is found when its patch is read, and ignored by the loss then."""
+    grid = training_grid(source)
+    regions: list[Region] = []
+    for name in source.zone_names():
+        zone = zone_by_name(name, grid)
+        area = None if aoi is None else aoi.geometry.to_crs(zone.crs)
+        for window in _windows(source, zone, year):
+            if area is not None and (zone.window_geobox(window).extent & area).is_empty:
+                continue
+            for ls in label_sets:
+                labels = _labels(ls, zone, window)
+                if labels is not None:
+                    regions.append(_region(ls.name, zone, window, None, labels, split, None,
+                                           boundary_ignore))
+    if not regions:
+        names = ", ".join(ls.path for ls in label_sets)
+        raise NoDataError(
+            f"no pixel of {names} lies where {source.url} lists data for {year}; "
+            "check that labels and embeddings cover the same place and year"
+        )
+    log.info("indexed %d labelled regions (%.1f MiB of labels)", len(regions),
+             sum(3 * r.labels.size for r in regions) / 2**20)
+    return regions
+
+
+def _labels(ls: LabelSet, zone: Zone, window: Window) -> np.ndarray | None:
+    """A label set's classes on a window (inside its bbox), None when it has none there."""
+    if ls.bbox is not None and not _overlaps(zone, window, ls.bbox):
+        return None
+    labels = read_labels(ls.path, zone, window, band=ls.band)
+    if ls.bbox is not None:
+        labels[~inside_bbox(zone, window, ls.bbox)] = 0
+    return labels if labels.any() else None
+
+
 def load_regions(
     source: EmbeddingSource,
     label_sets: tuple[LabelSet, ...],
@@ -70,7 +118,8 @@ def load_regions(
     boundary_ignore: int = 0,
     aoi: Aoi | None = None,
 ) -> list[Region]:
-    """Read every labelled region of the given cities that the source has data for in ``year``.
+    """Read every labelled region of the given cities that the source has data for in ``year``
+    and keep its embeddings in memory (at most ``MAX_REGION_BYTES``).
 
     Held-out cities are the caller's business: pass only the cities to read.
     """
@@ -85,12 +134,8 @@ def load_regions(
                 continue
             data: EmbeddingWindow | None = None
             for ls in label_sets:
-                if ls.bbox is not None and not _overlaps(zone, window, ls.bbox):
-                    continue
-                labels = read_labels(ls.path, zone, window, band=ls.band)
-                if ls.bbox is not None:
-                    labels[~inside_bbox(zone, window, ls.bbox)] = 0
-                if not labels.any():
+                labels = _labels(ls, zone, window)
+                if labels is None:
                     continue
                 data = data or source.read(zone, window, year)
                 labels[~data.valid] = 0
@@ -129,8 +174,9 @@ def inside_bbox(zone: Zone, window: Window,
     return np.asarray(in_lon & (lat >= minlat) & (lat <= maxlat))
 
 
-def _region(city: str, zone: Zone, window: Window, data: EmbeddingWindow, labels: np.ndarray,
-            split: SplitConfig, freqs: int | None, boundary_ignore: int) -> Region:
+def _region(city: str, zone: Zone, window: Window, data: EmbeddingWindow | None,
+            labels: np.ndarray, split: SplitConfig, freqs: int | None,
+            boundary_ignore: int) -> Region:
     codes = block_splits(zone.name, window, split.block_size, split.val_fraction,
                          split.test_fraction, split.seed)
     target = np.where(codes == TRAIN, labels, 0).astype(np.uint8)
@@ -139,7 +185,7 @@ def _region(city: str, zone: Zone, window: Window, data: EmbeddingWindow, labels
     if freqs:
         lon, lat = zone.lonlat(window)
         loc = encode_location(torch.from_numpy(lon), torch.from_numpy(lat), freqs)
-    return Region(city, zone, data, labels, target, codes, loc)
+    return Region(city, zone, data, labels, target, codes, loc, window)
 
 
 def pixel_values(data: EmbeddingWindow, idx: np.ndarray) -> np.ndarray:
@@ -160,6 +206,7 @@ def normalisation(regions: list[Region], max_pixels: int = 200_000, seed: int = 
     samples = []
     per = max(1, max_pixels // len(regions))
     for r in regions:
+        assert r.data is not None, "normalisation of in-memory regions"
         idx = np.flatnonzero((r.data.valid & (r.split == TRAIN)).ravel())
         if len(idx) == 0:
             continue

@@ -91,6 +91,11 @@ class TrainConfig(StrictSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(1, ge=1, description="torch intra-op threads per rank")
     prefetch: int = Field(2, ge=0, description="batches assembled ahead in a thread")
+    data: Literal["stream", "memory"] = Field(
+        "stream", description="stream: read each drawn patch through a chunk cache (memory "
+        "flat at any labelled area); memory: read every labelled region once and keep it")
+    cache_mb: int = Field(256, ge=16, description="streamed: the chunk cache per rank, MiB")
+    read_threads: int = Field(4, ge=1, description="streamed: block reads in flight per rank")
 
     @model_validator(mode="after")
     def _cells_fit(self) -> TrainConfig:
@@ -139,6 +144,8 @@ class TrainJob(StrictSettings):
         keep = self.model_dump(mode="json", exclude={"out"})
         keep["train"].pop("log_every", None)
         keep["train"].pop("prefetch", None)
+        keep["train"].pop("cache_mb", None)  # how fast, not what: the samples stay the same
+        keep["train"].pop("read_threads", None)
         return hashlib.sha256(repr(sorted(_flat(keep))).encode()).hexdigest()
 
 

@@ -71,7 +71,7 @@ def _region(seed: int = 0, size: int = 96) -> Region:
                            np.ones((size, size), bool), np.zeros((size, size), bool),
                            "per_pixel_scale")
     split = np.full((size, size), TRAIN, np.uint8)
-    return Region("x", utm_zone(32), data, labels, labels.copy(), split, None)
+    return Region("x", utm_zone(32), data, labels, labels.copy(), split, None, data.window)
 
 
 def test_sampler_is_index_addressed_class_balanced_and_disjoint_across_ranks() -> None:

@@ -1,0 +1,163 @@
+"""Training patches read on demand through the chunk I/O layer, with a small chunk cache.
+
+The in-memory path reads every labelled region once and keeps its embeddings (132 bytes a
+pixel): a few dozen cities fill a worker. Streamed, a rank holds only the sample index (the
+labels, their split and loss target: 3 bytes a pixel, never an embedding) and reads the
+patches it draws, through the source's own ``read`` (any layout; local, S3 or Icechunk).
+
+Reads are aligned to ``block`` px squares of the zone lattice (the stores' chunks are 256 or
+a multiple of it) and kept in an LRU cache of ``cache_bytes``: neighbouring samples of one
+class share chunks, so a cache of a few hundred MB serves most reads, and memory stays flat
+whatever the labelled area. ``prefetch`` (in ``loop``) assembles the next batches in a thread;
+the blocks of one batch are fetched concurrently by ``threads`` readers.
+
+A patch's values do not depend on which blocks it was cut from: ``read`` of a window is the
+window of a larger read (the sources' contract), so a streamed patch is byte for byte the
+in-memory region's slice (``tests/unit/test_training_stream.py``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from lczscale.core.grid import Window, Zone
+from lczscale.io.sources.protocol import EmbeddingSource, EmbeddingWindow
+from lczscale.model.unet import encode_location
+
+if TYPE_CHECKING:  # regions imports nothing from here; the type only
+    from lczscale.train.regions import Region
+
+BLOCK = 256  # px side of a cached read: the TESSERA / GeoTessera inner chunk
+CACHE_BYTES = 256 << 20  # ~ 15 blocks of 128-d TESSERA: a batch's neighbourhood
+
+
+@dataclass
+class ReadStats:
+    """What a reader fetched: block reads from the source, cache hits, bytes read."""
+
+    reads: int = 0
+    hits: int = 0
+    bytes: int = 0
+    blocks: set[tuple[str, int, int]] = field(default_factory=set)
+
+
+class BlockCache:
+    """Aligned ``block`` × ``block`` reads of one source and year, least recently used first
+    out once they hold more than ``max_bytes``. Thread-safe; one source read per block even
+    when two threads ask for it at once."""
+
+    def __init__(self, source: EmbeddingSource, year: int, block: int = BLOCK,
+                 max_bytes: int = CACHE_BYTES) -> None:
+        self.source, self.year, self.block, self.max_bytes = source, year, block, max_bytes
+        self._lru: OrderedDict[tuple[str, int, int], EmbeddingWindow] = OrderedDict()
+        self._held = 0
+        self._lock = threading.Lock()
+        self._loading: dict[tuple[str, int, int], threading.Event] = {}
+        self.stats = ReadStats()
+
+    def blocks_under(self, window: Window) -> Iterator[tuple[int, int]]:
+        """(block row, block col) of every block a window touches."""
+        b = self.block
+        for br in range(window.row // b, (window.row_stop - 1) // b + 1):
+            for bc in range(window.col // b, (window.col_stop - 1) // b + 1):
+                yield br, bc
+
+    def get(self, zone: Zone, br: int, bc: int) -> EmbeddingWindow:
+        """The block's read, from the cache or the source."""
+        key = (zone.name, br, bc)
+        while True:
+            with self._lock:
+                hit = self._lru.get(key)
+                if hit is not None:
+                    self._lru.move_to_end(key)
+                    self.stats.hits += 1
+                    return hit
+                waiting = self._loading.get(key)
+                if waiting is None:
+                    self._loading[key] = threading.Event()
+                    break
+            waiting.wait()  # another thread is reading it
+        b = self.block
+        try:
+            data = self.source.read(zone, Window(br * b, bc * b, b, b), self.year)
+        except BaseException:
+            with self._lock:
+                self._loading.pop(key).set()  # a waiter retries the read itself
+            raise
+        with self._lock:
+            self._lru[key] = data
+            self._held += data.nbytes
+            self.stats.reads += 1
+            self.stats.bytes += data.nbytes
+            self.stats.blocks.add(key)
+            while self._held > self.max_bytes and len(self._lru) > 1:
+                _, old = self._lru.popitem(last=False)
+                self._held -= old.nbytes
+            self._loading.pop(key).set()
+        return data
+
+    def window(self, zone: Zone, window: Window) -> EmbeddingWindow:
+        """A window assembled from its blocks (codes, scales, valid, water)."""
+        parts = {(br, bc): self.get(zone, br, bc) for br, bc in self.blocks_under(window)}
+        first = next(iter(parts.values()))
+        codes = np.empty((first.codes.shape[0], window.height, window.width),
+                         dtype=first.codes.dtype)
+        scales = None if first.scales is None else np.empty(
+            (window.height, window.width), dtype=first.scales.dtype)
+        valid = np.empty((window.height, window.width), dtype=bool)
+        water = np.empty((window.height, window.width), dtype=bool)
+        b = self.block
+        for (br, bc), d in parts.items():
+            got = window.intersection(Window(br * b, bc * b, b, b))
+            assert got is not None
+            dst = got.relative_to(window)
+            src = got.relative_to(Window(br * b, bc * b, b, b))
+            codes[(slice(None), *dst)] = d.codes[(slice(None), *src)]
+            if scales is not None and d.scales is not None:
+                scales[dst] = d.scales[src]
+            valid[dst] = d.valid[src]
+            water[dst] = d.water[src]
+        return EmbeddingWindow(window, codes, scales, valid, water, first.dequantisation)
+
+    def prefetch(self, zone: Zone, windows: list[Window], pool: ThreadPoolExecutor) -> None:
+        """Read every block under ``windows`` on the pool (the batch's reads run together)."""
+        keys = sorted({k for w in windows for k in self.blocks_under(w)})
+        list(pool.map(lambda k: self.get(zone, *k), keys))
+
+
+def patch_location(zone: Zone, window: Window, frequencies: int) -> np.ndarray:
+    """(4F, h, w) float32 location encoding of a patch; the same values as the slice of a
+    whole region's, because ``Zone.lonlat`` puts its nodes at fixed zone positions."""
+    lon, lat = zone.lonlat(window)
+    return encode_location(torch.from_numpy(lon), torch.from_numpy(lat), frequencies).numpy()
+
+
+INDEX_FILE = "sample_index.npz"
+
+
+def write_sample_index(regions: list[Region], out_dir: str | Path) -> Path:
+    """Store the sample index beside the model (``sample_index.npz``, compressed, no pickle):
+    per region its city, zone and window, and its labels — what class-balanced sampling drew
+    from, so a run can be audited (which classes, where, how many pixels) without re-reading
+    the labels. LCZ labels are large flat areas, so it is kilobytes per city."""
+    out = Path(out_dir) / INDEX_FILE
+    table = np.array([[r.window.row, r.window.col, r.window.height, r.window.width]
+                      for r in regions], dtype=np.int64).reshape(-1, 4)
+    counts = np.stack([np.bincount(r.labels.ravel(), minlength=18) for r in regions])
+    arrays: dict[str, np.ndarray] = {
+        "windows": table, "class_pixels": counts,
+        "cities": np.array([r.city for r in regions], dtype=str),
+        "zones": np.array([r.zone.name for r in regions], dtype=str),
+    }
+    arrays |= {f"labels_{i}": r.labels for i, r in enumerate(regions)}
+    np.savez_compressed(out, **arrays)  # type: ignore[arg-type]
+    return out
