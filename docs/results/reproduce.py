@@ -86,8 +86,8 @@ def main() -> None:
     cities = json.loads((work / "world" / "world.json").read_text())["cities"]
     london = next(c for c in cities if c["name"] == "london")
     evaluate = [*cli, "eval", str(work / "transfer" / "london" / "coarse" / "lcz.zarr"),
-                "--truth", str(work / "world" / "truth.zarr"), "--bbox",
-                ",".join(f"{v:.6f}" for v in london["bbox_lonlat"]), "--json"]
+                "--truth", str(work / "world" / "truth.zarr"),  # "=": west longitudes < 0
+                "--bbox=" + ",".join(f"{v:.6f}" for v in london["bbox_lonlat"]), "--json"]
     store("eval-london", [synth, experiment, evaluate], t0, {"result": run_json(evaluate)})
 
     t0 = time.time()
