@@ -10,6 +10,7 @@ the studies (experiment, demo). Bad input is one line on stderr and exit status 
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 
@@ -20,10 +21,33 @@ from lczscale.errors import LczscaleError
 __all__ = ["main", "map_config", "parser", "train_job_from_args"]
 
 
+NUMERIC_LISTS = ("--bbox",)  # options whose value may start with a minus sign
+
+
+def _joined_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--bbox -0.15,51.49,…`` as ``--bbox=-0.15,51.49,…``: argparse takes a value that starts
+    with ``-`` and is not a plain number for an option, so every bbox west of Greenwich or
+    south of the equator would otherwise need the ``=`` form."""
+    out: list[str] = []
+    it = iter(argv)
+    for token in it:
+        if token in NUMERIC_LISTS:
+            value = next(it, None)
+            if value is not None and re.match(r"-\d|-\.\d", value):
+                out.append(f"{token}={value}")
+                continue
+            out.append(token)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(token)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``lczscale ARGV`` (default: ``sys.argv[1:]``) and return its exit status: the
     command's own, or 2 with a one-line error on stderr for bad input."""
-    args = parser().parse_args(argv)
+    args = parser().parse_args(_joined_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.func(args))
     except LczscaleError as exc:
