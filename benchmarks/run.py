@@ -4,6 +4,7 @@
     python benchmarks/run.py                          # full sizes
     python benchmarks/run.py --only end_to_end --only amplification
     python benchmarks/run.py --quick --only planet     # the planet dry run (only when named)
+    python benchmarks/run.py --quick --only train_stream  # streamed vs in-memory training (too)
     python benchmarks/run.py --out benchmarks/results/cpu-2core.jsonl
 
 Every benchmark is a module here with ``run(quick) -> list[dict]``; this script runs them in
@@ -36,6 +37,7 @@ import scaling
 import store_planning
 import throughput
 import tile_memory
+import train_throughput
 from common import emit, record, set_workdir
 
 Runner = Callable[[bool, argparse.Namespace], list[dict[str, Any]]]
@@ -51,10 +53,12 @@ BENCHMARKS: dict[str, Runner] = {
     "store_planning": lambda quick, a: store_planning.run(quick),
     "ledger_scale": lambda quick, a: ledger_scale.run(quick, with_s3=not a.no_s3),
     "planet": lambda quick, a: planet.run(quick),
+    "train_stream": lambda quick, a: train_throughput.run_stream(quick),
 }
 # Run only when named with --only: the planet dry run alone takes about an hour at full size
-# (minutes with --quick) and keeps both cores busy.
-ON_REQUEST = {"planet"}
+# (minutes with --quick) and keeps both cores busy; train_stream trains four models in child
+# processes (about 70 s with --quick, 3.5 min full, on two cores).
+ON_REQUEST = {"planet", "train_stream"}
 
 
 def main(argv: list[str] | None = None) -> int:

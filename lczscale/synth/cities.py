@@ -71,6 +71,13 @@ SITES: tuple[City, ...] = (
     City("paris", 2.35, 48.86),  # utm31
     City("bogota", -74.08, 4.71),  # utm18
     City("sydney", 151.197, -33.898),  # utm56 south: central Sydney, under real references
+    # Appended (never insert or reorder: a city's random streams are keyed by its index here),
+    # so that ``--cities 12`` spreads over eleven zones on five continents, north and south.
+    City("tokyo", 139.69, 35.69),  # utm54
+    City("cairo", 31.24, 30.04),  # utm36
+    City("delhi", 77.21, 28.61),  # utm43
+    City("sao_paulo", -46.63, -23.55),  # utm23 south
+    City("chicago", -87.63, 41.88),  # utm16
 )
 
 

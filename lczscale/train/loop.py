@@ -81,7 +81,7 @@ def train_job(job: TrainJob, ranks: dist_.Ranks | None = None, progress: bool = 
     cache = None
     if cfg.data == "stream":
         regions = index_regions(source, cities, year, cfg.split, cfg.loss.boundary_ignore, aoi)
-        cache = BlockCache(source, year, max_bytes=cfg.cache_mb << 20)
+        cache = BlockCache(source, year, block=cfg.read_block, max_bytes=cfg.cache_mb << 20)
     else:
         regions = load_regions(source, cities, year, cfg.split, freqs, cfg.loss.boundary_ignore,
                                aoi)

@@ -79,9 +79,8 @@ def index_regions(
     regions: list[Region] = []
     for name in source.zone_names():
         zone = zone_by_name(name, grid)
-        area = None if aoi is None else aoi.geometry.to_crs(zone.crs)
         for window in _windows(source, zone, year):
-            if area is not None and (zone.window_geobox(window).extent & area).is_empty:
+            if aoi is not None and not _meets(zone, window, aoi):
                 continue
             for ls in label_sets:
                 labels = _labels(ls, zone, window)
@@ -128,9 +127,8 @@ def load_regions(
     total = 0
     for name in source.zone_names():
         zone = zone_by_name(name, grid)
-        area = None if aoi is None else aoi.geometry.to_crs(zone.crs)
         for window in _windows(source, zone, year):
-            if area is not None and (zone.window_geobox(window).extent & area).is_empty:
+            if aoi is not None and not _meets(zone, window, aoi):
                 continue
             data: EmbeddingWindow | None = None
             for ls in label_sets:
@@ -159,9 +157,15 @@ def load_regions(
     return regions
 
 
+def _meets(zone: Zone, window: Window, aoi: Aoi) -> bool:
+    """Whether a window touches a lon/lat AOI. The window (a few km) goes to lon/lat, not the
+    AOI to the zone: a continent- or world-wide box projected into one UTM zone is distorted
+    past use (it can miss every city, or keep zones far outside it)."""
+    return not (zone.window_geobox(window).extent.to_crs("EPSG:4326") & aoi.geometry).is_empty
+
+
 def _overlaps(zone: Zone, window: Window, bbox: tuple[float, float, float, float]) -> bool:
-    area = Aoi.from_bbox(bbox).geometry.to_crs(zone.crs)
-    return not (zone.window_geobox(window).extent & area).is_empty
+    return _meets(zone, window, Aoi.from_bbox(bbox))
 
 
 def inside_bbox(zone: Zone, window: Window,

@@ -96,6 +96,9 @@ class TrainConfig(StrictSettings):
         "flat at any labelled area); memory: read every labelled region once and keep it")
     cache_mb: int = Field(256, ge=16, description="streamed: the chunk cache per rank, MiB")
     read_threads: int = Field(4, ge=1, description="streamed: block reads in flight per rank")
+    read_block: int = Field(64, ge=16, le=4096, description="streamed: px side of a cached "
+                            "read, aligned to the zone lattice (a multiple of the store's "
+                            "inner chunk wastes no decoding)")
 
     @model_validator(mode="after")
     def _cells_fit(self) -> TrainConfig:
@@ -146,6 +149,7 @@ class TrainJob(StrictSettings):
         keep["train"].pop("prefetch", None)
         keep["train"].pop("cache_mb", None)  # how fast, not what: the samples stay the same
         keep["train"].pop("read_threads", None)
+        keep["train"].pop("read_block", None)
         return hashlib.sha256(repr(sorted(_flat(keep))).encode()).hexdigest()
 
 

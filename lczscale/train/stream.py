@@ -5,11 +5,12 @@ pixel): a few dozen cities fill a worker. Streamed, a rank holds only the sample
 labels, their split and loss target: 3 bytes a pixel, never an embedding) and reads the
 patches it draws, through the source's own ``read`` (any layout; local, S3 or Icechunk).
 
-Reads are aligned to ``block`` px squares of the zone lattice (the stores' chunks are 256 or
-a multiple of it) and kept in an LRU cache of ``cache_bytes``: neighbouring samples of one
-class share chunks, so a cache of a few hundred MB serves most reads, and memory stays flat
-whatever the labelled area. ``prefetch`` (in ``loop``) assembles the next batches in a thread;
-the blocks of one batch are fetched concurrently by ``threads`` readers.
+Reads are aligned to ``block`` px squares of the zone lattice (64: 2 × 2 of TESSERA's 32 px
+inner chunks, so a read decodes little beyond the patch) and kept in an LRU cache of
+``cache_bytes``: neighbouring samples of one class share chunks, so the cache serves many
+reads, and memory stays flat whatever the labelled area. ``prefetch`` (in ``loop``)
+assembles the next batches in a thread; the blocks of one batch are fetched concurrently by
+``threads`` readers.
 
 A patch's values do not depend on which blocks it was cut from: ``read`` of a window is the
 window of a larger read (the sources' contract), so a streamed patch is byte for byte the
@@ -36,8 +37,8 @@ from lczscale.model.unet import encode_location
 if TYPE_CHECKING:  # regions imports nothing from here; the type only
     from lczscale.train.regions import Region
 
-BLOCK = 256  # px side of a cached read: the TESSERA / GeoTessera inner chunk
-CACHE_BYTES = 256 << 20  # ~ 15 blocks of 128-d TESSERA: a batch's neighbourhood
+BLOCK = 64  # px side of a cached read: 2 x 2 of TESSERA's 32 px inner chunks
+CACHE_BYTES = 256 << 20  # ~ 480 blocks of 64 px of 128-d TESSERA
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The benchmarks' own arithmetic: halo and patch amplification from a plan, the land stand-in's
-area, the end-to-end ratio, the scaling efficiency, and the plots. (The benchmarks' JSON output
-is checked in tests/integration/test_benchmarks_run.py.)"""
+area, the end-to-end ratio, the scaling efficiency, the streamed-training line, and the plots.
+(The benchmarks' JSON output is checked in tests/integration/test_benchmarks_run.py.)"""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import land
 import plot
 import scaling
 import throughput
+import train_throughput
 
 
 def task(core: Window, lattice: Lattice) -> TileTask:
@@ -144,3 +145,44 @@ def test_plots_are_written(tmp_path: Path) -> None:
     assert plot.main([str(results), "--out", str(tmp_path / "png")]) == 0
     for name in ("model_throughput", "scaling", "amplification"):
         assert (tmp_path / "png" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _child(samples_per_s: float, rss: int, streamed: bool) -> dict:
+    out = {"samples_per_s": samples_per_s, "seconds": 1.0, "rss_peak": rss,
+           "rss_peak_loop": rss - 100, "data": "stream" if streamed else "memory"}
+    return out | ({"block_reads": 7, "cache_hits": 30} if streamed else {})
+
+
+def test_train_stream_line_from_the_children() -> None:
+    runs = {(2, "stream"): _child(50.0, 1000, True), (2, "memory"): _child(50.0, 1000, False),
+            (12, "stream"): _child(41.0, 1050, True), (12, "memory"): _child(50.0, 1600, False)}
+    settings = train_throughput.stream_settings(quick=True)
+    assert (settings["steps"], settings["size_km"], settings["patch_size"]) == (40, 3.0, 64)
+    line = train_throughput.stream_line(runs, settings | {"quick": True},
+                                        {2: 180_000, 12: 1_080_000})
+    assert line["name"] == "train_stream"
+    assert line["context"].keys() >= {"host", "cpu_count", "gpus", "git_sha"}
+    assert line["samples_per_s_streamed"] == 41.0
+    assert line["samples_per_s_in_memory"] == 50.0
+    assert line["samples_per_s_streamed_small"] == line["samples_per_s_in_memory_small"] == 50
+    assert line["ratio_streamed_vs_memory"] == pytest.approx(0.82)
+    assert (line["rss_peak_small"], line["rss_peak_large"]) == (1000, 1050)
+    assert (line["rss_peak_small_in_memory"], line["rss_peak_large_in_memory"]) == (1000, 1600)
+    assert line["rss_ratio_large_vs_small"] == pytest.approx(1.05)
+    assert line["rss_ratio_large_vs_small_in_memory"] == pytest.approx(1.6)
+    assert line["rss_ratio_large_vs_small_loop"] == pytest.approx(950 / 900, abs=1e-3)
+    assert line["meets_throughput_target"]
+    assert line["meets_memory_target"]
+    assert line["targets"] == {"ratio_streamed_vs_memory": ">= 0.8",
+                               "rss_ratio_large_vs_small": "<= 1.1"}
+    assert line["pixels"] == {"2": 180_000, "12": 1_080_000}
+    assert line["embeddings_bytes"]["12"] == 1_080_000 * 132
+    assert line["block_reads"] == {"2": 7, "12": 7}
+    assert line["cache_hits"] == {"2": 30, "12": 30}
+    assert set(line["runs"]) == {"2-stream", "2-memory", "12-stream", "12-memory"}
+    assert (line["steps"], line["batch_size"], line["cities"]) == (40, 8, [2, 12])
+    # a slower stream or a growing one misses its target
+    runs[12, "stream"] = _child(39.0, 1200, True)
+    worse = train_throughput.stream_line(runs, settings, {2: 1, 12: 6})
+    assert not worse["meets_throughput_target"]
+    assert not worse["meets_memory_target"]

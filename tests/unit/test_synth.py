@@ -79,8 +79,9 @@ def test_city_does_not_depend_on_its_companions() -> None:
 
 def test_sites_and_windows() -> None:
     names = [s.name for s in synth.SITES]
-    assert names[:3] == ["zurich", "basel", "nairobi"]
-    assert len(names) >= 6
+    # appended only: a city's random streams are keyed by its index in SITES
+    assert names[:7] == ["zurich", "basel", "nairobi", "london", "paris", "bogota", "sydney"]
+    assert len(names) == 12
     zones = {}
     for city in synth.SITES:
         zone, win = synth.city_window(city, 200)
@@ -93,6 +94,19 @@ def test_sites_and_windows() -> None:
     assert zones["zurich"] == zones["basel"] == "utm32"
     assert zones["nairobi"] == "utm37"
     assert zones["london"] == "utm30"
+    # --cities 12: eleven zones (Zurich and Basel share one), north and south of the equator
+    assert len(set(zones.values())) == 11
+    assert {c.lat > 0 for c in synth.SITES} == {True, False}
+    assert sum(c.lat < 0 for c in synth.SITES) >= 3
+
+
+def test_twelve_cities() -> None:
+    world = synth.make_world(cities=12, size_km=0.32, years=(2024,))
+    assert [c.city.name for c in world] == [s.name for s in synth.SITES]
+    assert [c.site for c in world] == list(range(12))
+    assert len({c.zone.name for c in world}) == 11
+    with pytest.raises(ConfigError, match=r"1\.\.12"):
+        synth.make_world(cities=13, size_km=0.32)
 
 
 def test_bad_arguments_are_refused(tmp_path: Path) -> None:

@@ -123,13 +123,15 @@ def test_each_rank_reads_only_the_blocks_under_its_own_samples(world: dict) -> N
         need = {(st.regions[ri].zone.name, br, bc)
                 for ri, r0, c0, _, _ in (st.spec(i) for i in idx)
                 for br, bc in st.cache.blocks_under(st.patch_window(ri, r0, c0))}
-        got = {(z, r // 256, c // 256) for z, r, c, _, _ in src.reads}
+        b = st.cache.block
+        got = {(z, r // b, c // b) for z, r, c, _, _ in src.reads}
         assert got == need
         per_rank.append(got)
     src = CountingSource(open_source(world["source"]))
     one = _sampler(world, True, source=src)
     one.batch(rank_indices(3, 8, 0, 1))
-    assert {(z, r // 256, c // 256) for z, r, c, _, _ in src.reads} == per_rank[0] | per_rank[1]
+    b = BlockCache(src, YEAR).block  # type: ignore[arg-type]
+    assert {(z, r // b, c // b) for z, r, c, _, _ in src.reads} == per_rank[0] | per_rank[1]
 
 
 def test_streamed_normalisation_is_the_same_over_ranks(world: dict) -> None:
