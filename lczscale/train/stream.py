@@ -43,9 +43,10 @@ CACHE_BYTES = 256 << 20  # ~ 480 blocks of 64 px of 128-d TESSERA
 
 @dataclass
 class ReadStats:
-    """What a reader fetched: block reads from the source, cache hits, bytes read."""
+    """What a reader fetched: source calls, blocks cached from them, cache hits, bytes."""
 
     reads: int = 0
+    loaded: int = 0
     hits: int = 0
     bytes: int = 0
     blocks: set[tuple[str, int, int]] = field(default_factory=set)
@@ -83,28 +84,47 @@ class BlockCache:
                     self.stats.hits += 1
                     return hit
                 waiting = self._loading.get(key)
-                if waiting is None:
-                    self._loading[key] = threading.Event()
-                    break
-            waiting.wait()  # another thread is reading it
+            if waiting is not None:
+                waiting.wait()  # another thread is reading it
+            else:
+                self.load(zone, [(br, bc)])
+
+    def load(self, zone: Zone, blocks: list[tuple[int, int]]) -> None:
+        """Read the blocks not cached nor being read, as one source call over their bounding
+        window (a call costs far more than its bytes: one per patch, not one per block; a
+        cached block inside that window is read again, not re-cached), and cache each block
+        on its own."""
+        with self._lock:
+            mine = [k for k in ((zone.name, br, bc) for br, bc in blocks)
+                    if k not in self._lru and k not in self._loading]
+            for k in mine:
+                self._loading[k] = threading.Event()
+        if not mine:
+            return
         b = self.block
+        r0, r1 = min(k[1] for k in mine), max(k[1] for k in mine) + 1
+        c0, c1 = min(k[2] for k in mine), max(k[2] for k in mine) + 1
+        whole = Window(r0 * b, c0 * b, (r1 - r0) * b, (c1 - c0) * b)
         try:
-            data = self.source.read(zone, Window(br * b, bc * b, b, b), self.year)
+            data = self.source.read(zone, whole, self.year)
         except BaseException:
             with self._lock:
-                self._loading.pop(key).set()  # a waiter retries the read itself
+                for k in mine:
+                    self._loading.pop(k).set()  # a waiter retries the read itself
             raise
         with self._lock:
-            self._lru[key] = data
-            self._held += data.nbytes
             self.stats.reads += 1
-            self.stats.bytes += data.nbytes
-            self.stats.blocks.add(key)
+            for k in mine:
+                part = _cut(data, Window(k[1] * b, k[2] * b, b, b))
+                self._lru[k] = part
+                self._held += part.nbytes
+                self.stats.bytes += part.nbytes
+                self.stats.loaded += 1
+                self.stats.blocks.add(k)
+                self._loading.pop(k).set()
             while self._held > self.max_bytes and len(self._lru) > 1:
                 _, old = self._lru.popitem(last=False)
                 self._held -= old.nbytes
-            self._loading.pop(key).set()
-        return data
 
     def window(self, zone: Zone, window: Window) -> EmbeddingWindow:
         """A window assembled from its blocks (codes, scales, valid, water)."""
@@ -130,9 +150,19 @@ class BlockCache:
         return EmbeddingWindow(window, codes, scales, valid, water, first.dequantisation)
 
     def prefetch(self, zone: Zone, windows: list[Window], pool: ThreadPoolExecutor) -> None:
-        """Read every block under ``windows`` on the pool (the batch's reads run together)."""
-        keys = sorted({k for w in windows for k in self.blocks_under(w)})
-        list(pool.map(lambda k: self.get(zone, *k), keys))
+        """Read the missing blocks under ``windows`` on the pool, one call per window (the
+        batch's reads run together)."""
+        list(pool.map(lambda w: self.load(zone, list(self.blocks_under(w))), windows))
+
+
+def _cut(data: EmbeddingWindow, window: Window) -> EmbeddingWindow:
+    """A block of a larger read, copied so the larger arrays can be freed."""
+    sl = window.relative_to(data.window)
+    return EmbeddingWindow(
+        window, np.ascontiguousarray(data.codes[(slice(None), *sl)]),
+        None if data.scales is None else np.ascontiguousarray(data.scales[sl]),
+        np.ascontiguousarray(data.valid[sl]), np.ascontiguousarray(data.water[sl]),
+        data.dequantisation)
 
 
 def patch_location(zone: Zone, window: Window, frequencies: int) -> np.ndarray:

@@ -34,6 +34,16 @@ class CountingSource:
         return self._source.read(zone, window, year)
 
 
+def _blocks(reads: list[tuple[str, int, int, int, int]], b: int) -> list[tuple[str, int, int]]:
+    """Every block the source reads covered (with repeats), reads aligned to the blocks."""
+    out = []
+    for z, r, c, h, w in reads:
+        assert r % b == 0 and c % b == 0 and h % b == 0 and w % b == 0  # noqa: PT018
+        out += [(z, br, bc) for br in range(r // b, (r + h) // b)
+                for bc in range(c // b, (c + w) // b)]
+    return out
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("stream-world")
@@ -98,8 +108,11 @@ def test_the_cache_reads_each_block_once_and_stays_bounded(world: dict) -> None:
     src = CountingSource(open_source(world["source"]))
     st = _sampler(world, True, source=src)
     st.batch(range(200))
-    blocks = {(z, r, c) for z, r, c, _, _ in src.reads}
-    assert len(src.reads) == len(blocks), "a block is read once while it is cached"
+    assert st.cache is not None
+    stats = st.cache.stats
+    assert stats.loaded == len(stats.blocks), "a block is read once while it is cached"
+    assert set(_blocks(src.reads, st.cache.block)) == stats.blocks
+    assert len(src.reads) == stats.reads < stats.loaded, "one call per patch's missing blocks"
     assert st.cache is not None
     assert st.cache.stats.hits > st.cache.stats.reads
     small = CountingSource(open_source(world["source"]))
@@ -124,14 +137,14 @@ def test_each_rank_reads_only_the_blocks_under_its_own_samples(world: dict) -> N
                 for ri, r0, c0, _, _ in (st.spec(i) for i in idx)
                 for br, bc in st.cache.blocks_under(st.patch_window(ri, r0, c0))}
         b = st.cache.block
-        got = {(z, r // b, c // b) for z, r, c, _, _ in src.reads}
+        got = set(_blocks(src.reads, b))
         assert got == need
         per_rank.append(got)
     src = CountingSource(open_source(world["source"]))
     one = _sampler(world, True, source=src)
     one.batch(rank_indices(3, 8, 0, 1))
     b = BlockCache(src, YEAR).block  # type: ignore[arg-type]
-    assert {(z, r // b, c // b) for z, r, c, _, _ in src.reads} == per_rank[0] | per_rank[1]
+    assert set(_blocks(src.reads, b)) == per_rank[0] | per_rank[1]
 
 
 def test_streamed_normalisation_is_the_same_over_ranks(world: dict) -> None:
