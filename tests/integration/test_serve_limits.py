@@ -208,7 +208,13 @@ def test_connections_beyond_the_pool_get_503_not_threads(
             gate.release.set()
             client.join(30)
             assert first == [200]
-            assert get(port, "/legend.json")[0] == 200
+            # The one thread may still be taking the closed backlog connection off the queue:
+            # a request in that instant is refused (503) as designed; the server must recover.
+            deadline = time.monotonic() + 10
+            while (status := get(port, "/legend.json")[0]) == 503 and \
+                    time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert status == 200
     finally:
         gate.release.set()
 
