@@ -4,8 +4,9 @@ a confusion matrix of an evaluation."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -124,26 +125,39 @@ def plot_confusion(
     m = rows[:, cols]
     totals = rows.sum(axis=1, keepdims=True)  # every prediction of the class's pixels
     share = np.divide(m, totals, out=np.zeros(m.shape, dtype=np.float64), where=totals > 0)
-    side = 2.5 + 0.5 * len(cols)
+    return plot_row_shares(
+        m, share, out, ["none" if c == 0 else names[c - 1] for c in cols],
+        [names[c - 1] for c in present], "predicted LCZ", "reference LCZ", title,
+        "share of reference pixels", lambda v: f"{v}")
+
+
+def plot_row_shares(
+    values: np.ndarray, share: np.ndarray, out: str | Path, columns: Sequence[str],
+    rows: Sequence[str], xlabel: str, ylabel: str, title: str, bar_label: str,
+    fmt: Callable[[Any], str],
+) -> Path:
+    """A PNG of a class-by-class matrix: each cell coloured by ``share`` (of its row), its
+    non-zero value written with ``fmt`` — the confusion matrix and the change matrix."""
+    side = 2.5 + 0.5 * len(columns)
     fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=110)
     im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            if m[i, j]:
-                ax.text(j, i, f"{m[i, j]}", ha="center", va="center", fontsize=7,
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if values[i, j]:
+                ax.text(j, i, fmt(values[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(cols)), ["none" if c == 0 else names[c - 1] for c in cols])
-    ax.set_yticks(range(len(present)), [names[c - 1] for c in present])
-    ax.set_xlabel("predicted LCZ")
-    ax.set_ylabel("reference LCZ")
+    ax.set_xticks(range(len(columns)), list(columns))
+    ax.set_yticks(range(len(rows)), list(rows))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of reference pixels")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=bar_label)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
     plt.close(fig)
-    return out
+    return path
 
 
 def plot_confusion_file(path: str | Path, out: str | Path, baseline: bool = False) -> Path:

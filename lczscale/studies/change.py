@@ -198,10 +198,7 @@ def row_areas_m2(zone: Zone, window: Window) -> float | np.ndarray:
 def plot_matrix(result: dict[str, Any], out: str | Path) -> Path:
     """A PNG of the transition matrix (rows: the classes of ``from``, columns: of ``to``),
     each cell's area in km² written in it and coloured by the share of its row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from lczscale.browse.plot import plot_row_shares
 
     matrix: dict[str, dict[str, float]] = result["matrix"]
     labels = classes.LCZ_LABELS
@@ -213,25 +210,8 @@ def plot_matrix(result: dict[str, Any], out: str | Path) -> Path:
     m = np.array([[matrix.get(f, {}).get(t, 0.0) for t in present] for f in present])
     totals = m.sum(axis=1, keepdims=True)
     share = np.divide(m, totals, out=np.zeros_like(m), where=totals > 0)
-    side = 2.5 + 0.5 * len(present)
-    fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=110)
-    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
-    for i in range(len(present)):
-        for j in range(len(present)):
-            if m[i, j]:
-                ax.text(j, i, f"{m[i, j]:.3g}", ha="center", va="center", fontsize=7,
-                        color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(present)), present)
-    ax.set_yticks(range(len(present)), present)
-    ax.set_xlabel(f"LCZ in {result['to']}")
-    ax.set_ylabel(f"LCZ in {result['from']}")
     where = "AOI" if result.get("bbox") else "all zones"
-    ax.set_title(f"LCZ change {result['from']} → {result['to']} (km², {where})")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=f"share of the {result['from']} "
-                 "class's area")
-    fig.tight_layout()
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return plot_row_shares(
+        m, share, out, present, present, f"LCZ in {result['to']}", f"LCZ in {result['from']}",
+        f"LCZ change {result['from']} → {result['to']} (km², {where})",
+        f"share of the {result['from']} class's area", lambda v: f"{v:.3g}")
