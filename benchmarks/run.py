@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import amplification
 import ledger_scale
 import model_forward
+import patch_read
 import planet
 import planning
 import read_concurrency
@@ -54,6 +55,7 @@ BENCHMARKS: dict[str, Runner] = {
     "ledger_scale": lambda quick, a: ledger_scale.run(quick, with_s3=not a.no_s3),
     "planet": lambda quick, a: planet.run(quick),
     "train_stream": lambda quick, a: train_throughput.run_stream(quick),
+    "patch_read": lambda quick, a: patch_read.run(quick),
 }
 # Run only when named with --only: the planet dry run alone takes about an hour at full size
 # (minutes with --quick) and keeps both cores busy; train_stream trains four models in child

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import zarr
@@ -31,6 +32,32 @@ type ZarrArray = zarr.Array[Any]
 
 TIMEOUT_S = 180.0  # one call (a tile's band, a tile's chunk); a TimeoutError is retried
 stalls = 0  # how many loops this process has abandoned (for tests and logs)
+
+
+FUSED_PIPELINE = "zarr.core.codec_pipeline.FusedCodecPipeline"
+_pipeline_lock = threading.Lock()
+
+
+@contextmanager
+def fused_reads() -> Iterator[None]:
+    """Arrays opened inside decode with zarr's fused codec pipeline, where this zarr has it.
+
+    The default pipeline schedules one coroutine per inner chunk; a 128 px read of a TESSERA
+    shard is 16 of them, and that bookkeeping, not the decoding, was most of the read's time.
+    The fused one decodes a call's chunks synchronously in one worker thread (≈ 1.5× faster
+    reads, ``benchmarks/results/cpu-2core-shared-vm-train-stream.jsonl``), and falls back to
+    the async path for stores without synchronous I/O (S3, Icechunk). Only embedding sources
+    open their arrays here: the cube's writes keep zarr's default pipeline. zarr picks the
+    pipeline when an array object is made, from its global config, so the switch is held
+    under a lock and undone at once.
+    """
+    import zarr.core.codec_pipeline as pipelines
+
+    if not hasattr(pipelines, FUSED_PIPELINE.rsplit(".", 1)[1]):  # zarr < 3.4: the default
+        yield
+        return
+    with _pipeline_lock, zarr.config.set({"codec_pipeline.path": FUSED_PIPELINE}):
+        yield
 
 
 def getitem(arr: ZarrArray, sel: tuple[Any, ...], timeout: float = TIMEOUT_S) -> Any:

@@ -183,6 +183,10 @@ def train_job(job: TrainJob, ranks: dist_.Ranks | None = None, progress: bool = 
             bar.advance(job_bar)
 
     seconds = time.perf_counter() - t0
+    reads = None
+    if cache is not None:  # every rank's own reads, gathered (a collective: all ranks call it)
+        reads = _per_rank(ranks, dev, (cache.stats.reads, cache.stats.loaded, cache.stats.hits))
+        cache.clear()  # validation reads whole regions itself: the blocks are of no more use
     val = validate(net, regions, mean_t, std_t, method, ranks, dev,
                    lambda r: r.data if r.data is not None else source.read(r.zone, r.window,
                                                                             year), freqs)
@@ -197,8 +201,10 @@ def train_job(job: TrainJob, ranks: dist_.Ranks | None = None, progress: bool = 
         "regions": len(regions), "year": year, "world_size": ranks.world,
         "data": cfg.data,
     }
-    if cache is not None:  # this rank's reads
+    if cache is not None and reads is not None:  # this rank's reads, then each rank's
         metrics["block_reads"], metrics["cache_hits"] = cache.stats.reads, cache.stats.hits
+        metrics["reads_per_rank"] = [dict(zip(("calls", "blocks", "hits"), r, strict=True))
+                                     for r in reads]
     if ranks.main:
         save_checkpoint(job.out, net.cpu().eval(), meta.model_copy(
             update={"step": cfg.steps, "metrics": metrics}))
@@ -295,6 +301,14 @@ def validate(net: LczUNet, regions: list[Region], mean: torch.Tensor, std: torch
     total = int(cm.sum())
     return {"miou": _miou(cm) if total else None,
             "oa": round(float(np.trace(cm) / total), 4) if total else None, "pixels": total}
+
+
+def _per_rank(ranks: dist_.Ranks, dev: torch.device, counts: tuple[int, ...]
+              ) -> list[list[int]]:
+    """Each rank's ``counts`` (a row per rank), known to every rank."""
+    table = np.zeros((ranks.world, len(counts)), dtype=np.int64)
+    table[ranks.rank] = counts
+    return [[int(v) for v in row] for row in dist_.sum_array(ranks, table, dev)]
 
 
 def _pad(a: np.ndarray, ph: int, pw: int) -> np.ndarray:

@@ -23,7 +23,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,13 +43,14 @@ CACHE_BYTES = 256 << 20  # ~ 480 blocks of 64 px of 128-d TESSERA
 
 @dataclass
 class ReadStats:
-    """What a reader fetched: source calls, blocks cached from them, cache hits, bytes."""
+    """What a reader fetched: source calls, blocks cached from them, cache hits, bytes.
+    Counts only: a set of the blocks read would grow with the run, which flat memory
+    forbids."""
 
     reads: int = 0
     loaded: int = 0
     hits: int = 0
     bytes: int = 0
-    blocks: set[tuple[str, int, int]] = field(default_factory=set)
 
 
 class BlockCache:
@@ -120,11 +121,16 @@ class BlockCache:
                 self._held += part.nbytes
                 self.stats.bytes += part.nbytes
                 self.stats.loaded += 1
-                self.stats.blocks.add(k)
                 self._loading.pop(k).set()
             while self._held > self.max_bytes and len(self._lru) > 1:
                 _, old = self._lru.popitem(last=False)
                 self._held -= old.nbytes
+
+    def clear(self) -> None:
+        """Let every cached block go (training is over: validation reads whole regions)."""
+        with self._lock:
+            self._lru.clear()
+            self._held = 0
 
     def window(self, zone: Zone, window: Window) -> EmbeddingWindow:
         """A window assembled from its blocks (codes, scales, valid, water)."""

@@ -1,6 +1,6 @@
 """Data-parallel training for real: torchrun with 2 gloo ranks equals 1 rank with the doubled
-batch; a training process killed with SIGKILL resumes to the same weights; the CLI's city
-hold-out; an experiment end to end."""
+batch, each rank reading only the blocks under its own samples; a training process killed with
+SIGKILL resumes to the same weights; the CLI's city hold-out; an experiment end to end."""
 
 from __future__ import annotations
 
@@ -19,10 +19,19 @@ import yaml
 
 from lczscale.cli import main
 from lczscale.config import ModelConfig
+from lczscale.io.sources.registry import open_source
 from lczscale.model.checkpoint import load_checkpoint
 from lczscale.synth.world import write_world
 from lczscale.train.launch import run_training
+from lczscale.train.regions import index_regions
+from lczscale.train.sampler import (
+    NORMALISATION_PATCHES,
+    NORMALISATION_STREAM,
+    PatchSampler,
+    rank_indices,
+)
 from lczscale.train.settings import TrainConfig, TrainJob, label_sets
+from lczscale.train.stream import BlockCache
 
 pytestmark = pytest.mark.integration
 SMALL = ModelConfig(widths=(8, 16), convs_per_block=1)
@@ -66,6 +75,28 @@ def test_two_ranks_equal_one_rank_with_the_doubled_batch(world: dict[str, Any],
         assert h1["loss"] == pytest.approx(h2["loss"], rel=1e-4)
         assert h1["train_miou"] == pytest.approx(h2["train_miou"], abs=1e-3)
     assert one["val_miou"] == pytest.approx(two["val_miou"], abs=1e-3)
+    # each torchrun rank read exactly the blocks under its own samples (its training halves
+    # and its share of the normalisation patches), the one rank their union
+    own = [_blocks_under_samples(_job(world, tmp_path / "two", batch=2), r, 2) for r in (0, 1)]
+    assert [r["blocks"] for r in two["reads_per_rank"]] == [len(b) for b in own]
+    assert own[0] != own[1]
+    assert [r["blocks"] for r in one["reads_per_rank"]] == [len(own[0] | own[1])]
+    assert all(r["calls"] <= r["blocks"] for r in two["reads_per_rank"])
+
+
+def _blocks_under_samples(job: TrainJob, rank: int, world_size: int) -> set[tuple[str, int, int]]:
+    """The cache blocks under the samples rank ``rank`` of ``world_size`` draws in ``job``."""
+    cfg, source = job.train, open_source(job.source)
+    regions = index_regions(source, job.labels, max(source.years), cfg.split,
+                            cfg.loss.boundary_ignore)
+    cache = BlockCache(source, max(source.years), block=cfg.read_block)
+    sampler = PatchSampler(regions, cfg.patch_size, cfg.seed, cache=cache)
+    specs = [sampler.spec(i) for step in range(1, cfg.steps + 1)
+             for i in rank_indices(step, cfg.batch_size, rank, world_size)]
+    specs += [sampler.spec(j, NORMALISATION_STREAM)
+              for j in range(rank, NORMALISATION_PATCHES, world_size)]
+    return {(regions[ri].zone.name, br, bc) for ri, r0, c0, _, _ in specs
+            for br, bc in cache.blocks_under(sampler.patch_window(ri, r0, c0))}
 
 
 def _cli_train(world: dict[str, Any], out: Path, config: Path) -> subprocess.Popen[str]:

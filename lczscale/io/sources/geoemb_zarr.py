@@ -140,14 +140,15 @@ class GeoembZarrSource(TesseraZarrSource):
             if "embeddings" not in g or "time" not in g:
                 raise SourceError(f"{self.url}/{name} lacks the 'embeddings' or 'time' array; "
                                   f"{FIX}")
-            emb = g["embeddings"]
+            with zarr_calls.fused_reads():
+                emb = g["embeddings"]
+                scales = g["scales"] if self._method(dict(self.root.attrs)) == \
+                    "per_pixel_scale" else emb
             assert isinstance(emb, zarr.Array)
             if emb.ndim != 4 or emb.shape[1] != self.dimensions:
                 raise SourceError(
                     f"{self.url}/{name}/embeddings has shape {emb.shape}; expected (time, "
                     f"{self.dimensions}, y, x) as geoemb:dimensions says; {FIX}")
-            scales = g["scales"] if self._method(dict(self.root.attrs)) == "per_pixel_scale" \
-                else emb
             assert isinstance(scales, zarr.Array)
             t = g.attrs.get("spatial:transform") or self.root.attrs.get("spatial:transform")
             if t is None:
