@@ -22,7 +22,7 @@ samples/s on the 12 cities (target ≥ 0.8) and the streamed peak RSS with 12 ci
 (target ≤ 1.1: memory flat in the labelled area), with the block reads and cache hits.
 
     python benchmarks/train_throughput.py --stream [--quick] [--steps N] [--size-km S]
-        [--cache-mb 256]
+        [--cache-mb N] [--read-block PX]   (default: TrainConfig's)
     python benchmarks/run.py --only train_stream [--quick]
 """
 
@@ -70,11 +70,16 @@ TARGET_RSS_RATIO = 1.1  # streamed peak RSS, 12 cities ≤ 1.1 × 2 cities
 
 
 def stream_settings(quick: bool, steps: int | None = None, size_km: float | None = None,
-                    cache_mb: int = 256) -> dict[str, Any]:
-    """The sizes and settings of the --stream benchmark (quick: a 3 km world, 40 steps)."""
+                    cache_mb: int | None = None, read_block: int | None = None
+                    ) -> dict[str, Any]:
+    """The sizes and settings of the --stream benchmark (quick: a 3 km world, 40 steps); the
+    cache and block size are training's defaults unless given."""
+    defaults = TrainConfig()
     return {"size_km": size_km or (3.0 if quick else 6.0), "steps": steps or (40 if quick else
             100), "batch_size": 8, "patch_size": 64, "prefetch": 2, "threads": 1,
-            "cache_mb": cache_mb, "device": "cpu", "model": {"widths": [16, 32, 64]}}
+            "cache_mb": cache_mb or defaults.cache_mb,
+            "read_block": read_block or defaults.read_block, "device": "cpu",
+            "model": {"widths": [16, 32, 64]}}
 
 
 def stream_child(job_path: str) -> dict[str, Any]:
@@ -192,10 +197,11 @@ def stream_line(runs: dict[tuple[int, str], dict[str, Any]], settings: dict[str,
 
 
 def run_stream(quick: bool, steps: int | None = None, size_km: float | None = None,
-               cache_mb: int = 256) -> list[dict[str, Any]]:
+               cache_mb: int | None = None, read_block: int | None = None
+               ) -> list[dict[str, Any]]:
     """Write the 12-city world once (in the run's work directory), train the four
     configurations each in a child process, and give the ``train_stream`` line."""
-    settings = stream_settings(quick, steps, size_km, cache_mb)
+    settings = stream_settings(quick, steps, size_km, cache_mb, read_block)
     root = workdir() / f"world-train-stream-{settings['size_km']:g}km"
     if not (root / "world.json").exists():
         write_world(root, cities=max(STREAM_CITIES), size_km=settings["size_km"], seed=0,
@@ -205,7 +211,7 @@ def run_stream(quick: bool, steps: int | None = None, size_km: float | None = No
     pixels = {n: sum(c["window"][2] * c["window"][3] for c in world["cities"][:n])
               for n in STREAM_CITIES}
     train = {k: settings[k] for k in ("steps", "batch_size", "patch_size", "prefetch",
-                                      "threads", "cache_mb", "device")}
+                                      "threads", "cache_mb", "read_block", "device")}
     runs: dict[tuple[int, str], dict[str, Any]] = {}
     for n in STREAM_CITIES:
         labels = tuple(LabelSet(name=name, path=world["coarse_per_city"][name])
@@ -229,7 +235,10 @@ def main() -> None:
     ap.add_argument("--stream", action="store_true", help="streamed vs in-memory training, 2 vs "
                     "12 cities (one train_stream line)")
     ap.add_argument("--size-km", type=float, help="--stream: city size (3 quick, 6 full)")
-    ap.add_argument("--cache-mb", type=int, default=256, help="--stream: the block cache, MiB")
+    ap.add_argument("--cache-mb", type=int, help="--stream: the block cache, MiB (default: "
+                    "TrainConfig's)")
+    ap.add_argument("--read-block", type=int, help="--stream: px side of a cached block "
+                    "(default: TrainConfig's)")
     ap.add_argument("--workdir", type=Path, help="--stream: keep the world and models here")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--batch-size", type=int, default=8, help="per rank")
@@ -241,7 +250,7 @@ def main() -> None:
     if a.workdir:
         set_workdir(a.workdir)
     if a.stream:
-        for line in run_stream(a.quick, a.steps, a.size_km, a.cache_mb):
+        for line in run_stream(a.quick, a.steps, a.size_km, a.cache_mb, a.read_block):
             emit(line)
         return
     device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")

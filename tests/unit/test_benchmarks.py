@@ -1,5 +1,6 @@
 """The benchmarks' own arithmetic: halo and patch amplification from a plan, the land stand-in's
-area, the end-to-end ratio, the scaling efficiency, the streamed-training line, and the plots.
+area, the end-to-end ratio, the scaling efficiency, the streamed-training line, the patch-read
+windows, and the plots.
 (The benchmarks' JSON output is checked in tests/integration/test_benchmarks_run.py.)"""
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from lczscale.core.stitch import Lattice
 from lczscale.core.tiling import TileTask, patch_amplification, read_amplification
 from lczscale.execute.run import MapReport
 from lczscale.execute.tile import TileResult
+from lczscale.train.settings import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import amplification
 import land
+import patch_read
 import plot
 import scaling
 import throughput
@@ -158,6 +161,9 @@ def test_train_stream_line_from_the_children() -> None:
             (12, "stream"): _child(41.0, 1050, True), (12, "memory"): _child(50.0, 1600, False)}
     settings = train_throughput.stream_settings(quick=True)
     assert (settings["steps"], settings["size_km"], settings["patch_size"]) == (40, 3.0, 64)
+    assert (settings["cache_mb"], settings["read_block"]) == (TrainConfig().cache_mb,
+                                                              TrainConfig().read_block)
+    assert train_throughput.stream_settings(True, cache_mb=32, read_block=16)["read_block"] == 16
     line = train_throughput.stream_line(runs, settings | {"quick": True},
                                         {2: 180_000, 12: 1_080_000})
     assert line["name"] == "train_stream"
@@ -186,3 +192,14 @@ def test_train_stream_line_from_the_children() -> None:
     worse = train_throughput.stream_line(runs, settings, {2: 1, 12: 6})
     assert not worse["meets_throughput_target"]
     assert not worse["meets_memory_target"]
+
+
+def test_patch_read_windows_are_aligned_and_inside_the_city() -> None:
+    area = Window(1003, 2010, 600, 600)
+    for side, align in patch_read.KINDS.values():
+        got = patch_read.windows(area, side, align, 50, seed=1)
+        assert len(got) == 50
+        assert len(set(got)) > 1
+        for w in got:
+            assert (w.row % align, w.col % align, w.height, w.width) == (0, 0, side, side)
+            assert area.intersection(w) == w, "wholly inside: no padding is timed"
