@@ -51,7 +51,12 @@ from lczscale.train.sampler import PatchSampler, rank_indices, streamed_normalis
 from lczscale.train.settings import TrainJob
 from lczscale.train.splits import VAL
 from lczscale.train.state import clear_state, latest_state, load_state, save_state
-from lczscale.train.stream import BlockCache, patch_location, write_sample_index
+from lczscale.train.stream import (
+    BlockCache,
+    patch_location,
+    return_free_memory,
+    write_sample_index,
+)
 from lczscale.version import __version__
 
 log = logging.getLogger(__name__)
@@ -297,6 +302,9 @@ def validate(net: LczUNet, regions: list[Region], mean: torch.Tensor, std: torch
         pred = net(x)[0, :, :h, :w].argmax(0).cpu().numpy()
         cm += np.bincount((region.labels[keep].astype(np.int64) - 1) * N + pred[keep],
                           minlength=N * N).reshape(N, N)
+        if region.data is None:  # a read region: its arrays are gone, and so are their pages
+            del d, codes, scales, valid, loc, x
+            return_free_memory()
     cm = dist_.sum_array(ranks, cm, dev)
     total = int(cm.sum())
     return {"miou": _miou(cm) if total else None,

@@ -52,14 +52,16 @@ class PatchSampler:
         self.patch = patch
         self.seed = seed
         self.coarse = coarse  # also return the train-split labels before boundary ignore
-        self.by_class: dict[int, list[tuple[int, np.ndarray]]] = {}
+        # Per class, the regions holding it and how many of their pixels: counts, not the
+        # pixels' positions (8 bytes a labelled pixel, more than the labels themselves); a
+        # sample finds its pixel when drawn.
+        self.by_class: dict[int, list[tuple[int, int]]] = {}
         counts = np.zeros(18, dtype=np.int64)
         for i, r in enumerate(self.regions):
-            flat = r.target.ravel()
-            counts += np.bincount(flat, minlength=18)
-            for c in np.unique(flat):
-                if c:
-                    self.by_class.setdefault(int(c), []).append((i, np.flatnonzero(flat == c)))
+            own = np.bincount(r.target.ravel(), minlength=18)
+            counts += own
+            for c in np.flatnonzero(own[1:]) + 1:
+                self.by_class.setdefault(int(c), []).append((i, int(own[c])))
         if not self.by_class:
             raise NoDataError(
                 "no training-split pixel carries a label; lower split.val_fraction / "
@@ -90,9 +92,11 @@ class PatchSampler:
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=key))
         cls = self.classes[int(rng.integers(len(self.classes)))]
         choices = self.by_class[cls]
-        ri, pixels = choices[int(rng.integers(len(choices)))]
-        h, w = self.regions[ri].labels.shape
-        y, x = divmod(int(pixels[rng.integers(len(pixels))]), w)
+        ri, count = choices[int(rng.integers(len(choices)))]
+        target = self.regions[ri].target
+        h, w = target.shape
+        k = int(rng.integers(count))  # the k-th pixel of the class, in row-major order
+        y, x = divmod(int(np.flatnonzero(target.ravel() == cls)[k]), w)
         p = self.patch
         r0 = int(np.clip(y - rng.integers(p), 0, h - p))
         c0 = int(np.clip(x - rng.integers(p), 0, w - p))

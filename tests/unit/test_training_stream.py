@@ -4,6 +4,9 @@ bounded, and data-parallel ranks read only the blocks under their own samples.""
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +16,7 @@ from lczscale.synth.world import write_world
 from lczscale.train.regions import index_regions, load_regions
 from lczscale.train.sampler import PatchSampler, rank_indices, streamed_normalisation
 from lczscale.train.settings import LabelSet, SplitConfig
-from lczscale.train.stream import BlockCache
+from lczscale.train.stream import BlockCache, _malloc_trim, return_free_memory
 
 YEAR = 2024
 PATCH = 32
@@ -167,3 +170,24 @@ def test_streamed_normalisation_is_the_same_over_ranks(world: dict) -> None:
     assert np.allclose(np.maximum(std, 1e-3), one[1], rtol=1e-6)
     assert len(one[0]) == 128
     assert min(one[1]) > 0
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_freed_memory_goes_back_to_the_system() -> None:
+    """Small arrays freed between live ones stay resident in glibc's heap until trimmed."""
+    assert _malloc_trim() is not None, "Linux here has glibc"
+    arrays = [np.ones(16_000) for _ in range(2_000)]  # 125 KiB each: the heap, not mmap
+    live = arrays[::10]  # every tenth stays: the freed ones are holes glibc keeps
+    held = _rss()
+    del arrays
+    freed = _rss()
+    return_free_memory()
+    trimmed = _rss()
+    assert held - freed < 64 << 20, "freed heap pages stay resident"
+    assert freed - trimmed > 128 << 20, "trimming gives them back (1,800 × 125 KiB freed)"
+    assert sum(a.sum() for a in live) == 200 * 16_000
