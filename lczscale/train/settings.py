@@ -94,7 +94,8 @@ class TrainConfig(StrictSettings):
     data: Literal["stream", "memory"] = Field(
         "stream", description="stream: read each drawn patch through a chunk cache (memory "
         "flat at any labelled area); memory: read every labelled region once and keep it")
-    cache_mb: int = Field(256, ge=16, description="streamed: the chunk cache per rank, MiB")
+    cache_mb: int = Field(64, ge=16, description="streamed: the chunk cache per rank, MiB "
+                          "(what a rank holds past its baseline, whatever the labelled area)")
     read_threads: int = Field(4, ge=1, description="streamed: block reads in flight per rank")
     read_block: int = Field(64, ge=16, le=4096, description="streamed: px side of a cached "
                             "read, aligned to the zone lattice (a multiple of the store's "

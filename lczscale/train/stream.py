@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # regions imports nothing from here; the type only
     from lczscale.train.regions import Region
 
 BLOCK = 64  # px side of a cached read: 2 x 2 of TESSERA's 32 px inner chunks
-CACHE_BYTES = 256 << 20  # ~ 480 blocks of 64 px of 128-d TESSERA
+CACHE_BYTES = 64 << 20  # ~ 120 blocks of 64 px of 128-d TESSERA (benchmarks/README.md)
 
 
 @dataclass
