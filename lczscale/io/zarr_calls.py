@@ -44,8 +44,8 @@ def fused_reads() -> Iterator[None]:
 
     The default pipeline schedules one coroutine per inner chunk; a 128 px read of a TESSERA
     shard is 16 of them, and that bookkeeping, not the decoding, was most of the read's time.
-    The fused one decodes a call's chunks synchronously in one worker thread (≈ 1.5× faster
-    reads, ``benchmarks/results/cpu-2core-shared-vm-train-stream.jsonl``), and falls back to
+    The fused one decodes a call's chunks synchronously in one worker thread (1.2–1.25×
+    faster reads: ``benchmarks/results/cpu-2core-shared-vm-patch-read.jsonl``), and falls back to
     the async path for stores without synchronous I/O (S3, Icechunk). Only embedding sources
     open their arrays here: the cube's writes keep zarr's default pipeline. zarr picks the
     pipeline when an array object is made, from its global config, so the switch is held
