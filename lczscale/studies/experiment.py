@@ -159,8 +159,9 @@ def _score(cfg: ExperimentConfig, city: str, year: int, rows: dict[str, Any],
     test = load_regions(source, (truth,), year, SplitConfig(val_fraction=0.0), None)
     cms: dict[str, np.ndarray] = {k: np.zeros((18, 18), np.int64) for k in [*rows, "baseline"]}
     for r in test:
-        keep = r.labels > 0
-        t = np.where(keep, r.labels, 0)
+        labels = r.labels.unpack()
+        keep = labels > 0
+        t = np.where(keep, labels, 0)
         for label, row in rows.items():
             cms[label] += confusion(read_window(row["cube"], r.zone, year, r.window), t)
         cms["baseline"] += confusion(read_labels(coarse.path, r.zone, r.window), t)

@@ -34,10 +34,10 @@ def fit_logistic(regions: list[Region], per_class: int = 4000, steps: int = 300,
     xs, ys = [], []
     pools: dict[int, list[tuple[int, np.ndarray]]] = {}
     for i, r in enumerate(regions):
-        lab = np.where(r.split == TRAIN, r.labels, 0).ravel()
+        lab = np.where(r.split.unpack() == TRAIN, r.labels.unpack(), 0).ravel()
         for c in np.unique(lab[lab > 0]):
             pools.setdefault(int(c), []).append((i, np.flatnonzero(lab == c)))
-    all_idx = {i: np.flatnonzero(((r.split == TRAIN) & _held(r).valid).ravel())
+    all_idx = {i: np.flatnonzero(((r.split.unpack() == TRAIN) & _held(r).valid).ravel())
                for i, r in enumerate(regions)}
     sample = np.concatenate([
         pixel_values(_held(regions[i]), rng.choice(ix, min(2000, len(ix)), replace=False)).T
@@ -73,9 +73,10 @@ def logistic_confusion(model: torch.nn.Linear, mean: np.ndarray, std: np.ndarray
     """(18, 18) confusion (rows truth 0–17, columns prediction) over labelled valid pixels."""
     cm = np.zeros((18, 18), dtype=np.int64)
     for r in regions:
-        idx = np.flatnonzero(((r.labels > 0) & _held(r).valid).ravel())
+        labels = r.labels.unpack()
+        idx = np.flatnonzero(((labels > 0) & _held(r).valid).ravel())
         for part in np.array_split(idx, max(1, len(idx) // 200_000)):
             pred = model(torch.from_numpy(_features(r, mean, std, part))).argmax(1).numpy() + 1
-            truth = r.labels.ravel()[part].astype(np.int64)
+            truth = labels.ravel()[part].astype(np.int64)
             cm += np.bincount(truth * 18 + pred, minlength=18 * 18).reshape(18, 18)
     return cm

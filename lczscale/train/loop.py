@@ -277,7 +277,8 @@ def validate(net: LczUNet, regions: list[Region], mean: torch.Tensor, std: torch
     m = size_multiple(net.cfg)
     cm = np.zeros((N, N), dtype=np.int64)
     for region in regions[ranks.rank :: ranks.world]:
-        keep = (region.split == VAL) & (region.labels > 0)
+        labels = region.labels.unpack()
+        keep = (region.split.unpack() == VAL) & (labels > 0)
         if not keep.any():
             continue
         if region.data is None:
@@ -289,7 +290,7 @@ def validate(net: LczUNet, regions: list[Region], mean: torch.Tensor, std: torch
                     patch_location(region.zone, region.window, frequencies)))
         else:
             d = region.data
-        h, w = region.labels.shape
+        h, w = labels.shape
         ph, pw = -h % m, -w % m
         codes = torch.from_numpy(_pad(d.codes, ph, pw))[None].to(dev)
         scales = None if d.scales is None else torch.from_numpy(_pad(d.scales, ph, pw))[None].to(
@@ -300,7 +301,7 @@ def validate(net: LczUNet, regions: list[Region], mean: torch.Tensor, std: torch
             loc = torch.nn.functional.pad(region.location, (0, pw, 0, ph))[None].to(dev)
         x = model_input(codes, scales, valid, loc, mean, std, method)
         pred = net(x)[0, :, :h, :w].argmax(0).cpu().numpy()
-        cm += np.bincount((region.labels[keep].astype(np.int64) - 1) * N + pred[keep],
+        cm += np.bincount((labels[keep].astype(np.int64) - 1) * N + pred[keep],
                           minlength=N * N).reshape(N, N)
         if region.data is None:  # a read region: its arrays are gone, and so are their pages
             del d, codes, scales, valid, loc, x

@@ -19,6 +19,7 @@ from lczscale.errors import NoDataError
 from lczscale.io.labels.reader import read_labels
 from lczscale.io.sources.protocol import SIGN_SQUARE, EmbeddingSource, EmbeddingWindow
 from lczscale.model.unet import encode_location
+from lczscale.train.packed import PackedRaster
 from lczscale.train.settings import LabelSet, SplitConfig
 from lczscale.train.splits import TRAIN, block_splits, boundary_mask
 
@@ -31,14 +32,15 @@ DEQUANTISATION = {"alphaearth": "sign_square"}  # every other family: per-pixel 
 
 @dataclass
 class Region:
-    """One city's training window: labels, split and loss target, and — held in memory — its
-    embeddings and location encoding (``data`` None: streamed, read per patch)."""
+    """One city's training window: labels, split and loss target (packed: a patch decodes the
+    rows under it), and — held in memory — its embeddings and location encoding (``data``
+    None: streamed, read per patch)."""
     city: str
     zone: Zone
     data: EmbeddingWindow | None
-    labels: np.ndarray  # uint8 (h, w) as read, 0 = unlabelled (or, in memory, no embedding)
-    target: np.ndarray  # uint8 (h, w) what the loss sees: labels of the train split, 0 = ignore
-    split: np.ndarray  # uint8 (h, w) TRAIN / VAL / TEST per pixel
+    labels: PackedRaster  # (h, w) as read, 0 = unlabelled (or, in memory, no embedding)
+    target: PackedRaster  # (h, w) what the loss sees: labels of the train split, 0 = ignore
+    split: PackedRaster  # (h, w) TRAIN / VAL / TEST per pixel
     location: torch.Tensor | None  # (4F, h, w) float32; None when streamed or not used
     window: Window  # zone pixels of the region
 
@@ -73,8 +75,9 @@ def index_regions(
 ) -> list[Region]:
     """The sample index of streamed training: every labelled window of the given cities where
     the source lists data for ``year`` (its listing, never a pixel of it), with labels, split
-    and loss target only — 3 bytes a pixel, whatever the embeddings' width. A pixel without an
-    embedding is found when its patch is read, and ignored by the loss then."""
+    and loss target only, packed (``train.packed``: kilobytes per city, whatever the
+    embeddings' width). A pixel without an embedding is found when its patch is read, and
+    ignored by the loss then."""
     grid = training_grid(source)
     regions: list[Region] = []
     for name in source.zone_names():
@@ -93,8 +96,8 @@ def index_regions(
             f"no pixel of {names} lies where {source.url} lists data for {year}; "
             "check that labels and embeddings cover the same place and year"
         )
-    log.info("indexed %d labelled regions (%.1f MiB of labels)", len(regions),
-             sum(3 * r.labels.size for r in regions) / 2**20)
+    log.info("indexed %d labelled regions (%.2f MiB of packed labels)", len(regions),
+             sum(r.labels.nbytes + r.target.nbytes + r.split.nbytes for r in regions) / 2**20)
     return regions
 
 
@@ -189,7 +192,8 @@ def _region(city: str, zone: Zone, window: Window, data: EmbeddingWindow | None,
     if freqs:
         lon, lat = zone.lonlat(window)
         loc = encode_location(torch.from_numpy(lon), torch.from_numpy(lat), freqs)
-    return Region(city, zone, data, labels, target, codes, loc, window)
+    return Region(city, zone, data, PackedRaster(labels), PackedRaster(target),
+                  PackedRaster(codes), loc, window)
 
 
 def pixel_values(data: EmbeddingWindow, idx: np.ndarray) -> np.ndarray:
@@ -211,7 +215,7 @@ def normalisation(regions: list[Region], max_pixels: int = 200_000, seed: int = 
     per = max(1, max_pixels // len(regions))
     for r in regions:
         assert r.data is not None, "normalisation of in-memory regions"
-        idx = np.flatnonzero((r.data.valid & (r.split == TRAIN)).ravel())
+        idx = np.flatnonzero((r.data.valid & (r.split.unpack() == TRAIN)).ravel())
         if len(idx) == 0:
             continue
         idx = np.sort(rng.choice(idx, size=min(per, len(idx)), replace=False))

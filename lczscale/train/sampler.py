@@ -58,7 +58,7 @@ class PatchSampler:
         self.by_class: dict[int, list[tuple[int, int]]] = {}
         counts = np.zeros(18, dtype=np.int64)
         for i, r in enumerate(self.regions):
-            own = np.bincount(r.target.ravel(), minlength=18)
+            own = r.target.totals()
             counts += own
             for c in np.flatnonzero(own[1:]) + 1:
                 self.by_class.setdefault(int(c), []).append((i, int(own[c])))
@@ -95,8 +95,7 @@ class PatchSampler:
         ri, count = choices[int(rng.integers(len(choices)))]
         target = self.regions[ri].target
         h, w = target.shape
-        k = int(rng.integers(count))  # the k-th pixel of the class, in row-major order
-        y, x = divmod(int(np.flatnonzero(target.ravel() == cls)[k]), w)
+        y, x = target.nth(cls, int(rng.integers(count)))  # the k-th pixel of the class
         p = self.patch
         r0 = int(np.clip(y - rng.integers(p), 0, h - p))
         c0 = int(np.clip(x - rng.integers(p), 0, w - p))

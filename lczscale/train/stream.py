@@ -2,7 +2,7 @@
 
 The in-memory path reads every labelled region once and keeps its embeddings (132 bytes a
 pixel): a few dozen cities fill a worker. Streamed, a rank holds only the sample index (the
-labels, their split and loss target: 3 bytes a pixel, never an embedding) and reads the
+labels, their split and loss target, packed: kilobytes per city, never an embedding) and reads the
 patches it draws, through the source's own ``read`` (any layout; local, S3 or Icechunk).
 
 Reads are aligned to ``block`` px squares of the zone lattice (64: 2 × 2 of TESSERA's 32 px
@@ -215,12 +215,12 @@ def write_sample_index(regions: list[Region], out_dir: str | Path) -> Path:
     out = Path(out_dir) / INDEX_FILE
     table = np.array([[r.window.row, r.window.col, r.window.height, r.window.width]
                       for r in regions], dtype=np.int64).reshape(-1, 4)
-    counts = np.stack([np.bincount(r.labels.ravel(), minlength=18) for r in regions])
+    counts = np.stack([r.labels.totals() for r in regions])
     arrays: dict[str, np.ndarray] = {
         "windows": table, "class_pixels": counts,
         "cities": np.array([r.city for r in regions], dtype=str),
         "zones": np.array([r.zone.name for r in regions], dtype=str),
     }
-    arrays |= {f"labels_{i}": r.labels for i, r in enumerate(regions)}
+    arrays |= {f"labels_{i}": r.labels.unpack() for i, r in enumerate(regions)}
     np.savez_compressed(out, **arrays)  # type: ignore[arg-type]
     return out

@@ -17,6 +17,7 @@ from lczscale.io.sources.protocol import EmbeddingWindow
 from lczscale.model.unet import LczUNet
 from lczscale.train.global_batchnorm import use_global_batchnorm
 from lczscale.train.losses import local_sum, segmentation_loss
+from lczscale.train.packed import PackedRaster
 from lczscale.train.regions import Region
 from lczscale.train.sampler import PatchSampler, rank_indices
 from lczscale.train.settings import (
@@ -71,7 +72,8 @@ def _region(seed: int = 0, size: int = 96) -> Region:
                            np.ones((size, size), bool), np.zeros((size, size), bool),
                            "per_pixel_scale")
     split = np.full((size, size), TRAIN, np.uint8)
-    return Region("x", utm_zone(32), data, labels, labels.copy(), split, None, data.window)
+    return Region("x", utm_zone(32), data, PackedRaster(labels), PackedRaster(labels.copy()),
+                  PackedRaster(split), None, data.window)
 
 
 def test_sampler_is_index_addressed_class_balanced_and_disjoint_across_ranks() -> None:
