@@ -124,7 +124,7 @@ def stream_child(job_path: str) -> dict[str, Any]:
     m = run_training(job, nproc=1, progress=False, restart=True)
     wall = time.perf_counter() - t0
     keep = ("samples_per_s", "seconds", "data_wait_fraction", "regions", "data", "block_reads",
-            "cache_hits", "val_pixels")
+            "cache_hits", "val_pixels", "index_pixels", "index_bytes")
     return {k: m[k] for k in keep if k in m} | marks | {
         "seconds_total": round(wall, 2),  # set-up (index or load), loop, validation, checkpoint
         "rss_start": rss_start,  # after the imports, before training

@@ -82,6 +82,7 @@ def test_two_ranks_equal_one_rank_with_the_doubled_batch(world: dict[str, Any],
     assert own[0] != own[1]
     assert [r["blocks"] for r in one["reads_per_rank"]] == [len(own[0] | own[1])]
     assert all(r["calls"] <= r["blocks"] for r in two["reads_per_rank"])
+    assert 0 < one["index_bytes"] < one["index_pixels"] / 10, "the index is held packed"
 
 
 def _blocks_under_samples(job: TrainJob, rank: int, world_size: int) -> set[tuple[str, int, int]]:
