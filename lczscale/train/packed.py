@@ -1,11 +1,12 @@
 """A label raster held compressed in bands of rows: the sample index at kilobytes per city.
 
 A training region's labels, split and loss target are uint8 rasters at the embeddings' 10 m,
-3 bytes a pixel when held plain: 13 MB for 12 cities of 6 km, and a continent's worth of the
-global LCZ map would not fit. LCZ labels are large flat areas (a 100 m map upsampled, or
-polygons), so each ``BAND`` rows compress to a few hundred bytes. A patch decodes only the
-bands under it, and a sample finds the k-th pixel of its class through each band's class
-counts, decoding one band: no whole region is ever unpacked to draw or cut a patch.
+3 bytes a pixel when held plain: 39 MB for the 12 benchmark cities of 6 km, and a continent's
+worth of the global LCZ map would not fit. LCZ labels are large flat areas (a 100 m map
+upsampled, or polygons), so those 39 MB pack to 0.66 MB (``index_bytes``;
+benchmarks/README.md § Streamed training). A patch decodes only the bands under it, and a
+sample finds the k-th pixel of its class through each band's class counts, decoding one band:
+no whole region is unpacked to draw or cut a patch.
 """
 
 from __future__ import annotations
