@@ -216,7 +216,7 @@ class TesseraZarrSource:
         info = {}
         for name, g in self._groups.items():
             try:
-                with zarr_calls.fused_reads():  # a training patch is ~1.5× faster to read
+                with zarr_calls.fused_reads():  # small reads ~1.2× faster (zarr_calls)
                     emb, scales = g["embeddings"], g["scales"]
                 years = [int(v) for v in g["time"][:]]  # type: ignore[union-attr, index]
             except KeyError as exc:
