@@ -33,12 +33,13 @@ def fit_logistic(regions: list[Region], per_class: int = 4000, steps: int = 300,
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     pools: dict[int, list[tuple[int, np.ndarray]]] = {}
+    all_idx: dict[int, np.ndarray] = {}
     for i, r in enumerate(regions):
-        lab = np.where(r.split.unpack() == TRAIN, r.labels.unpack(), 0).ravel()
+        train = r.split.unpack() == TRAIN
+        lab = np.where(train, r.labels.unpack(), 0).ravel()
         for c in np.unique(lab[lab > 0]):
             pools.setdefault(int(c), []).append((i, np.flatnonzero(lab == c)))
-    all_idx = {i: np.flatnonzero(((r.split.unpack() == TRAIN) & _held(r).valid).ravel())
-               for i, r in enumerate(regions)}
+        all_idx[i] = np.flatnonzero((train & _held(r).valid).ravel())
     sample = np.concatenate([
         pixel_values(_held(regions[i]), rng.choice(ix, min(2000, len(ix)), replace=False)).T
         for i, ix in all_idx.items() if len(ix)])

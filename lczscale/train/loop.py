@@ -204,9 +204,8 @@ def train_job(job: TrainJob, ranks: dist_.Ranks | None = None, progress: bool = 
         "samples_per_s": round(done * global_batch / seconds, 2) if done else None,
         "data_wait_fraction": round(wait / max(wait + compute, 1e-9), 4),
         "regions": len(regions), "year": year, "world_size": ranks.world,
-        "index_pixels": sum(r.labels.size for r in regions),  # labels, split and target:
-        "index_bytes": sum(r.labels.nbytes + r.target.nbytes + r.split.nbytes  # as held
-                           for r in regions),
+        "index_pixels": sum(r.labels.size for r in regions),
+        "index_bytes": sum(r.index_bytes for r in regions),
         "data": cfg.data,
     }
     if cache is not None and reads is not None:  # this rank's reads, then each rank's

@@ -44,6 +44,11 @@ class Region:
     location: torch.Tensor | None  # (4F, h, w) float32; None when streamed or not used
     window: Window  # zone pixels of the region
 
+    @property
+    def index_bytes(self) -> int:
+        """Bytes its labels, split and target take as held (packed)."""
+        return self.labels.nbytes + self.target.nbytes + self.split.nbytes
+
 
 def dequantisation(source: EmbeddingSource) -> str:
     """How the model turns this family's int8 codes into values."""
@@ -97,7 +102,7 @@ def index_regions(
             "check that labels and embeddings cover the same place and year"
         )
     log.info("indexed %d labelled regions (%.2f MiB of packed labels)", len(regions),
-             sum(r.labels.nbytes + r.target.nbytes + r.split.nbytes for r in regions) / 2**20)
+             sum(r.index_bytes for r in regions) / 2**20)
     return regions
 
 

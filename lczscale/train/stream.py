@@ -35,24 +35,25 @@ import torch
 from lczscale.core.grid import Window, Zone
 from lczscale.io.sources.protocol import EmbeddingSource, EmbeddingWindow
 from lczscale.model.unet import encode_location
+from lczscale.train.settings import TrainConfig
 
 if TYPE_CHECKING:  # regions imports nothing from here; the type only
     from lczscale.train.regions import Region
 
-BLOCK = 64  # px side of a cached read: 2 x 2 of TESSERA's 32 px inner chunks
-CACHE_BYTES = 64 << 20  # ~ 120 blocks of 64 px of 128-d TESSERA (benchmarks/README.md)
+# Training's defaults (TrainConfig), for a cache made without them (tests, tools)
+BLOCK = TrainConfig.model_fields["read_block"].default  # 2 x 2 of TESSERA's 32 px chunks
+CACHE_BYTES = TrainConfig.model_fields["cache_mb"].default << 20  # ~ 120 blocks of 64 px
 
 
 @dataclass
 class ReadStats:
-    """What a reader fetched: source calls, blocks cached from them, cache hits, bytes.
+    """What a reader fetched: source calls, blocks cached from them, cache hits.
     Counts only: a set of the blocks read would grow with the run, which flat memory
     forbids."""
 
     reads: int = 0
     loaded: int = 0
     hits: int = 0
-    bytes: int = 0
 
 
 class BlockCache:
@@ -121,7 +122,6 @@ class BlockCache:
                 part = _cut(data, Window(k[1] * b, k[2] * b, b, b))
                 self._lru[k] = part
                 self._held += part.nbytes
-                self.stats.bytes += part.nbytes
                 self.stats.loaded += 1
                 self._loading.pop(k).set()
             while self._held > self.max_bytes and len(self._lru) > 1:
